@@ -1,0 +1,91 @@
+"""Rules that span several fields: checked after each field validated on its own."""
+
+from __future__ import annotations
+
+import re
+
+from flashfit_ops.config.model import Config
+from flashfit_ops.errors import Problem
+
+_MEMORY_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def memory_bytes(size: str) -> int:
+    return int(float(size[:-1]) * _MEMORY_UNITS[size[-1]])
+
+
+def published_ports(config: Config) -> dict[str, int]:
+    """Every host port the rendered deployment publishes, by the config path that sets it."""
+    ports = {"ports.http": config.ports.http, "ports.backend": config.ports.backend}
+    ports["ports.blue"] = config.ports.blue
+    ports["ports.green"] = config.ports.green
+    if config.tls.enabled:
+        ports["ports.https"] = config.ports.https
+    if config.services.frontend.image:
+        ports["ports.frontend"] = config.ports.frontend
+    if config.services.redis.enabled:
+        ports["ports.redis"] = config.ports.redis
+    if config.services.prometheus.enabled:
+        ports["ports.prometheus"] = config.ports.prometheus
+    if config.services.grafana.enabled:
+        ports["ports.grafana"] = config.ports.grafana
+    return ports
+
+
+def _port_conflicts(config: Config) -> list[Problem]:
+    seen: dict[int, str] = {}
+    problems = []
+    for path, port in published_ports(config).items():
+        if port in seen:
+            problems.append(Problem(path, f"host port {port} is already used by {seen[port]}: two services cannot share it"))
+        else:
+            seen[port] = path
+    return problems
+
+
+def _tls_problems(config: Config) -> list[Problem]:
+    tls = config.tls
+    problems = []
+    if tls.enabled:
+        if not tls.certificate:
+            problems.append(Problem("tls.certificate", "TLS is enabled but no certificate file is set"))
+        if not tls.key:
+            problems.append(Problem("tls.key", "TLS is enabled but no private key file is set"))
+        if not tls.domains:
+            problems.append(Problem("tls.domains", "TLS is enabled but no domain is listed"))
+    elif tls.certificate and not tls.key:
+        problems.append(Problem("tls.key", "a certificate is set without its private key"))
+    elif tls.key and not tls.certificate:
+        problems.append(Problem("tls.certificate", "a private key is set without its certificate"))
+    for index, domain in enumerate(tls.domains):
+        if not re.fullmatch(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", domain):
+            problems.append(Problem(f"tls.domains.{index}", f"{domain!r} is not a domain name"))
+    return problems
+
+
+def _resource_problems(config: Config) -> list[Problem]:
+    limits, reservations = config.resources.limits, config.resources.reservations
+    problems = []
+    if limits.memory and reservations.memory and memory_bytes(reservations.memory) > memory_bytes(limits.memory):
+        problems.append(Problem("resources.reservations.memory", f"reserves {reservations.memory}, more than the {limits.memory} limit"))
+    if limits.cpus and reservations.cpus and reservations.cpus > limits.cpus:
+        problems.append(Problem("resources.reservations.cpus", f"reserves {reservations.cpus} CPUs, more than the {limits.cpus} limit"))
+    return problems
+
+
+def _deploy_problems(config: Config) -> list[Problem]:
+    problems = []
+    if config.deploy.parallelism > config.replicas and config.deploy.strategy == "rolling":
+        problems.append(
+            Problem("deploy.parallelism", f"replaces {config.deploy.parallelism} at a time but only {config.replicas} replicas run")
+        )
+    health = config.healthcheck
+    if health.timeout > config.deploy.deadline:
+        problems.append(Problem("healthcheck.timeout", "a single probe may not take longer than deploy.deadline"))
+    if health.liveness_path == health.readiness_path:
+        problems.append(Problem("healthcheck.readiness_path", "must differ from liveness_path (/ready vs /health)"))
+    return problems
+
+
+def cross_field_problems(config: Config) -> list[Problem]:
+    return [*_port_conflicts(config), *_tls_problems(config), *_resource_problems(config), *_deploy_problems(config)]
