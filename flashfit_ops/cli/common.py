@@ -9,7 +9,6 @@ from typing import Annotated, Any, Callable, TypeVar
 
 import typer
 
-from flashfit_ops import console
 from flashfit_ops.errors import EXIT_FAILED, EXIT_INTERRUPTED, FlashFitError
 
 ConfigOption = Annotated[
@@ -31,6 +30,8 @@ def guarded(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from flashfit_ops import console  # imported on use: rich's console is not needed for --help
+
         console.set_json_mode(bool(kwargs.get("json_output", False)))
         try:
             return func(*args, **kwargs)

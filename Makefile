@@ -1,0 +1,41 @@
+# Two commands do everything, each with its own set-up on a fresh Debian 12 machine:
+#   make test   the whole test suite (installs host packages, starts Docker, makes the venv)
+#   make demo   deploys the demo stack (server + nginx) with a blue-green deploy
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help venv host test unit integration demo bench clean
+
+help:
+	@echo "make test | make demo | make unit | make integration | make bench | make clean"
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[server,test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+host:
+	scripts/setup-host.sh
+
+test: venv host
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+unit: venv
+	$(PY) -m pytest tests -m "not integration" $(PYTEST_ARGS)
+
+integration: venv host
+	$(PY) -m pytest tests -m integration $(PYTEST_ARGS)
+
+demo: venv host
+	scripts/demo.sh
+
+bench: venv host
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build dist

@@ -1,0 +1,3 @@
+from flashfit_ops.cli import main
+
+main()
