@@ -1,0 +1,67 @@
+"""`flashfit build` and `flashfit images bootstrap`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from flashfit_ops import console
+from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, EnvOption, JsonOption, guarded
+
+images_app = typer.Typer(help="Base images without a registry.", no_args_is_help=True)
+
+
+@guarded
+def bootstrap(
+    config: ConfigOption = DEFAULT_CONFIG,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild images that already exist.")] = False,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Just this image: base or proxy (repeatable).")
+    ] = None,
+    pull: Annotated[bool, typer.Option("--pull/--no-pull", help="Try a registry before building.")] = True,
+    mirror: Annotated[
+        str | None,
+        typer.Option("--mirror", envvar="FLASHFIT_DEBIAN_MIRROR", help="Debian mirror (http).", show_default=False),
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Make flashfit/debian-python:bookworm and flashfit/nginx:bookworm from Debian packages
+    (debootstrap + docker import), unless they exist locally or can be pulled."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.docker_client import connect
+    from flashfit_ops.images.bootstrap import bootstrap as run_bootstrap
+
+    loaded = load_config(config)
+    client = connect()
+    outcomes = run_bootstrap(client, loaded.base_dir, which=only, force=force, pull=pull, mirror=mirror)
+    if json_output:
+        console.emit_json({"images": [o.to_dict() for o in outcomes]})
+
+
+@guarded
+def build(
+    version: Annotated[
+        str | None,
+        typer.Option("--version", "-v", help="Image tag; default: git short SHA (+ -dirty-<hash>).", show_default=False),
+    ] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    env: EnvOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Build the backend image <server.image>:<version> from a wheelhouse (no PyPI in the build)."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.docker_client import connect
+    from flashfit_ops.images.build import build_image
+
+    loaded = load_config(config, env=env)
+    client = connect()
+    result = build_image(client, loaded, version=version)
+    if json_output:
+        console.emit_json(result.to_dict())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("build")(build)
+    images_app.command("bootstrap")(bootstrap)
+    app.add_typer(images_app, name="images")
