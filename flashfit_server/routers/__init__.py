@@ -1,0 +1,1 @@
+"""HTTP routers: health/ready/metrics, items, fusion, admin."""

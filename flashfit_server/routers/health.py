@@ -1,0 +1,60 @@
+"""Liveness (/health: always 200 while the process runs), readiness (/ready: 200 only when
+every model is loaded and the stores are open) and the Prometheus exposition (/metrics)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import psutil
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+router = APIRouter(tags=["health"])
+
+
+def _system() -> dict[str, float]:
+    return {
+        # interval=None: the change since the previous call, never blocking the event loop.
+        "cpu_percent": psutil.cpu_percent(interval=None),
+        "memory_percent": psutil.virtual_memory().percent,
+        "disk_percent": psutil.disk_usage("/").percent,
+    }
+
+
+@router.get("/health")
+def health(request: Request) -> dict:
+    service = request.app.state.service
+    sizes = service.datastore.sizes()
+    return {
+        "status": "healthy",
+        "timestamp": datetime.now(UTC).isoformat(),
+        "version": request.app.state.settings.app_version,
+        "system": _system(),
+        "models": {f"{slot}_loaded": service.registry.is_loaded(slot) for slot in ("clip", "blip", "fashion")},
+        "vector_stores": {f"{name}_index_size": size for name, size in sizes.items()},
+    }
+
+
+@router.get("/ready", responses={503: {"description": "still loading, or a model failed to load"}})
+def ready(request: Request) -> JSONResponse:
+    service = request.app.state.service
+    registry = service.registry
+    checks: dict[str, object] = {
+        "models_loaded": registry.all_loaded,
+        "vector_stores_ready": service.datastore.is_open,
+    }
+    problems = {slot: s.error for slot, s in registry.slots.items() if s.status == "failed"}
+    if request.app.state.startup_error:
+        problems["startup"] = request.app.state.startup_error
+    if problems:
+        checks["errors"] = problems
+    is_ready = bool(checks["models_loaded"] and checks["vector_stores_ready"]) and not problems
+    return JSONResponse(
+        {"status": "ready" if is_ready else "not_ready", "checks": checks}, status_code=200 if is_ready else 503
+    )
+
+
+@router.get("/metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    body, content_type = request.app.state.metrics.exposition()
+    return Response(body, media_type=content_type)

@@ -1,0 +1,156 @@
+"""Server settings, read once from the environment (see `Settings.from_env` for every variable).
+
+Variables: ENVIRONMENT, LOG_LEVEL, LOG_FORMAT (text|json), WORKERS, MODEL_CACHE_DIR,
+VECTOR_STORE_DIR, MAX_BATCH_SIZE, INFERENCE_TIMEOUT (seconds of model time per request),
+CORS_ORIGINS and ALLOWED_HOSTS (comma separated), JWT_SECRET_KEY, SECRET_KEY, APP_VERSION,
+CLIP_MODEL, BLIP_MODEL, FASHION_MODEL (checkpoint names under MODEL_CACHE_DIR), VECTOR_INDEX
+(flat|hnsw), MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, CAPTION_MAX_TOKENS, TORCH_THREADS (0 = cores
+divided among workers), FUSION_WEIGHTS (clip,blip,fashion, e.g. "0.4,0.3,0.3").
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flashfit_server import __version__
+
+DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
+# Placeholders seen in example env files; in production they count as "not set".
+PLACEHOLDER_SECRETS = frozenset(
+    {"", DEV_JWT_SECRET, "your-jwt-secret-key-here", "your-super-secret-key-here", "changeme", "secret"}
+)
+MIN_SECRET_LENGTH = 32  # HS256 keys shorter than the hash are weak (RFC 7518 3.2)
+
+
+class SettingsError(ValueError):
+    """A variable has a value the server cannot use; the message names the variable."""
+
+
+def _csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    environment: str = "development"
+    log_level: str = "info"
+    log_format: str = "text"
+    workers: int = 1
+    model_cache_dir: Path = Path("models")
+    vector_store_dir: Path = Path("data")
+    max_batch_size: int = 32
+    inference_timeout: float = 30.0
+    cors_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=lambda: ["*"])
+    jwt_secret_key: str = DEV_JWT_SECRET
+    jwt_secret_from_env: bool = False
+    secret_key: str = ""
+    app_version: str = __version__
+    clip_model: str = "openai/clip-vit-base-patch32"
+    blip_model: str = "Salesforce/blip-image-captioning-base"
+    fashion_model: str = "patrickjohncyh/fashion-clip"
+    vector_index: str = "flat"
+    max_image_bytes: int = 10 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    caption_max_tokens: int = 20
+    torch_threads: int = 0
+    fusion_weights: tuple[float, float, float] = (0.4, 0.3, 0.3)
+    refresh_interval: float = 0.2
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment.lower() in {"production", "prod"}
+
+    @property
+    def max_request_bytes(self) -> int:
+        # Room for a base64 image (4/3 of the raw limit) plus the rest of a JSON or multipart body.
+        return self.max_image_bytes * 4 // 3 + 256 * 1024
+
+    @property
+    def threads_per_worker(self) -> int:
+        if self.torch_threads > 0:
+            return self.torch_threads
+        return max(1, (os.cpu_count() or 1) // max(1, self.workers))
+
+    def production_problems(self) -> list[str]:
+        """Why this configuration must not serve production traffic (secrets never echoed)."""
+        if not self.is_production:
+            return []
+        problems = []
+        if not self.jwt_secret_from_env or self.jwt_secret_key in PLACEHOLDER_SECRETS:
+            problems.append("JWT_SECRET_KEY is missing or still a default/placeholder value")
+        elif len(self.jwt_secret_key) < MIN_SECRET_LENGTH:
+            problems.append(f"JWT_SECRET_KEY is shorter than {MIN_SECRET_LENGTH} characters")
+        if self.secret_key and self.secret_key in PLACEHOLDER_SECRETS:
+            problems.append("SECRET_KEY is still a placeholder value")
+        return problems
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def text(name: str, default: str) -> str:
+            return env.get(name, default).strip() or default
+
+        def number(name: str, default: float, kind: type, minimum: float) -> float:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+            if value < minimum:
+                raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+            return value
+
+        def choice(name: str, default: str, allowed: set[str]) -> str:
+            value = text(name, default).lower()
+            if value not in allowed:
+                raise SettingsError(f"{name}={value!r} must be one of {sorted(allowed)}")
+            return value
+
+        weights = defaults.fusion_weights
+        if env.get("FUSION_WEIGHTS", "").strip():
+            parts = _csv(env["FUSION_WEIGHTS"])
+            try:
+                values = tuple(float(p) for p in parts)
+            except ValueError:
+                raise SettingsError("FUSION_WEIGHTS must be three numbers: clip,blip,fashion") from None
+            if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
+                raise SettingsError("FUSION_WEIGHTS must be three non-negative numbers: clip,blip,fashion")
+            weights = tuple(v / sum(values) for v in values)  # type: ignore[assignment]
+
+        jwt_secret = env.get("JWT_SECRET_KEY", "")
+        return cls(
+            environment=text("ENVIRONMENT", defaults.environment).lower(),
+            log_level=choice("LOG_LEVEL", defaults.log_level, {"debug", "info", "warning", "error", "critical"}),
+            log_format=choice("LOG_FORMAT", defaults.log_format, {"text", "json"}),
+            workers=int(number("WORKERS", defaults.workers, int, 1)),
+            model_cache_dir=Path(text("MODEL_CACHE_DIR", str(defaults.model_cache_dir))),
+            vector_store_dir=Path(text("VECTOR_STORE_DIR", str(defaults.vector_store_dir))),
+            max_batch_size=int(number("MAX_BATCH_SIZE", defaults.max_batch_size, int, 1)),
+            inference_timeout=float(number("INFERENCE_TIMEOUT", defaults.inference_timeout, float, 0.0001)),
+            cors_origins=_csv(env.get("CORS_ORIGINS", "")),
+            allowed_hosts=_csv(env.get("ALLOWED_HOSTS", "")) or ["*"],
+            jwt_secret_key=jwt_secret or DEV_JWT_SECRET,
+            jwt_secret_from_env=bool(jwt_secret),
+            secret_key=env.get("SECRET_KEY", ""),
+            app_version=text("APP_VERSION", defaults.app_version),
+            clip_model=text("CLIP_MODEL", defaults.clip_model),
+            blip_model=text("BLIP_MODEL", defaults.blip_model),
+            fashion_model=text("FASHION_MODEL", defaults.fashion_model),
+            vector_index=choice("VECTOR_INDEX", defaults.vector_index, {"flat", "hnsw"}),
+            max_image_bytes=int(number("MAX_IMAGE_BYTES", defaults.max_image_bytes, int, 1024)),
+            max_image_pixels=int(number("MAX_IMAGE_PIXELS", defaults.max_image_pixels, int, 64)),
+            caption_max_tokens=int(number("CAPTION_MAX_TOKENS", defaults.caption_max_tokens, int, 1)),
+            torch_threads=int(number("TORCH_THREADS", defaults.torch_threads, int, 0)),
+            fusion_weights=weights,
+        )
+
+    def __repr__(self) -> str:  # never let a secret reach a log line or a traceback
+        return f"Settings(environment={self.environment!r}, workers={self.workers}, ...)"
