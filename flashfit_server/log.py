@@ -7,7 +7,10 @@ import logging
 import time
 from typing import Any
 
-_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "color_message",  # uvicorn's ANSI-coloured duplicate of the message
+}
+QUIET_LOGGERS = ("transformers", "httpx", "PIL", "faiss", "faiss.loader", "multipart")
 
 
 class JsonLineFormatter(logging.Formatter):
@@ -43,7 +46,7 @@ def configure_logging(level: str, log_format: str) -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
-    for noisy in ("transformers", "httpx", "PIL"):
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 
@@ -64,5 +67,6 @@ def uvicorn_log_config(level: str, log_format: str) -> dict[str, Any]:
             "uvicorn": {"level": level.upper()},
             "uvicorn.error": {"level": level.upper()},
             "uvicorn.access": {"level": level.upper()},
+            **{name: {"level": "WARNING"} for name in QUIET_LOGGERS},
         },
     }

@@ -98,13 +98,15 @@ def _blip_config(size: Size, vocab: list[str]):  # noqa: ANN202
     text = {
         **token_ids, "hidden_size": 32, "encoder_hidden_size": 32, "intermediate_size": 64,
         "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 32,
-        "projection_dim": 32,
+        "projection_dim": 32, "initializer_range": 0.2,  # wide init: captions vary with the image
     }
     vision = {
         "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
         "image_size": 32, "patch_size": 8, "projection_dim": 32, "initializer_range": 0.2,
     }
-    return BlipConfig(text_config=text, vision_config=vision, projection_dim=32, image_text_hidden_size=32)
+    return BlipConfig(
+        text_config=text, vision_config=vision, projection_dim=32, image_text_hidden_size=32, initializer_range=0.2
+    )
 
 
 def _seeded_model(model_cls, config, seed: int):  # noqa: ANN001, ANN202

@@ -1,0 +1,318 @@
+"""`flashfit-server`: serve, probe, token, models make-tiny/pull, ingest, bench-store, clear-cache.
+
+Only the standard library is imported at parse time (so `--help` and `probe`, which the
+container HEALTHCHECK runs every few seconds, stay fast); each command imports what it needs.
+Exit codes: 0 ok, 1 failed (probe: not ready), 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _settings():  # noqa: ANN202
+    from flashfit_server.settings import Settings, SettingsError
+
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+# --- serve ---------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings()
+    problems = settings.production_problems()
+    if problems:
+        for problem in problems:
+            print(f"error: refusing to start with ENVIRONMENT={settings.environment}: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    workers = args.workers or settings.workers
+    os.environ["WORKERS"] = str(workers)  # workers read it to split CPU threads between them
+    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flashfit-metrics-")
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _clear_metrics_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    import uvicorn
+
+    from flashfit_server.log import uvicorn_log_config
+
+    uvicorn.run(
+        "flashfit_server.main:app",
+        host=args.host,
+        port=args.port,
+        workers=workers,
+        log_config=uvicorn_log_config(settings.log_level, settings.log_format),
+        timeout_graceful_shutdown=30,
+    )
+    return EXIT_OK
+
+
+def _clear_metrics_dir(folder: Path) -> int:
+    """Counter files of a previous run would be summed into this one's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    removed = 0
+    for path in folder.glob("*.db"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+# --- probe ---------------------------------------------------------------------------------------
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(args.url, timeout=args.timeout) as response:  # noqa: S310
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"probe {args.url}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"probe {args.url}: {status}")
+    return EXIT_OK if status == 200 else EXIT_FAILED
+
+
+# --- token ---------------------------------------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from flashfit_server.auth import mint_token
+
+    settings = _settings()
+    if not settings.jwt_secret_from_env:
+        print("warning: JWT_SECRET_KEY is not set; this token is signed with the dev default", file=sys.stderr)
+    print(mint_token(settings.jwt_secret_key, subject=args.subject, ttl_seconds=args.ttl))
+    return EXIT_OK
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from flashfit_server.models.tiny import make_checkpoints
+
+    settings = _settings()
+    paths = make_checkpoints(
+        Path(args.dir), seed=args.seed, size=args.size,
+        clip_name=settings.clip_model, blip_name=settings.blip_model, fashion_name=settings.fashion_model,
+    )
+    for slot, path in paths.items():
+        print(f"{slot}: {path}")
+    return EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    os.environ["HF_HUB_OFFLINE"] = "0"  # this one command is meant to reach the hub
+    from huggingface_hub import snapshot_download
+
+    settings = _settings()
+    for name in (settings.clip_model, settings.blip_model, settings.fashion_model):
+        dest = Path(args.dir) / name
+        snapshot_download(repo_id=name, local_dir=dest, allow_patterns=["*.json", "*.txt", "*.safetensors"])
+        if not any(dest.glob("*.safetensors")):  # some repos ship only the pickle format
+            snapshot_download(repo_id=name, local_dir=dest, allow_patterns=["pytorch_model.bin"])
+        print(f"{name}: {dest}")
+    return EXIT_OK
+
+
+# --- ingest --------------------------------------------------------------------------------------
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"}
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import time
+
+    from flashfit_server.datastore import DataStore, NewItem
+    from flashfit_server.errors import ApiError
+    from flashfit_server.fusion import initial_weights
+    from flashfit_server.images import decode_image
+    from flashfit_server.models.registry import ModelNames, ModelRegistry
+    from flashfit_server.service import embed_catalogue_sync
+    from flashfit_server.vector_store import configure_faiss
+
+    settings = _settings()
+    folder = Path(args.folder)
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        print(f"no images under {folder}", file=sys.stderr)
+        return EXIT_FAILED
+    batch_size = args.batch_size or settings.max_batch_size
+    registry = ModelRegistry(
+        settings.model_cache_dir, ModelNames(settings.clip_model, settings.blip_model, settings.fashion_model),
+        max_batch_size=batch_size, threads=settings.torch_threads or (os.cpu_count() or 1),
+        caption_max_tokens=settings.caption_max_tokens,
+    )
+    if not registry.load_all():
+        for slot, state in registry.slots.items():
+            if state.error:
+                print(f"error: {slot}: {state.error}", file=sys.stderr)
+        return EXIT_CONFIG
+    configure_faiss(os.cpu_count() or 1)
+    store = DataStore(settings.vector_store_dir, settings.vector_index, initial_weights(*settings.fusion_weights))  # type: ignore[arg-type]
+    store.open(registry.dims())
+    tags = [t.strip() for t in (args.tags or "").split(",") if t.strip()]
+    started, added, skipped = time.perf_counter(), 0, 0
+    for first in range(0, len(files), batch_size):
+        decoded = []
+        for path in files[first : first + batch_size]:
+            try:
+                decoded.append((path, decode_image(path.read_bytes(), settings.max_image_bytes, settings.max_image_pixels)))
+            except ApiError as exc:
+                print(f"skip {path}: {exc.message}", file=sys.stderr)
+                skipped += 1
+        if not decoded:
+            continue
+        embedded = embed_catalogue_sync(registry, [d.image for _, d in decoded])
+        new_items = [
+            NewItem(
+                image_data=d.data, image_extension=d.extension, vectors=e.vectors, name=path.stem,
+                caption=e.caption, category=args.category, tags=tags, user_id=args.user_id,
+            )
+            for (path, d), e in zip(decoded, embedded, strict=True)
+        ]
+        added += len(store.add_items(new_items))
+        print(f"ingested {added}/{len(files)}", file=sys.stderr)
+    seconds = time.perf_counter() - started
+    print(f"ingested {added} items, skipped {skipped}, in {seconds:.1f}s ({added / max(seconds, 1e-9):.1f} items/s)")
+    registry.queue.close()
+    return EXIT_OK if added else EXIT_FAILED
+
+
+# --- bench-store, clear-cache ----------------------------------------------------------------------
+
+
+def cmd_bench_store(args: argparse.Namespace) -> int:
+    from flashfit_server.datastore import STORE_NAMES
+    from flashfit_server.storebench import time_store
+    from flashfit_server.vector_store import StoreError, VectorStore, configure_faiss
+
+    settings = _settings()
+    configure_faiss(args.threads or (os.cpu_count() or 1))
+    measured = 0
+    for name in STORE_NAMES:
+        try:
+            store = VectorStore.load(settings.vector_store_dir, name, kind=settings.vector_index)  # type: ignore[arg-type]
+        except StoreError as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
+            continue
+        if len(store) == 0:
+            print(f"{name}: empty")
+            continue
+        print(time_store(store, queries=args.queries, k=args.k).line())
+        measured += 1
+    return EXIT_OK if measured else EXIT_FAILED
+
+
+def cmd_clear_cache(args: argparse.Namespace) -> int:
+    """Delete what can be regenerated: temp files and unreferenced index files left by interrupted
+    writes, stale multiprocess metric files, and (with --models) the model checkpoints."""
+    import shutil
+
+    from flashfit_server.atomic import file_lock, read_json
+    from flashfit_server.datastore import STORE_NAMES
+
+    settings = _settings()
+    data = settings.vector_store_dir
+    removed = 0
+    if data.is_dir():
+        with file_lock(data / ".lock"):  # no writer is mid-transaction while we look
+            referenced = set()
+            for name in STORE_NAMES:
+                if (data / f"{name}.json").exists():
+                    referenced.add(read_json(data / f"{name}.json")["index_file"])
+            debris = [*data.glob(".*.tmp"), *data.glob("images/.*.tmp")]
+            debris += [p for p in data.glob("*.index") if p.name not in referenced]
+            for path in debris:
+                path.unlink(missing_ok=True)
+                print(f"removed {path}")
+                removed += 1
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:
+        removed += _clear_metrics_dir(Path(metrics_dir))
+    if args.models and settings.model_cache_dir.is_dir():
+        shutil.rmtree(settings.model_cache_dir)
+        print(f"removed {settings.model_cache_dir}")
+        removed += 1
+    print(f"cleared {removed} entries")
+    return EXIT_OK
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashfit-server", description="The FlashFit recommendation server.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the HTTP server (uvicorn)")
+    serve.add_argument("--host", default="0.0.0.0")  # noqa: S104  (a container's server listens on all interfaces)
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=0, help="worker processes (default: WORKERS or 1)")
+    serve.set_defaults(func=cmd_serve)
+
+    probe = commands.add_parser("probe", help="exit 0 if URL answers 200 (container HEALTHCHECK)")
+    probe.add_argument("--url", default="http://127.0.0.1:8080/ready")
+    probe.add_argument("--timeout", type=float, default=3.0)
+    probe.set_defaults(func=cmd_probe)
+
+    token = commands.add_parser("token", help="mint a bearer token from JWT_SECRET_KEY")
+    token.add_argument("--subject", default="ops")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.set_defaults(func=cmd_token)
+
+    models = commands.add_parser("models", help="make or download model checkpoints")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    tiny = model_commands.add_parser("make-tiny", help="write small deterministic checkpoints into DIR")
+    tiny.add_argument("dir")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--size", choices=["tiny", "full"], default="tiny",
+                      help="full: the real architectures with random weights (benchmarks)")
+    tiny.set_defaults(func=cmd_make_tiny)
+    pull = model_commands.add_parser("pull", help="download the real checkpoints into DIR (needs the hub)")
+    pull.add_argument("dir")
+    pull.set_defaults(func=cmd_pull)
+
+    ingest = commands.add_parser("ingest", help="add every image under FOLDER, in batches")
+    ingest.add_argument("folder")
+    ingest.add_argument("--category")
+    ingest.add_argument("--user-id")
+    ingest.add_argument("--tags", help="comma separated")
+    ingest.add_argument("--batch-size", type=int, default=0, help="default: MAX_BATCH_SIZE")
+    ingest.set_defaults(func=cmd_ingest)
+
+    bench = commands.add_parser("bench-store", help="search latency p50/p95 and QPS of each store")
+    bench.add_argument("--queries", type=int, default=200)
+    bench.add_argument("--k", type=int, default=10)
+    bench.add_argument("--threads", type=int, default=0)
+    bench.set_defaults(func=cmd_bench_store)
+
+    clear = commands.add_parser("clear-cache", help="delete temp/debris files and stale metric files")
+    clear.add_argument("--models", action="store_true", help="also delete MODEL_CACHE_DIR")
+    clear.set_defaults(func=cmd_clear_cache)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
