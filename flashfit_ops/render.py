@@ -122,12 +122,29 @@ def render_template(name: str, config: Config, **extra: Any) -> str:
     return _environment().get_template(name).render(_context(config, **extra))
 
 
-def render_nginx(config: Config, upstreams: list[str], *, tls: bool | None = None) -> str:
-    """The proxy config for a set of upstream addresses (host:port). Deploys re-render it on every switch."""
+def render_nginx(config: Config, upstreams: list[str], *, tls: bool | None = None, dynamic: bool = False) -> str:
+    """The proxy config for a set of upstream addresses (host:port). Deploys re-render it on every
+    switch. `dynamic` (Swarm) resolves the single upstream name through Docker's DNS per request."""
     if not upstreams:
         raise ValueError("nginx needs at least one upstream server")
+    if dynamic and len(upstreams) != 1:
+        raise ValueError("a dynamic upstream is one service name resolved at request time")
     tls = config.tls.enabled if tls is None else tls
-    return render_template("nginx/nginx.conf.j2", config, upstreams=upstreams, tls=tls)
+    return render_template("nginx/nginx.conf.j2", config, upstreams=upstreams, tls=tls, dynamic=dynamic)
+
+
+def render_stack(config: Config, version: str | None = None) -> str:
+    """docker-stack.yml: the one definition of the Swarm services, used by `flashfit render` and,
+    with a concrete version, by `flashfit deploy --target swarm`."""
+    image_tag = version or "${FLASHFIT_VERSION:-latest}"
+    return render_template("compose/docker-stack.yml.j2", config, image_ref=f"{config.server.image}:{image_tag}")
+
+
+SWARM_NGINX_FILE = "nginx-swarm.conf"
+
+
+def render_swarm_nginx(config: Config) -> str:
+    return render_nginx(config, [f"backend:{CONTAINER_PORT}"], dynamic=True)
 
 
 def _compose_backend_upstreams(config: Config) -> list[str]:
@@ -144,7 +161,8 @@ def render_all(config: Config) -> dict[str, RenderedFile]:
     add("docker-compose.prod.yml", "compose/docker-compose.prod.yml.j2")
     for color in COLORS:
         add(f"docker-compose.{color}.yml", "compose/docker-compose.color.yml.j2", color=color)
-    add("docker-stack.yml", "compose/docker-stack.yml.j2")
+    files["docker-stack.yml"] = RenderedFile(render_stack(config))
+    files[SWARM_NGINX_FILE] = RenderedFile(render_swarm_nginx(config))
     files["nginx.conf"] = RenderedFile(render_nginx(config, _compose_backend_upstreams(config), tls=False))
     files["nginx-ssl.conf"] = RenderedFile(render_nginx(config, _compose_backend_upstreams(config), tls=True))
     add("monitoring/prometheus.yml", "monitoring/prometheus.yml.j2")

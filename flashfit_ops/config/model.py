@@ -241,6 +241,19 @@ class VolumesConfig(Strict):
     data: str = "vector_indices"
 
 
+class SwarmConfig(Strict):
+    """How `target: swarm` lays services out. The defaults suit normal hosts; a kernel without
+    IPVS (no routing mesh) needs endpoint_mode dnsrr and publish_mode host."""
+
+    endpoint_mode: Literal["vip", "dnsrr"] = "vip"
+    publish_mode: Literal["ingress", "host"] = "ingress"
+    proxy_replicas: int = Field(2, ge=1, le=64)
+    # Placement constraints for the backend, e.g. ["node.labels.flashfit.models == true"].
+    constraints: list[str] = Field(default_factory=list)
+    # Pause between batches of a rolling update.
+    update_delay: Duration = 0.0
+
+
 class SecretsConfig(Strict):
     env_file: str = ".env"
 
@@ -260,6 +273,7 @@ class Config(Strict):
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
     volumes: VolumesConfig = Field(default_factory=VolumesConfig)
+    swarm: SwarmConfig = Field(default_factory=SwarmConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     # Per-environment overlays, deep-merged over the keys above; validated after merging.
     environments: dict[Literal["dev", "prod"], dict] = Field(default_factory=dict)

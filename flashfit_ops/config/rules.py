@@ -87,5 +87,18 @@ def _deploy_problems(config: Config) -> list[Problem]:
     return problems
 
 
+def _swarm_problems(config: Config) -> list[Problem]:
+    swarm = config.swarm
+    if swarm.endpoint_mode == "dnsrr" and swarm.publish_mode != "host":
+        return [Problem("swarm.publish_mode", "endpoint_mode dnsrr publishes ports only in host mode: set publish_mode: host")]
+    return []
+
+
 def cross_field_problems(config: Config) -> list[Problem]:
-    return [*_port_conflicts(config), *_tls_problems(config), *_resource_problems(config), *_deploy_problems(config)]
+    return [
+        *_port_conflicts(config),
+        *_tls_problems(config),
+        *_resource_problems(config),
+        *_deploy_problems(config),
+        *_swarm_problems(config),
+    ]

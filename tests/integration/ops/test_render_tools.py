@@ -32,9 +32,10 @@ def tls_material(tmp_path_factory) -> Path:
     return folder
 
 
-def rendered(tmp_path: Path, tls_material: Path, env: str, example_config: Path) -> Path:
+def rendered(tmp_path: Path, tls_material: Path, env: str, example_config: Path, **changes) -> Path:
     config = load_config(example_config, env=env, environ={})
     data = config.model_dump(mode="json", exclude={"environments"})
+    data.update(changes)
     data["tls"] = {"enabled": True, "domains": ["flashfit.test"], "certificate": str(tls_material / "site.crt"), "key": str(tls_material / "site.key")}
     data["services"]["redis"]["enabled"] = True
     data["services"]["frontend"]["image"] = "flashfit/frontend:latest"
@@ -60,9 +61,10 @@ def test_nginx_accepts_both_configs(tmp_path: Path, tls_material: Path, env: str
     script = (
         f"mount --bind {hosts} /etc/hosts && mkdir -p /etc/nginx/ssl && mount --bind {tls_material} /etc/nginx/ssl"
         f" && {nginx} -t -c {out / 'nginx.conf'} && {nginx} -t -c {out / 'nginx-ssl.conf'}"
+        f" && {nginx} -t -c {out / 'nginx-swarm.conf'}"
     )
     result = run("unshare", "--mount", "--propagation", "private", "sh", "-c", script)
-    assert result.stderr.count("test is successful") == 2, result.stderr
+    assert result.stderr.count("test is successful") == 3, result.stderr
 
 
 def test_nginx_rejects_the_documents_rate_limit_placement(tmp_path: Path) -> None:
@@ -102,6 +104,13 @@ def test_stack_file_validates(tmp_path: Path, tls_material: Path, env: str, exam
     assert "start-first" in result.stdout
     # docker-compose validates the stack file against the compose schema too.
     run(require_tool("docker-compose"), "-f", str(out / "docker-stack.yml"), "config", "-q", cwd=out)
+
+
+def test_stack_file_for_hosts_without_routing_mesh_validates(tmp_path: Path, tls_material: Path, example_config: Path) -> None:
+    swarm = {"endpoint_mode": "dnsrr", "publish_mode": "host", "proxy_replicas": 1, "constraints": ["node.role == manager"]}
+    out = rendered(tmp_path, tls_material, "prod", example_config, swarm=swarm)
+    result = run(require_tool("docker"), "stack", "config", "-c", str(out / "docker-stack.yml"), cwd=out)
+    assert "mode: host" in result.stdout and "endpoint_mode: dnsrr" in result.stdout
 
 
 def test_dashboard_is_valid_json_with_three_panels(tmp_path: Path, tls_material: Path, example_config: Path) -> None:

@@ -21,6 +21,7 @@ EXPECTED_FILES = {
     "docker-compose.blue.yml",
     "docker-compose.green.yml",
     "docker-stack.yml",
+    "nginx-swarm.conf",
     "nginx.conf",
     "nginx-ssl.conf",
     "monitoring/prometheus.yml",
