@@ -22,6 +22,7 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "flashfit_ops.cli.config_cmds",
     "flashfit_ops.cli.render_cmd",
+    "flashfit_ops.cli.backup_cmds",
     "flashfit_ops.cli.images_cmds",
 ]
 

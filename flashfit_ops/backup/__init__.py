@@ -1,0 +1,12 @@
+"""Backups of the FlashFit data and deployment configuration, restic/kopia style.
+
+A backup target (a local folder or an S3 bucket/prefix) holds:
+  blobs/<sha[:2]>/<sha>[.zst]   file contents, named by the SHA-256 of the content, written once
+  snapshots/<id>.json           one manifest per backup, written LAST: no manifest, no backup
+  locks/<kind>-<id>.json        a backup or prune in progress (prune never runs beside a backup)
+
+Modules: paths (path safety), manifest (format), retention (policy as data), blobs (hashing,
+compression, encryption), store (local/S3), location (the data folder), snapshot (the server's
+snapshot endpoint), service (stop/start seam around a restore), engine (create, list, verify,
+prune, restore). Nothing here prints: progress goes through a callback the CLI supplies.
+"""
