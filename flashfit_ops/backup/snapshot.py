@@ -21,8 +21,12 @@ from flashfit_ops.errors import OperationFailed, Unavailable
 
 SNAPSHOT_PATH = "/api/admin/snapshot"
 # Folders inside the data folder that hold snapshots: never backed up as live data.
-SNAPSHOT_DIRS = frozenset({".snapshots", "snapshots"})
-SNAPSHOT_ROOT = ".snapshots"
+SNAPSHOT_DIRS = frozenset({"_snapshots", ".snapshots", "snapshots"})
+# The server accepts plain names only (no leading dot), see flashfit_server.snapshot.resolve_dest.
+SNAPSHOT_ROOT = "_snapshots"
+# Parts of the data folder a server snapshot covers: taken from the snapshot, never from live files.
+SNAPSHOT_COVERS_SUFFIXES = (".index",)
+SNAPSHOT_COVERS_DIRS = ("images",)
 
 
 @dataclass
@@ -113,6 +117,6 @@ def parse_snapshot_response(body: Any, data_dir: Path, dest: str, header_version
             files.append(SnapshotFile(str(item["path"]), int(item["size"]), str(item["sha256"])))
         except (KeyError, TypeError, ValueError):
             raise OperationFailed(f"the server's snapshot answer has a bad entry: {item!r}") from None
-    version = body.get("server_version") or body.get("version") or header_version
+    version = body.get("app_version") or body.get("server_version") or body.get("version") or header_version
     folder = body.get("dest") or dest
     return SnapshotResult(data_dir / str(folder), files, str(version) if version else None, body)

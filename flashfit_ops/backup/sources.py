@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flashfit_ops.backup.paths import UnsafePath, check_relpath, is_within
-from flashfit_ops.backup.snapshot import SNAPSHOT_DIRS, SnapshotResult
+from flashfit_ops.backup.snapshot import SNAPSHOT_COVERS_DIRS, SNAPSHOT_COVERS_SUFFIXES, SNAPSHOT_DIRS, SnapshotResult
 from flashfit_ops.errors import OperationFailed
 
 if TYPE_CHECKING:
@@ -94,8 +94,8 @@ def data_items(data_dir: Path, snap: SnapshotResult | None, warnings: list[str])
         path = f"data/{rel}"
         if path in items:
             continue
-        if snap is not None and rel.endswith(".index"):
-            continue  # live index files: the snapshot holds the consistent ones
+        if snap is not None and (rel.endswith(SNAPSHOT_COVERS_SUFFIXES) or rel.split("/")[0] in SNAPSHOT_COVERS_DIRS):
+            continue  # live index files and images: the snapshot holds the consistent ones
         items[path] = Item(path, mode, local=full)
     return list(items.values())
 
