@@ -1,7 +1,7 @@
 """One FAISS index per model with stable int64 item ids, persisted as an index/metadata pair.
 
 On disk, for a store named `clip` in folder F:
-  F/clip-<generation>.index   the serialised faiss IndexIDMap2 (a new file name for every save)
+  F/clip-<generation>-<sha>.index   the serialised faiss IndexIDMap2 (a new name for every save)
   F/clip.json                 the commit point: {"index_file", "sha256", "size", "count", "dim", ...}
 The index file is written and fsynced first, then clip.json is atomically replaced. A kill at any
 moment leaves clip.json naming a complete index file whose sha256 it records, so the pair always
@@ -135,7 +135,9 @@ class VectorStore:
         """Write the index file, then commit the json that names it; returns the json payload."""
         folder.mkdir(parents=True, exist_ok=True)
         data = faiss.serialize_index(self.index)
-        index_file = f"{self.name}-{generation:010d}.index"
+        sha = sha256_bytes(memoryview(data))
+        # Content in the name: rewriting the same generation can never alter a committed file.
+        index_file = f"{self.name}-{generation:010d}-{sha[:16]}.index"
         write_bytes_atomic(folder / index_file, memoryview(data))
         fault_point(f"between-index-and-json:{self.name}")
         meta = {
@@ -147,16 +149,19 @@ class VectorStore:
             "generation": generation,
             "index_file": index_file,
             "size": int(data.nbytes),
-            "sha256": sha256_bytes(memoryview(data)),
+            "sha256": sha,
         }
         write_json_atomic(folder / f"{self.name}.json", meta)
         self._remove_unreferenced(folder, keep=index_file)
         return meta
 
     def _remove_unreferenced(self, folder: Path, keep: str) -> None:
+        """Debris of interrupted saves (callers hold the writer lock, so none is in progress)."""
         for path in folder.glob(f"{self.name}-*.index"):
             if path.name != keep:
                 path.unlink(missing_ok=True)
+        for path in [*folder.glob(f".{self.name}-*.tmp"), *folder.glob(f".{self.name}.json.*.tmp")]:
+            path.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, folder: Path, name: str, dim: int | None = None, kind: IndexKind = "flat") -> VectorStore:

@@ -1,0 +1,67 @@
+"""Kill a real writer process at random moments and check the folder it leaves behind."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from flashfit_server.datastore import STORE_NAMES, DataStore
+from flashfit_server.vector_store import VectorStore
+
+DIMS = {"clip": 64, "blip": 64, "fashion": 32}
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from pathlib import Path
+    from flashfit_server.datastore import DataStore, NewItem
+    from flashfit_server.storebench import random_unit_vectors
+
+    dims = {"clip": 64, "blip": 64, "fashion": 32}
+    store = DataStore(Path(sys.argv[1]), refresh_interval=0.0)
+    store.open(dims)
+    seed = int(sys.argv[2])
+    while True:
+        batch = []
+        for _ in range(200):  # big saves widen the window a kill can land in
+            seed += 1
+            vectors = {n: random_unit_vectors(1, d, seed)[0] for n, d in dims.items()}
+            batch.append(NewItem(b"x", "png", vectors, name=str(seed), caption=""))
+        items = store.add_items(batch)
+        if items[0].id % 3 == 0:
+            store.delete_item(items[0].id)
+        print(items[-1].id, flush=True)
+    """
+)
+
+
+def test_random_kills_never_leave_a_mismatched_pair(tmp_path: Path) -> None:
+    rng = random.Random(1234)
+    total_seen = 0
+    for round_number in range(6):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(tmp_path), str(round_number * 1_000_000)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert proc.stdout is not None
+        proc.stdout.readline()  # at least one commit happened in this round
+        time.sleep(rng.uniform(0.0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        for name in STORE_NAMES:
+            VectorStore.load(tmp_path, name)  # verifies the json's size and sha256 of its index
+        store = DataStore(tmp_path, refresh_interval=0.0)
+        store.open(DIMS)
+        with store.read() as state:
+            listed = set(state.catalog.items)
+            for name in STORE_NAMES:
+                assert listed <= set(state.stores[name].ids().tolist())
+            assert len(listed) >= total_seen
+            total_seen = len(listed)
+    assert total_seen > 0

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from flashfit_server.errors import ApiError
+from flashfit_server.images import decode_base64_image, decode_image
+from tests.server.conftest import bomb_png, image_bytes
+
+LIMIT, PIXELS = 1_000_000, 10_000_000
+
+
+def _error(fn, *args) -> ApiError:  # noqa: ANN001
+    with pytest.raises(ApiError) as info:
+        fn(*args)
+    return info.value
+
+
+@pytest.mark.parametrize("fmt,ext", [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("BMP", "bmp"), ("GIF", "gif")])
+def test_common_formats_decode_to_rgb(fmt: str, ext: str) -> None:
+    decoded = decode_image(image_bytes(1, fmt=fmt), LIMIT, PIXELS)
+    assert decoded.image.mode == "RGB" and decoded.extension == ext and decoded.image.size == (48, 40)
+
+
+def test_non_image_bytes_are_a_400() -> None:
+    assert _error(decode_image, b"%PDF-1.4 not an image", LIMIT, PIXELS).status == 400
+
+
+def test_truncated_image_is_a_400() -> None:
+    data = image_bytes(2, size=(200, 200), fmt="JPEG")
+    assert _error(decode_image, data[: len(data) // 2], LIMIT, PIXELS).status == 400
+
+
+def test_empty_upload_is_a_400() -> None:
+    assert _error(decode_image, b"", LIMIT, PIXELS).status == 400
+
+
+def test_decompression_bomb_is_refused_before_decoding() -> None:
+    err = _error(decode_image, bomb_png(), LIMIT, PIXELS)
+    assert err.status == 400 and err.code == "image_too_many_pixels"
+
+
+def test_pixels_in_pil_warning_band_are_refused_too() -> None:
+    # 4000x4000 = 16M: above our 10M limit but below 2x, where PIL only warns.
+    assert _error(decode_image, bomb_png(4000), LIMIT, PIXELS).code == "image_too_many_pixels"
+
+
+def test_oversized_bytes_are_a_413() -> None:
+    assert _error(decode_image, b"\0" * (LIMIT + 1), LIMIT, PIXELS).status == 413
+
+
+def test_base64_with_and_without_data_url_prefix() -> None:
+    raw = base64.b64encode(image_bytes(3)).decode()
+    assert decode_base64_image(raw, LIMIT, PIXELS).extension == "png"
+    assert decode_base64_image("data:image/png;base64," + raw, LIMIT, PIXELS).extension == "png"
+
+
+@pytest.mark.parametrize("text", ["not base64!!", "abc", "====", "\u00e9\u00e9\u00e9\u00e9"])
+def test_malformed_base64_is_a_400(text: str) -> None:
+    assert _error(decode_base64_image, text, LIMIT, PIXELS).status == 400
+
+
+def test_huge_base64_is_a_413_without_decoding() -> None:
+    assert _error(decode_base64_image, "A" * (LIMIT * 2), LIMIT, PIXELS).status == 413

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from flashfit_server.auth import mint_token, verify_token
+from flashfit_server.errors import ApiError
+from flashfit_server.settings import DEV_JWT_SECRET, Settings, SettingsError
+
+GOOD_SECRET = "x" * 40
+
+
+def test_defaults_are_development_with_a_dev_secret() -> None:
+    settings = Settings.from_env({})
+    assert settings.environment == "development" and settings.jwt_secret_key == DEV_JWT_SECRET
+    assert settings.production_problems() == []
+
+
+def test_environment_variables_are_read() -> None:
+    settings = Settings.from_env(
+        {
+            "WORKERS": "3", "MAX_BATCH_SIZE": "8", "INFERENCE_TIMEOUT": "2.5", "CORS_ORIGINS": "https://a, https://b",
+            "ALLOWED_HOSTS": "flashfit.ai", "VECTOR_INDEX": "HNSW", "LOG_FORMAT": "json", "APP_VERSION": "9.9",
+            "FUSION_WEIGHTS": "2,1,1", "MODEL_CACHE_DIR": "/m", "VECTOR_STORE_DIR": "/d",
+        }
+    )
+    assert settings.workers == 3 and settings.max_batch_size == 8 and settings.inference_timeout == 2.5
+    assert settings.cors_origins == ["https://a", "https://b"] and settings.allowed_hosts == ["flashfit.ai"]
+    assert settings.vector_index == "hnsw" and settings.log_format == "json" and settings.app_version == "9.9"
+    assert settings.fusion_weights == pytest.approx((0.5, 0.25, 0.25))
+    assert str(settings.model_cache_dir) == "/m" and str(settings.vector_store_dir) == "/d"
+
+
+@pytest.mark.parametrize(
+    "env,match",
+    [({"WORKERS": "two"}, "WORKERS"), ({"WORKERS": "0"}, "WORKERS"), ({"VECTOR_INDEX": "ivf9"}, "VECTOR_INDEX"),
+     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"), ({"FUSION_WEIGHTS": "1,2"}, "FUSION_WEIGHTS")],
+)
+def test_bad_values_name_the_variable(env: dict, match: str) -> None:
+    with pytest.raises(SettingsError, match=match):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    "secret", [None, "", DEV_JWT_SECRET, "your-jwt-secret-key-here", "short-secret"]
+)
+def test_production_refuses_missing_default_or_weak_secrets(secret: str | None) -> None:
+    env = {"ENVIRONMENT": "production"} | ({"JWT_SECRET_KEY": secret} if secret is not None else {})
+    problems = Settings.from_env(env).production_problems()
+    assert problems and all("JWT_SECRET_KEY" in p for p in problems)
+    assert not any(secret and secret in p for p in problems)  # never echo the secret
+
+
+def test_production_accepts_a_real_secret_and_repr_hides_it() -> None:
+    settings = Settings.from_env({"ENVIRONMENT": "production", "JWT_SECRET_KEY": GOOD_SECRET})
+    assert settings.production_problems() == []
+    assert GOOD_SECRET not in repr(settings)
+
+
+def test_token_round_trip_and_failures() -> None:
+    token = mint_token(GOOD_SECRET, subject="alice", ttl_seconds=60)
+    assert verify_token(token, GOOD_SECRET)["sub"] == "alice"
+    for bad in (mint_token("y" * 40), mint_token(GOOD_SECRET, ttl_seconds=-10, now=time.time()), "garbage"):
+        with pytest.raises(ApiError) as info:
+            verify_token(bad, GOOD_SECRET)
+        assert info.value.status == 401
