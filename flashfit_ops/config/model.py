@@ -15,7 +15,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _MEMORY = re.compile(r"^\d+(?:\.\d+)?[KMG]$")
 
 
-def _parse_duration(value: object) -> float:
+def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 500ms or 2m")
     if isinstance(value, (int, float)):
@@ -38,7 +38,7 @@ def format_duration(seconds: float) -> str:
 
 
 # Seconds as a float inside the program; "30s" style in files.
-Duration = Annotated[float, BeforeValidator(_parse_duration), PlainSerializer(format_duration, when_used="json")]
+Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(format_duration, when_used="json")]
 
 
 def _check_memory(value: object) -> str:

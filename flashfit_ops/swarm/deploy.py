@@ -1,0 +1,151 @@
+"""`flashfit deploy|rollback|status` for `target: swarm`: the same plan -> execute flow as local
+deploys, with Swarm doing the rolling update (start-first, rollback on failure) and flashfit
+gating on convergence and on the proxy answering."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from flashfit_ops.config.model import Config
+from flashfit_ops.config.secrets import load_secrets
+from flashfit_ops.errors import FlashFitError, OperationFailed
+from flashfit_ops.plan.steps import Step
+from flashfit_ops.render import render_stack, render_swarm_nginx
+from flashfit_ops.swarm.engine import Materials, SwarmEngine, observe
+from flashfit_ops.swarm.plan import UpsertService, object_name, plan_swarm_deploy
+from flashfit_ops.swarm.sdk import service_name
+from flashfit_ops.swarm.spec import parse_stack
+
+NGINX_CONFIG = "nginx_config"
+
+
+def prepare(config: Config, version: str, environ: dict[str, str] | None = None) -> Materials:
+    """Render the stack for this version and gather what its secrets and configs hold."""
+    stack = parse_stack(render_stack(config, version))
+    project = config.project
+    materials = Materials(stack=stack, version=version)
+
+    def add(kind: str, source: str, content: bytes) -> None:
+        name = object_name(project, source, content)
+        materials.contents[name] = content
+        materials.object_names[(kind, source)] = name
+
+    secrets = load_secrets(config, environ)
+    for source in stack.external_secrets:
+        value = secrets.get(source.upper())
+        if value:
+            add("secret", source, value.encode())
+        else:
+            for key, service in stack.services.items():
+                if any(ref.source == source for ref in service.secrets):
+                    materials.dropped_env[key] = (*materials.dropped_env.get(key, ()), f"{source.upper()}_FILE")
+    for source, file in stack.secret_files.items():
+        add("secret", source, Path(file).read_bytes())
+    add("config", NGINX_CONFIG, render_swarm_nginx(config).encode())
+    return materials
+
+
+def plan(client: Any, config: Config, materials: Materials) -> list[Step]:
+    return plan_swarm_deploy(config, observe(client, config.project), materials.stack, object_names=materials.object_names)
+
+
+def deploy(
+    client: Any,
+    config: Config,
+    version: str,
+    *,
+    dry_run: bool = False,
+    on_step: Callable[[Step], None] = lambda _step: None,
+    on_status: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    materials = prepare(config, version)
+    steps = plan(client, config, materials)
+    result: dict[str, Any] = {"target": "swarm", "version": version, "plan": [s.to_dict() for s in steps]}
+    if dry_run:
+        return {**result, "result": "planned"}
+    engine = SwarmEngine(client, config.project, on_status=on_status)
+    started = time.monotonic()
+    backend_updated = False
+    try:
+        for step in steps:
+            on_step(step)
+            engine.apply(step, materials)
+            if isinstance(step, UpsertService) and step.key == "backend" and step.action == "update":
+                backend_updated = True
+    except FlashFitError as error:
+        if backend_updated and not _swarm_rolled_back(engine, config):
+            engine.rollback(service_name(config.project, "backend"))
+            error.details["rolled_back_by"] = "flashfit"
+        raise
+    return {**result, "result": "deployed", "duration_s": round(time.monotonic() - started, 2)}
+
+
+def _swarm_rolled_back(engine: SwarmEngine, config: Config) -> bool:
+    state = engine.service_health(service_name(config.project, "backend")).update_state
+    return state in ("rollback_started", "rollback_completed")
+
+
+def rollback(client: Any, config: Config, *, on_status: Callable[[str], None] | None = None) -> dict[str, Any]:
+    engine = SwarmEngine(client, config.project, on_status=on_status)
+    name = service_name(config.project, "backend")
+    engine.rollback(name)
+    health = engine.await_convergence(name, config.replicas, config.deploy.deadline)
+    if health.update_state not in ("rollback_completed", "completed"):
+        raise OperationFailed(f"the rollback of {name} did not complete ({health.update_state})")
+    service = client.services.get(name)
+    image = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
+    return {"target": "swarm", "service": name, "image": image, "result": "rolled back"}
+
+
+def status(client: Any, config: Config) -> dict[str, Any]:
+    """Services and their tasks per node, with container health where the task runs here."""
+    observed = observe(client, config.project)
+    if not observed.swarm_active:
+        return {"target": "swarm", "swarm": "inactive", "services": []}
+    nodes = {node.id: node.attrs["Description"]["Hostname"] for node in client.nodes.list()}
+    services = []
+    for key, svc in sorted(observed.services.items()):
+        service = client.services.get(svc.name)
+        tasks = []
+        for task in service.tasks(filters={"desired-state": "running"}):
+            container_id = task["Status"].get("ContainerStatus", {}).get("ContainerID")
+            tasks.append(
+                {
+                    "slot": task.get("Slot"),
+                    "node": nodes.get(task.get("NodeID"), task.get("NodeID")),
+                    "state": task["Status"]["State"],
+                    "image": task["Spec"]["ContainerSpec"]["Image"].split("@")[0],
+                    "health": _container_health(client, container_id),
+                    "error": task["Status"].get("Err"),
+                }
+            )
+        services.append(
+            {
+                "service": svc.name,
+                "role": key,
+                "image": svc.image,
+                "replicas": svc.replicas,
+                "update_state": svc.update_state,
+                "tasks": sorted(tasks, key=lambda t: (t["slot"] or 0)),
+            }
+        )
+    return {
+        "target": "swarm",
+        "swarm": "active",
+        "url": f"http://127.0.0.1:{config.ports.http}/",
+        "services": services,
+    }
+
+
+def _container_health(client: Any, container_id: str | None) -> str | None:
+    if not container_id:
+        return None
+    from docker.errors import NotFound
+
+    try:
+        state = client.containers.get(container_id).attrs["State"]
+    except NotFound:
+        return "elsewhere"  # the task runs on another node
+    return (state.get("Health") or {}).get("Status", state.get("Status"))
