@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "flashfit_ops.cli.render_cmd",
     "flashfit_ops.cli.backup_cmds",
     "flashfit_ops.cli.images_cmds",
+    "flashfit_ops.cli.doctor_cmd",
 ]
 
 

@@ -1,0 +1,37 @@
+"""One small module per area. Importing this package registers every check; ORDER is the order
+of the report (cheap, foundational checks first)."""
+
+from flashfit_ops.doctor.checks import (  # noqa: F401 - imported to register
+    backup,
+    config,
+    containers,
+    disk,
+    engine,
+    http,
+    lock,
+    nginx,
+    ports,
+    resources,
+    stores,
+    tls,
+)
+
+ORDER = [
+    "config",
+    "docker",
+    "containers",
+    "ports",
+    "proxy-health",
+    "backend-health",
+    "latency",
+    "inference",
+    "store-bench",
+    "resources",
+    "disk",
+    "nginx-config",
+    "upstream",
+    "tls",
+    "lock",
+    "backup",
+    "stores",
+]

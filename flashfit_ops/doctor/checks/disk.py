@@ -1,0 +1,90 @@
+"""Free disk on the data and model volumes (the host folder or the volume's Mountpoint)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flashfit_ops.doctor.context import DoctorContext, attrs_of
+from flashfit_ops.doctor.registry import check
+from flashfit_ops.doctor.result import FAILURE, OK, WARNING, Finding, combine
+
+USED_WARN = 0.85
+USED_FAIL = 0.95
+DISK_HINT = ("free space on {path} (old backups, `flashfit-server clear-cache` for index debris) "
+             "or move {key} to a larger disk")
+
+
+def usage_of(path: Path) -> dict[str, int]:
+    stat = os.statvfs(path)
+    total = stat.f_blocks * stat.f_frsize
+    free = stat.f_bavail * stat.f_frsize  # what an unprivileged writer (the server) can still use
+    used = total - stat.f_bfree * stat.f_frsize
+    return {"total": total, "free": free, "used": used}
+
+
+def judge(key: str, path: str, usage: dict[str, int]) -> tuple[str, str, str | None]:
+    total = usage["total"]
+    if total <= 0:
+        return OK, f"{key}: size unknown", None
+    fraction = 1.0 - usage["free"] / total
+    text = f"{key} {fraction:.0%} used ({_human(usage['free'])} free of {_human(total)})"
+    hint = DISK_HINT.format(path=path, key=key)
+    if fraction >= USED_FAIL:
+        return FAILURE, text, hint
+    if fraction >= USED_WARN:
+        return WARNING, text, hint
+    return OK, text, None
+
+
+def _human(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value:.1f}TiB"  # pragma: no cover
+
+
+def locations(ctx: DoctorContext) -> dict[str, str]:
+    """{"volumes.data": host path, "volumes.models": host path}: from a backend's mounts when one
+    exists (what the server really writes to), else from the config."""
+    env = ctx.config.server.environment
+    wanted = {env.VECTOR_STORE_DIR: "volumes.data", env.MODEL_CACHE_DIR: "volumes.models"}
+    found: dict[str, str] = {}
+    backends = ctx.backends(running_only=True) or ctx.backends()
+    if backends:
+        for mount in attrs_of(backends[0]).get("Mounts") or []:
+            key = wanted.get(mount.get("Destination"))
+            if key and mount.get("Source"):
+                found[key] = mount["Source"]
+    for key, source in (("volumes.data", ctx.config.volumes.data), ("volumes.models", ctx.config.volumes.models)):
+        if key in found:
+            continue
+        if source.startswith(("/", ".")):
+            found[key] = str(ctx.config.resolve_path(source))
+        else:
+            from flashfit_ops.backup.location import volume_mountpoint
+
+            found[key] = str(volume_mountpoint(f"{ctx.project}_{source}", ctx.project, ctx.docker()))
+    return found
+
+
+@check("disk", "Free disk on the data and model volumes", timeout=10.0)
+def disk(ctx: DoctorContext) -> Finding:
+    parts: list[tuple[str, str, str | None]] = []
+    details: dict[str, Any] = {}
+    seen: dict[str, dict[str, int]] = {}
+    for key, path in sorted(locations(ctx).items()):
+        try:
+            usage = seen.get(path) or usage_of(Path(path))
+        except OSError as error:
+            parts.append((FAILURE, f"{key}: cannot read {path}: {error.strerror or error}",
+                          f"create it or fix {key}; a deploy creates volumes"))
+            details[key] = {"path": path, "error": str(error)}
+            continue
+        seen[path] = usage
+        details[key] = {"path": path, **usage}
+        parts.append(judge(key, path, usage))
+    summary = "; ".join(m for s, m, _ in parts if s == OK)
+    return combine(parts, summary or "no volumes", volumes=details)

@@ -1,0 +1,123 @@
+"""The proxy: `nginx -t` inside its container, and whether the upstream it routes to is the set of
+live, running backends."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flashfit_ops.doctor import nginxconf
+from flashfit_ops.doctor.context import DoctorContext, attrs_of, labels_of, state_of, LABEL_COLOR
+from flashfit_ops.doctor.observed import deploy_observed, match_backend, proxy_config_text
+from flashfit_ops.doctor.registry import check
+from flashfit_ops.doctor.result import FAILURE, OK, WARNING, Finding, combine, failure, ok
+
+NO_PROXY_HINT = "`flashfit deploy` starts the proxy; `docker logs {name}` says why it stopped"
+
+
+def nginx_command(container: Any) -> list[str]:
+    attrs = attrs_of(container)
+    return [attrs.get("Path") or "", *(attrs.get("Args") or [])]
+
+
+def _run(container: Any, argv: list[str]) -> tuple[int, str]:
+    result = container.exec_run(argv, demux=False)
+    return int(result.exit_code if result.exit_code is not None else -1), (result.output or b"").decode(errors="replace")
+
+
+def evaluate_test(exit_code: int, output: str, name: str) -> Finding:
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if exit_code == 0:
+        return ok(f"{name}: configuration test is successful", output=lines)
+    problem = next((line for line in lines if "[emerg]" in line or "[error]" in line), lines[0] if lines else "no output")
+    problem = problem.split("] ", 1)[-1] if "] " in problem else problem
+    return failure(
+        f"nginx -t fails: {problem}",
+        "fix the proxy config (.flashfit/proxy/nginx.conf) and do not reload until `nginx -t` passes; "
+        "a deploy re-renders it",
+        output=lines,
+    )
+
+
+def _proxy_or_failure(ctx: DoctorContext) -> tuple[Any | None, Finding | None]:
+    proxy = ctx.proxy()
+    name = f"{ctx.project}-proxy"
+    if proxy is None:
+        return None, failure("no proxy container", NO_PROXY_HINT.format(name=name))
+    if state_of(proxy) != "running":
+        return None, failure(f"{proxy.name} is {state_of(proxy)}", NO_PROXY_HINT.format(name=proxy.name))
+    return proxy, None
+
+
+@check("nginx-config", "`nginx -t` inside the proxy container", timeout=10.0)
+def nginx_config(ctx: DoctorContext) -> Finding:
+    proxy, problem = _proxy_or_failure(ctx)
+    if problem:
+        return problem
+    args = nginxconf.config_args(nginx_command(proxy))
+    code, output = _run(proxy, ["nginx", "-t", *args])
+    return evaluate_test(code, output, proxy.name)
+
+
+def evaluate_upstream(
+    servers: dict[str, list[str]],
+    backends: list[Any],
+    applied: tuple[str, ...] | None,
+) -> Finding:
+    """Every upstream server must be a running backend of the project; every running backend
+    should be in the upstream; the upstream should be what the deploy engine last applied."""
+    parts: list[tuple[str, str, str | None]] = []
+    routed: list[str] = []
+    colors: set[str] = set()
+    rows = []
+    if not any(servers.values()):
+        return failure("the proxy config has no upstream servers", "`flashfit deploy` re-renders the proxy config")
+    for upstream, addresses in servers.items():
+        for address in addresses:
+            container = match_backend(address, backends)
+            if container is None:
+                rows.append({"upstream": upstream, "server": address, "backend": None})
+                parts.append((FAILURE, f"upstream {address} is not a backend of this project",
+                              "`flashfit deploy` re-renders nginx.conf for the live backends"))
+                continue
+            rows.append({"upstream": upstream, "server": address, "backend": container.name,
+                         "state": state_of(container)})
+            routed.append(container.name)
+            colors.add(labels_of(container).get(LABEL_COLOR, "?"))
+            if state_of(container) != "running":
+                parts.append((FAILURE, f"upstream {address} points at {container.name}, which is {state_of(container)}",
+                              "`flashfit deploy` (or `flashfit rollback`) switches nginx to running backends"))
+    idle = [c.name for c in backends if state_of(c) == "running" and c.name not in routed]
+    if idle:
+        parts.append((WARNING, f"running but not in the upstream: {', '.join(idle)}",
+                      "a deploy that did not finish? `flashfit deploy` settles it; or stop them"))
+    if applied is not None and applied and set(applied) != set(routed) and routed:
+        parts.append((WARNING, f"nginx.conf routes to {', '.join(sorted(routed))} but the last applied switch was "
+                      f"{', '.join(applied)}", "a switch was interrupted: `flashfit deploy` repairs it"))
+    color = ", ".join(sorted(colors)) or "?"
+    details = {"servers": rows, "live_color": color, "idle_running": idle, "applied": list(applied or [])}
+    return combine(parts, f"routes to {', '.join(routed)} (color {color})", **details)
+
+
+def running_upstreams(ctx: DoctorContext, proxy: Any) -> tuple[dict[str, list[str]], str]:
+    """The upstream blocks nginx would load: `nginx -T` in the proxy; the file on disk if -T fails."""
+    args = nginxconf.config_args(nginx_command(proxy))
+    code, output = _run(proxy, ["nginx", "-T", *args])
+    if code == 0:
+        return nginxconf.proxied_upstreams(output), "nginx -T"
+    text = proxy_config_text(ctx)
+    if text is not None:
+        return nginxconf.proxied_upstreams(text), str(ctx.proxy_dir / "nginx.conf")
+    return {}, "nothing readable"
+
+
+@check("upstream", "The proxy's upstream matches the live color's running backends", timeout=10.0)
+def upstream(ctx: DoctorContext) -> Finding:
+    proxy, problem = _proxy_or_failure(ctx)
+    if problem:
+        return problem
+    servers, source = running_upstreams(ctx, proxy)
+    observed = deploy_observed(ctx)
+    applied = tuple(getattr(getattr(observed, "proxy", None), "applied", ()) or ()) if observed is not None else None
+    finding = evaluate_upstream(servers, ctx.backends(), applied)
+    finding.details["source"] = source
+    return finding

@@ -1,0 +1,78 @@
+"""Which backends are live (get traffic). The seam between doctor and the deploy engine.
+
+The deploy engine (flashfit_ops/execute/observe.py, plan/observed.py) records which upstreams
+nginx last applied. When that module is importable we use its `Observed.live_names`; until then
+(and whenever it cannot answer) live means: the backends named by the upstream block of the proxy
+config on disk (.flashfit/proxy/nginx.conf), which is what nginx serves after its last reload.
+None means "not known": callers then only require that some backend runs.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from flashfit_ops.doctor import nginxconf
+from flashfit_ops.doctor.context import BACKEND_PORT, DoctorContext, container_names
+
+PROXY_CONFIG_FILE = "nginx.conf"
+
+
+def deploy_observed(ctx: DoctorContext) -> Any | None:
+    """The deploy engine's Observed for this project, or None when it is not available."""
+    try:
+        from flashfit_ops.execute import observe as observe_module  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    func = getattr(observe_module, "observe", None)
+    if func is None:
+        return None
+    try:
+        params = inspect.signature(func).parameters
+        kwargs: dict[str, Any] = {}
+        args: list[Any] = [ctx.config]
+        names = list(params)
+        if len(names) >= 2:
+            args.append(ctx.docker())
+        return func(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - the fallback below still answers
+        return None
+
+
+def proxy_config_text(ctx: DoctorContext) -> str | None:
+    path = ctx.proxy_dir / PROXY_CONFIG_FILE
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def match_backend(address: str, backends: list[Any]) -> Any | None:
+    """The backend container an upstream address points at (by name, alias or IP), if any."""
+    from flashfit_ops.doctor.context import container_ips
+
+    host, port = nginxconf.split_address(address)
+    for container in backends:
+        if host in container_names(container) or host in container_ips(container):
+            if port in (None, BACKEND_PORT):
+                return container
+    return None
+
+
+def live_backend_names(ctx: DoctorContext) -> set[str] | None:
+    observed = deploy_observed(ctx)
+    if observed is not None:
+        names = set(getattr(observed, "live_names", ()) or ())
+        if names:
+            return names
+    text = proxy_config_text(ctx)
+    if not text:
+        return None
+    backends = ctx.backends()
+    found = set()
+    for servers in nginxconf.proxied_upstreams(text).values():
+        for address in servers:
+            container = match_backend(address, backends)
+            if container is not None:
+                found.add(container.name)
+    return found or None
