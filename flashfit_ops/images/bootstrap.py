@@ -73,6 +73,7 @@ class Recipe:
     """One image built from Debian packages."""
 
     image: str
+    kind: str  # names the cached root filesystem, whatever tag the image gets
     packages: tuple[str, ...]
     changes: tuple[str, ...]
     suite: str = SUITE
@@ -85,6 +86,7 @@ class Recipe:
         payload = json.dumps(
             {
                 "revision": RECIPE_REVISION,
+                "kind": self.kind,
                 "suite": self.suite,
                 "variant": self.variant,
                 "packages": sorted(self.packages),
@@ -106,17 +108,18 @@ class Recipe:
         ]
 
     def tarball_name(self, key: str) -> str:
-        slug = self.image.replace("/", "_").replace(":", "_")
-        return f"{slug}-{key}.tar"
+        return f"{self.kind}-{self.suite}-{key}.tar"
 
 
 BASE = Recipe(
     image="flashfit/debian-python:bookworm",
+    kind="debian-python",
     packages=("python3", "python3-venv", "ca-certificates"),
     changes=('CMD ["python3"]',),
 )
 PROXY = Recipe(
     image="flashfit/nginx:bookworm",
+    kind="nginx",
     packages=("nginx",),
     changes=("EXPOSE 80", 'CMD ["nginx", "-g", "daemon off;"]'),
     finish=("nginx-logs-to-stdio",),
