@@ -47,7 +47,9 @@ class SnapshotError(ValueError):
 
 def resolve_dest(data_dir: Path, dest: str) -> Path:
     """A folder strictly inside the data dir, named with plain path segments only."""
-    dest = dest.strip().strip("/") if dest else ""
+    dest = dest.strip().rstrip("/") if dest else ""
+    if dest.startswith("/"):
+        raise SnapshotError("dest must be relative to the data dir, not an absolute path")
     if not dest or len(dest) > 200 or not _SAFE_DEST.match(dest) or ".." in dest.split("/"):
         raise SnapshotError("dest must be a relative folder of plain names (letters, digits, . _ -)")
     if dest.split("/")[0] in _RESERVED:
