@@ -1,0 +1,137 @@
+"""`flashfit deploy` and `flashfit rollback`: parse, load the config, call the deploy service,
+render its result. Zero-downtime mechanics live in flashfit_ops.plan and flashfit_ops.execute."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.markup import escape
+
+from flashfit_ops import console
+from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, EnvOption, JsonOption, guarded
+from flashfit_ops.errors import FlashFitError
+
+StrategyOption = Annotated[
+    Optional[str],
+    typer.Option("--strategy", "-s", help="single | blue-green | rolling (default: deploy.strategy).", show_default=False),
+]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")]
+LockWaitOption = Annotated[
+    Optional[float],
+    typer.Option("--lock-wait", help="Seconds to wait for another deploy's lock (default: deploy.lock_wait).", show_default=False),
+]
+MessageOption = Annotated[str, typer.Option("--message", "-m", help="Why: recorded in the lock and the history.")]
+
+
+def _check_strategy(strategy: str | None) -> None:
+    from flashfit_ops.errors import UsageError
+
+    if strategy is not None and strategy not in ("single", "blue-green", "rolling"):
+        raise UsageError(f"unknown strategy {strategy!r}", hint="use single, blue-green or rolling")
+
+
+def print_plan(steps: list[dict[str, Any]]) -> None:
+    for number, step in enumerate(steps, start=1):
+        console.print_data(f"{number:>3}. {step['description']}")
+
+
+def _show_failure(error: FlashFitError) -> None:
+    if console.json_mode():
+        return
+    logs = error.details.get("logs") or (error.details.get("execution") or {}).get("failed_logs") or {}
+    for name, text in logs.items():
+        console.info(f"[bold]last log lines of {escape(name)}:[/]")
+        for line in (text or "(no output)").splitlines()[-20:]:
+            console.info(f"  [dim]{escape(line)}[/]")
+
+
+def _report(result: dict[str, Any], json_output: bool, verb: str) -> None:
+    if json_output:
+        console.emit_json(result)
+        return
+    if result.get("dry_run"):
+        image = result.get("image")
+        if image and not result.get("image_exists", True):
+            console.info(f"{image} does not exist: a deploy would build it first")
+        console.info(f"plan ({result.get('strategy', 'rollback')}, version {result.get('version')}):")
+        print_plan(result["plan"])
+        console.info("dry run: nothing changed")
+        return
+    execution = result.get("execution") or {}
+    ready = execution.get("ready_seconds") or {}
+    boot = f"; ready after {max(ready.values()):.1f}s" if ready else ""
+    console.success(
+        f"{verb} {result.get('version')} ({result.get('strategy')}) in {result.get('duration_s', 0):.1f}s{boot}: "
+        f"{result.get('url')} serves {', '.join(result.get('live') or []) or 'nothing'}"
+    )
+    for warning in execution.get("warnings") or []:
+        console.warn(warning)
+
+
+@guarded
+def deploy(
+    strategy: StrategyOption = None,
+    version: Annotated[Optional[str], typer.Option("--version", "-v", help="Image tag to deploy (default: the current source tree's version, built when missing).", show_default=False)] = None,
+    replicas: Annotated[Optional[int], typer.Option("--replicas", "-r", min=1, max=64, help="Backend replicas (default: replicas).", show_default=False)] = None,
+    dry_run: DryRunOption = False,
+    lock_wait: LockWaitOption = None,
+    message: MessageOption = "",
+    config: ConfigOption = DEFAULT_CONFIG,
+    env: EnvOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Deploy a version with zero downtime: start it beside the live one, gate it on /ready,
+    switch nginx, drain, stop the old. Never-ready or crashing versions are rolled back (exit 1)."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.execute import service
+
+    _check_strategy(strategy)
+    loaded = load_config(config, env=env)
+    try:
+        result = service.deploy(loaded, strategy=strategy, version=version, replicas=replicas, dry_run=dry_run, lock_wait=lock_wait, message=message)
+    except FlashFitError as error:
+        _show_failure(error)
+        raise
+    _report(result, json_output, "deployed")
+
+
+@guarded
+def rollback(
+    version: Annotated[Optional[str], typer.Argument(help="Version to go back to; omit to list the retained ones.", show_default=False)] = None,
+    strategy: StrategyOption = None,
+    dry_run: DryRunOption = False,
+    lock_wait: LockWaitOption = None,
+    message: MessageOption = "",
+    config: ConfigOption = DEFAULT_CONFIG,
+    env: EnvOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Switch back to a retained previous version, through the same health gate. Without a
+    version, list the versions that can be rolled back to."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.execute import service
+
+    _check_strategy(strategy)
+    loaded = load_config(config, env=env)
+    try:
+        result = service.rollback(loaded, version, strategy=strategy, dry_run=dry_run, lock_wait=lock_wait, message=message)
+    except FlashFitError as error:
+        _show_failure(error)
+        raise
+    if result.get("result") == "listed":
+        if json_output:
+            console.emit_json(result)
+            return
+        console.info(f"live: {result.get('live_version') or 'nothing'}")
+        if not result["versions"]:
+            console.info("no retained versions to roll back to")
+        for entry in result["versions"]:
+            console.print_data(f"{entry['version']}\t{entry['how']}")
+        return
+    _report(result, json_output, "rolled back to")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("deploy")(deploy)
+    app.command("rollback")(rollback)

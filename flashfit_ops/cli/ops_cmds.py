@@ -1,0 +1,152 @@
+"""`flashfit status`, `flashfit history`, `flashfit logs`, `flashfit lock status|release`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from flashfit_ops import console
+from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, EnvOption, JsonOption, guarded
+from flashfit_ops.errors import EXIT_FAILED
+
+lock_app = typer.Typer(help="The deploy lock: one deploy at a time per project.", no_args_is_help=True)
+
+
+@guarded
+def status(
+    config: ConfigOption = DEFAULT_CONFIG,
+    env: EnvOption = None,
+    no_repair: Annotated[bool, typer.Option("--no-repair", help="Only report leftovers of an interrupted deploy.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Live color and version, the URL nginx serves, each container's health, the proxy. Repairs
+    what an interrupted deploy left (unless a deploy runs). Exit 1 when nothing healthy serves."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.execute import service
+
+    loaded = load_config(config, env=env)
+    result = service.status(loaded, repair=not no_repair)
+    if json_output:
+        console.emit_json(result)
+    elif result.get("target") == "swarm":
+        console.print_data(str(result))
+    else:
+        _print_status(result)
+    if result.get("target") != "swarm" and not result.get("serving"):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _print_status(result: dict) -> None:
+    mark = "[green]serving[/]" if result["serving"] else "[red]not serving[/]"
+    console.info(f"project {result['project']}: {mark} {result['url']}")
+    console.info(f"  live: {result['live_color'] or '-'} version {result['live_version'] or '-'} ({result['replicas']['ready']}/{result['replicas']['live']} ready)")
+    proxy = result["proxy"]
+    console.info(f"  proxy {proxy['name']}: {proxy['state']} -> {', '.join(proxy['upstreams']) or 'nothing'}")
+    for c in result["containers"]:
+        health = "ready" if c.get("ready") else ("alive" if c.get("alive") else "-")
+        live = "live" if c["live"] else ""
+        console.print_data(f"  {c['name']}\t{c['version']}\t{c['color']}\t{c['state']}\t{health}\t{live}")
+    for line in result["repaired"]:
+        console.warn(f"repaired: {escape(line)}")
+    for line in result["leftovers"]:
+        console.warn(f"leftover (a deploy is running or repair was skipped): {escape(line)}")
+    lock = result["lock"]
+    if lock["held"]:
+        owner = lock["owner"] or {}
+        console.info(f"  lock: held by {owner.get('who')}@{owner.get('host')} pid {owner.get('pid')} since {owner.get('since')}")
+
+
+@guarded
+def history(
+    config: ConfigOption = DEFAULT_CONFIG,
+    limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="Only the last N deploys.", show_default=False)] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Every deploy and rollback: when, who, version, strategy, result, duration."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.execute import service
+
+    entries = service.history(load_config(config), limit)
+    if json_output:
+        console.emit_json({"history": entries})
+        return
+    if not entries:
+        console.info("no deploys yet")
+    for e in entries:
+        duration = f"{e['duration_s']:.1f}s" if isinstance(e.get("duration_s"), (int, float)) else "-"
+        console.print_data(
+            f"{e.get('started_at', '-')}\t{e.get('who', '-')}\t{e.get('kind', '-')}\t{e.get('version') or '-'}\t"
+            f"{e.get('strategy', '-')}\t{e.get('result', '-')}\t{duration}"
+        )
+
+
+@guarded
+def logs(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new lines.")] = False,
+    since: Annotated[Optional[str], typer.Option("--since", help="Only lines newer than this, e.g. 10m or 30s.", show_default=False)] = None,
+    tail: Annotated[Optional[int], typer.Option("--tail", "-n", help="Last N lines per container.", show_default=False)] = None,
+    proxy: Annotated[bool, typer.Option("--proxy", help="Include the nginx proxy.")] = False,
+    all_containers: Annotated[bool, typer.Option("--all", help="Every container of the project, not only the live ones.")] = False,
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Logs of the live backend containers, each line prefixed with its container."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.config.model import _parse_duration
+    from flashfit_ops.errors import UsageError
+    from flashfit_ops.execute import service
+
+    seconds = None
+    if since:
+        try:
+            seconds = _parse_duration(since)
+        except ValueError as error:
+            raise UsageError(f"--since: {error}") from None
+    for name, line in service.logs(load_config(config), follow=follow, since=seconds, tail=tail, proxy=proxy, all_containers=all_containers):
+        console.print_data(f"{name} | {line}")
+
+
+@guarded
+def lock_status_cmd(config: ConfigOption = DEFAULT_CONFIG, json_output: JsonOption = False) -> None:
+    """Who holds the deploy lock, since when, and why."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.execute import service
+
+    info = service.lock_info(load_config(config))
+    if json_output:
+        console.emit_json(info)
+        return
+    owner = info.get("owner")
+    if info["held"]:
+        console.info(f"held by {owner['who']}@{owner['host']} (pid {owner['pid']}) since {owner['since']}: {owner.get('command', '')} {owner.get('message', '')}")
+    elif info["stale"]:
+        console.info(f"free (stale record of {owner['who']}@{owner['host']} pid {owner['pid']}, gone; the next deploy takes it over)")
+    else:
+        console.info("free")
+
+
+@guarded
+def lock_release_cmd(
+    config: ConfigOption = DEFAULT_CONFIG,
+    force: Annotated[bool, typer.Option("--force", help="Release even while its deploy still runs.")] = False,
+    json_output: JsonOption = False,
+) -> None:
+    """Remove the lock record (a stale one, or with --force a live one)."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.execute import service
+
+    result = service.lock_release(load_config(config), force=force)
+    if json_output:
+        console.emit_json(result)
+    else:
+        console.success("lock released" if result["released"] else "the lock was free")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)
+    app.command("history")(history)
+    app.command("logs")(logs)
+    lock_app.command("status")(lock_status_cmd)
+    lock_app.command("release")(lock_release_cmd)
+    app.add_typer(lock_app, name="lock")

@@ -1,0 +1,264 @@
+"""DockerBackend: the only place that calls the Docker SDK for deploys. Everything it returns is
+plain data; every engine error becomes a FlashFitError (unreachable engine -> Unavailable, exit 3).
+The executor and the observer take a backend, so unit tests pass a fake one at this seam."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+
+from flashfit_ops.errors import OperationFailed, Unavailable
+from flashfit_ops.plan.common import LABEL_PROJECT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE
+from flashfit_ops.plan.steps import ContainerSpec, ProxySpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import docker
+
+F = TypeVar("F", bound=Callable[..., Any])
+ENGINE_HINT = "start the Docker engine (scripts/ensure-docker.sh where there is no systemd); `docker info` must work"
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    name: str
+    id: str
+    labels: dict[str, str]
+    state: str
+    image: str
+    exit_code: int | None
+    restart_count: int = 0
+    started_at: str = ""
+    created: str = ""
+
+
+def _engine_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from docker.errors import APIError, DockerException, NotFound
+
+        try:
+            return func(*args, **kwargs)
+        except NotFound:
+            raise
+        except APIError as error:
+            explanation = getattr(error, "explanation", None) or str(error)
+            raise OperationFailed(f"the Docker engine refused {func.__name__}: {explanation}") from None
+        except DockerException as error:
+            raise Unavailable(f"the Docker engine is unreachable: {error}", hint=ENGINE_HINT) from None
+        except OSError as error:  # requests' ConnectionError and friends
+            raise Unavailable(f"the Docker engine is unreachable: {error}", hint=ENGINE_HINT) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _info(container: Any) -> ContainerInfo:
+    attrs = container.attrs
+    state = attrs.get("State", {}) or {}
+    return ContainerInfo(
+        name=container.name,
+        id=container.id,
+        labels=dict(attrs.get("Config", {}).get("Labels") or {}),
+        state=str(state.get("Status", "unknown")),
+        image=str(attrs.get("Config", {}).get("Image", "")),
+        exit_code=state.get("ExitCode"),
+        restart_count=int(attrs.get("RestartCount") or 0),
+        started_at=str(state.get("StartedAt", "")),
+        created=str(attrs.get("Created", "")),
+    )
+
+
+class DockerBackend:
+    def __init__(self, client: "docker.DockerClient"):
+        self.client = client
+        self._ncpu: int | None = None
+
+    @classmethod
+    def connect(cls) -> "DockerBackend":
+        from flashfit_ops.docker_client import connect
+
+        return cls(connect())
+
+    # -- observe ---------------------------------------------------------------------------
+    @_engine_errors
+    def list_containers(self, project: str) -> list[ContainerInfo]:
+        found = self.client.containers.list(all=True, filters={"label": f"{LABEL_PROJECT}={project}"})
+        return [_info(c) for c in found]
+
+    @_engine_errors
+    def container(self, name: str) -> ContainerInfo | None:
+        from docker.errors import NotFound
+
+        try:
+            return _info(self.client.containers.get(name))
+        except NotFound:
+            return None
+
+    @_engine_errors
+    def network_exists(self, name: str) -> bool:
+        return bool(self.client.networks.list(names=[name]))
+
+    @_engine_errors
+    def image_exists(self, reference: str) -> bool:
+        from docker.errors import ImageNotFound
+
+        try:
+            self.client.images.get(reference)
+            return True
+        except ImageNotFound:
+            return False
+
+    @_engine_errors
+    def image_tags(self, repository: str) -> list[str]:
+        tags = []
+        for image in self.client.images.list(name=repository):
+            for tag in image.tags:
+                repo, _, version = tag.rpartition(":")
+                if repo == repository:
+                    tags.append(version)
+        return sorted(set(tags))
+
+    # -- networks and volumes ----------------------------------------------------------------
+    @_engine_errors
+    def ensure_network(self, name: str, labels: dict[str, str]) -> bool:
+        if self.client.networks.list(names=[name]):
+            return False
+        self.client.networks.create(name, driver="bridge", labels=labels, check_duplicate=True)
+        return True
+
+    @_engine_errors
+    def remove_network(self, name: str) -> None:
+        from docker.errors import NotFound
+
+        for network in self.client.networks.list(names=[name]):
+            try:
+                network.remove()
+            except NotFound:
+                pass
+
+    @_engine_errors
+    def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
+        from docker.errors import NotFound
+
+        try:
+            self.client.volumes.get(name)
+            return False
+        except NotFound:
+            self.client.volumes.create(name, labels=labels)
+            return True
+
+    # -- containers ----------------------------------------------------------------------------
+    def _cpus(self, cpus: float | None) -> int | None:
+        if cpus is None:
+            return None
+        if self._ncpu is None:
+            self._ncpu = int(self.client.info().get("NCPU") or 1)
+        # The engine rejects a limit above the host's CPU count; a smaller host gets all it has.
+        return int(min(cpus, self._ncpu) * 1e9)
+
+    @_engine_errors
+    def run_backend(self, spec: ContainerSpec, secrets: dict[str, str]) -> ContainerInfo:
+        from docker.types import Mount
+
+        mounts = [Mount(m.target, m.source, type=m.kind, read_only=m.read_only) for m in spec.mounts]
+        container = self.client.containers.create(
+            spec.image,
+            name=spec.name,
+            labels=spec.labels,
+            environment={**spec.env, **secrets},
+            network=spec.network,
+            mounts=mounts,
+            mem_limit=spec.memory.lower() if spec.memory else None,
+            nano_cpus=self._cpus(spec.cpus),
+            restart_policy={"Name": "unless-stopped"},
+            detach=True,
+        )
+        container.start()
+        container.reload()
+        return _info(container)
+
+    @_engine_errors
+    def run_proxy(self, spec: ProxySpec) -> ContainerInfo:
+        from docker.types import Mount
+
+        mounts = [Mount(PROXY_CONFIG_DIR, spec.config_dir, type="bind", read_only=True)]
+        mounts += [Mount(m.target, m.source, type=m.kind, read_only=True) for m in spec.tls_files]
+        ports: dict[str, int] = {"80/tcp": spec.http_port}
+        if spec.https_port:
+            ports["443/tcp"] = spec.https_port
+        container = self.client.containers.create(
+            spec.image,
+            name=spec.name,
+            labels=spec.labels,
+            command=["nginx", "-g", "daemon off;", "-c", f"{PROXY_CONFIG_DIR}/{PROXY_CONFIG_FILE}"],
+            network=spec.network,
+            mounts=mounts,
+            ports=ports,
+            restart_policy={"Name": "unless-stopped"},
+            detach=True,
+        )
+        try:
+            container.start()
+        except Exception:
+            container.remove(force=True)
+            raise
+        container.reload()
+        return _info(container)
+
+    @_engine_errors
+    def start(self, name: str) -> None:
+        self.client.containers.get(name).start()
+
+    @_engine_errors
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        from docker.errors import NotFound
+
+        try:
+            self.client.containers.get(name).stop(timeout=int(max(1, round(timeout))))
+        except NotFound:
+            pass
+
+    @_engine_errors
+    def remove(self, name: str) -> None:
+        from docker.errors import NotFound
+
+        try:
+            self.client.containers.get(name).remove(force=True, v=False)
+        except NotFound:
+            pass
+
+    @_engine_errors
+    def ip_address(self, name: str, network: str) -> str | None:
+        container = self.client.containers.get(name)
+        networks = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+        address = (networks.get(network) or {}).get("IPAddress")
+        return address or None
+
+    @_engine_errors
+    def logs(self, name: str, tail: int = 20) -> str:
+        from docker.errors import NotFound
+
+        try:
+            raw = self.client.containers.get(name).logs(tail=tail, stdout=True, stderr=True)
+        except NotFound:
+            return ""
+        return raw.decode("utf-8", "replace")
+
+    @_engine_errors
+    def stream_logs(self, name: str, *, follow: bool, since: Any = None, tail: Any = "all") -> Iterator[bytes]:
+        container = self.client.containers.get(name)
+        return container.logs(stream=True, follow=follow, since=since, tail=tail, stdout=True, stderr=True)
+
+    @_engine_errors
+    def exec(self, name: str, command: list[str]) -> tuple[int, str]:
+        result = self.client.containers.get(name).exec_run(command, stdout=True, stderr=True)
+        return int(result.exit_code if result.exit_code is not None else -1), (result.output or b"").decode("utf-8", "replace")
+
+    @_engine_errors
+    def processes(self, name: str) -> list[tuple[int, str]]:
+        """(host pid, command line) of every process in the container (`docker top`)."""
+        top = self.client.containers.get(name).top(ps_args="-o pid,args")
+        titles = [t.upper() for t in top.get("Titles", [])]
+        pid_i = titles.index("PID") if "PID" in titles else 0
+        cmd_i = len(titles) - 1
+        return [(int(row[pid_i]), row[cmd_i]) for row in top.get("Processes") or []]

@@ -1,0 +1,512 @@
+"""What the CLI calls: deploy, rollback, status, history, logs, lock. Each runs the one flow:
+connect -> lock -> observe -> plan -> execute -> history. The CLI never talks to Docker; this
+module never prints (progress goes through the executor's `say`, which is the console)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets as _random
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from flashfit_ops import console
+from flashfit_ops.config.model import Config
+from flashfit_ops.errors import FlashFitError, OperationFailed, UsageError
+from flashfit_ops.execute import history as hist
+from flashfit_ops.execute.executor import Executor
+from flashfit_ops.execute.health import http_probe
+from flashfit_ops.execute.lock import DeployLock, LockInfo, force_release, lock_status
+from flashfit_ops.execute.observe import observe
+from flashfit_ops.plan import plan_deploy
+from flashfit_ops.plan.common import BACKEND_PORT, Target, image_ref, leftovers, state_dir, valid_version
+from flashfit_ops.plan.observed import Observed
+from flashfit_ops.plan.rollback import plan_restart, retained_versions
+from flashfit_ops.plan.steps import Step
+
+
+def lock_path(config: Config) -> Path:
+    return state_dir(config) / "lock"
+
+
+def history_path(config: Config) -> Path:
+    return state_dir(config) / "history.jsonl"
+
+
+def new_deploy_id(now: float | None = None) -> str:
+    """Sortable (the leftovers policy compares them) and short enough for container names."""
+    now = time.time() if now is None else now
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+    return f"{stamp}{int(now * 1000) % 1000:03d}{_random.token_hex(1)}"
+
+
+def public_url(config: Config) -> str:
+    if config.tls.enabled:
+        host = config.tls.domains[0] if config.tls.domains else "127.0.0.1"
+        port = "" if config.ports.https == 443 else f":{config.ports.https}"
+        return f"https://{host}{port}/"
+    port = "" if config.ports.http == 80 else f":{config.ports.http}"
+    return f"http://127.0.0.1{port}/"
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM takes the same path as Ctrl-C: the executor rolls back, the CLI exits 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _backend():
+    from flashfit_ops.execute.backend import DockerBackend
+
+    return DockerBackend.connect()
+
+
+# -- versions and images -------------------------------------------------------------------------
+def default_version(config: Config) -> str:
+    """The version `flashfit build` would give the current source tree."""
+    try:
+        from flashfit_ops.images.build import source_folder, source_state, version_from_state
+    except ImportError:  # pragma: no cover - images module absent
+        raise UsageError("no version given", hint="pass --version") from None
+    state = source_state(source_folder(config))
+    if state is None:
+        raise UsageError("no version given and the source folder is not a git checkout", hint="pass --version")
+    return version_from_state(state)
+
+
+def ensure_image(backend: Any, config: Config, version: str) -> bool:
+    """Build the version when its image is missing. Returns True when it built."""
+    if backend.image_exists(image_ref(config, version)):
+        return False
+    from flashfit_ops.images.build import build_image
+
+    console.step(f"{image_ref(config, version)} does not exist: building it")
+    build_image(backend.client, config, version=version)
+    return True
+
+
+# -- the shared flow -------------------------------------------------------------------------------
+@dataclass
+class Run:
+    kind: str  # deploy | rollback | repair
+    strategy: str
+    version: str | None
+    replicas: int | None = None
+    message: str = ""
+
+
+def _history_start(config: Config, run: Run, deploy_id: str, observed: Observed, info: LockInfo) -> float:
+    started = time.time()
+    hist.append(
+        history_path(config),
+        {
+            "event": "start",
+            "id": deploy_id,
+            "kind": run.kind,
+            "strategy": run.strategy,
+            "version": run.version,
+            "previous_version": observed.live_version,
+            "replicas": run.replicas,
+            "who": info.who,
+            "host": info.host,
+            "pid": info.pid,
+            "message": run.message,
+            "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    return started
+
+
+def _history_finish(config: Config, deploy_id: str, started: float, result: str, extra: dict[str, Any]) -> None:
+    hist.append(
+        history_path(config),
+        {
+            "event": "finish",
+            "id": deploy_id,
+            "result": result,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "duration_s": round(time.time() - started, 2),
+            **extra,
+        },
+    )
+
+
+def _locked(config: Config, lock_wait: float | None, message: str = "") -> DeployLock:
+    lock = DeployLock(lock_path(config))
+    wait = config.deploy.lock_wait if lock_wait is None else lock_wait
+    with console.status("waiting for the deploy lock") as live:
+
+        def on_wait(holder: LockInfo | None, waited: float) -> None:
+            who = holder.describe() if holder else "another deploy"
+            live.update(f"waiting for the deploy lock ({waited:.0f}s of {wait:g}s): held by {who}")
+
+        lock.acquire(LockInfo.mine(message=message), wait=wait, on_wait=on_wait)
+    if lock.taken_over is not None:
+        console.warn(f"took over a stale lock: {lock.taken_over.describe()} is gone")
+    return lock
+
+
+def _execute(
+    config: Config,
+    backend: Any,
+    run: Run,
+    make_plan: Callable[[Observed], list[Step]],
+    *,
+    executor_factory: Callable[..., Executor] = Executor,
+) -> dict[str, Any]:
+    """Under the lock: observe, plan, execute, record. Raises after rolling back on failure."""
+    from flashfit_ops.config.secrets import load_secrets
+
+    observed = observe(backend, config)
+    deploy_id = new_deploy_id()
+    steps = make_plan(observed) if run.kind != "repair" else leftovers(config, observed)[0]
+    info = LockInfo.mine()
+    started = _history_start(config, run, deploy_id, observed, info)
+    executor = executor_factory(backend, config, secrets=load_secrets(config))
+    outcome = "failed"
+    try:
+        with sigterm_as_interrupt():
+            execution = executor.run(steps)
+        outcome = "success"
+    except KeyboardInterrupt:
+        outcome = "interrupted"
+        raise
+    except FlashFitError as error:
+        outcome = "rolled_back" if executor.execution.rolled_back else "failed"
+        error.details.setdefault("deploy_id", deploy_id)
+        raise
+    finally:
+        execution_dict = executor.execution.to_dict()
+        _history_finish(
+            config,
+            deploy_id,
+            started,
+            outcome,
+            {
+                "error": executor.execution.error,
+                "ready_seconds": execution_dict["ready_seconds"],
+                "rolled_back": executor.execution.rolled_back,
+                "warnings": executor.execution.warnings,
+            },
+        )
+    after = observe(backend, config, check_proxy_config=False)
+    return {
+        "result": "success",
+        "kind": run.kind,
+        "deploy_id": deploy_id,
+        "strategy": run.strategy,
+        "version": run.version,
+        "previous_version": observed.live_version,
+        "live": list(after.live_names),
+        "live_color": after.live_color,
+        "url": public_url(config),
+        "duration_s": round(time.time() - started, 2),
+        "plan": [s.to_dict() for s in steps],
+        "execution": execution.to_dict(),
+    }
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def deploy(
+    config: Config,
+    *,
+    strategy: str | None = None,
+    version: str | None = None,
+    replicas: int | None = None,
+    dry_run: bool = False,
+    lock_wait: float | None = None,
+    message: str = "",
+) -> dict[str, Any]:
+    strategy = strategy or config.deploy.strategy
+    if strategy == "single":
+        if replicas not in (None, 1):
+            raise UsageError("the single strategy runs exactly one container", hint="use --strategy rolling or blue-green for replicas")
+        replicas = 1
+    replicas = replicas or config.replicas
+    version = version or default_version(config)
+    if not valid_version(version):
+        raise UsageError(f"{version!r} is not a valid version (an image tag)", hint="letters, digits, '_', '.', '-'")
+    backend = _backend()
+    if config.target == "swarm":
+        return _swarm_deploy(backend, config, version, dry_run)
+    if dry_run:
+        observed = observe(backend, config)
+        target = Target(version=version, deploy_id=new_deploy_id(), replicas=replicas)
+        steps = plan_deploy(strategy, config, observed, target)
+        return {
+            "result": "planned",
+            "dry_run": True,
+            "strategy": strategy,
+            "version": version,
+            "replicas": replicas,
+            "image": image_ref(config, version),
+            "image_exists": backend.image_exists(image_ref(config, version)),
+            "previous_version": observed.live_version,
+            "plan": [s.to_dict() for s in steps],
+        }
+    lock = _locked(config, lock_wait, message)
+    try:
+        with sigterm_as_interrupt():
+            ensure_image(backend, config, version)
+        run = Run("deploy", strategy, version, replicas, message)
+
+        def make_plan(observed: Observed) -> list[Step]:
+            return plan_deploy(strategy, config, observed, Target(version, new_deploy_id(), replicas))
+
+        return _execute(config, backend, run, make_plan)
+    finally:
+        lock.release()
+
+
+def _swarm_deploy(backend: Any, config: Config, version: str, dry_run: bool) -> dict[str, Any]:
+    from flashfit_ops.swarm import deploy as swarm
+
+    return swarm.deploy(backend.client, config, version, dry_run=dry_run, on_step=lambda s: console.step(s.describe()))
+
+
+def rollback_options(config: Config, backend: Any | None = None) -> dict[str, Any]:
+    """Versions a rollback can go to: retained containers (fast) and local images of successful
+    deploys (at most deploy.keep_versions), the live one excluded."""
+    backend = backend or _backend()
+    observed = observe(backend, config, check_proxy_config=False)
+    fast = retained_versions(config, observed)
+    live = observed.live_version
+    out = [{"version": r.version, "how": "restart retained containers", "containers": list(r.containers)} for r in fast]
+    seen = {r.version for r in fast} | {live}
+    tags = set(backend.image_tags(config.server.image))
+    for version in hist.successful_versions(history_path(config)):
+        if len(out) >= config.deploy.keep_versions:
+            break
+        if version in seen or version not in tags:
+            continue
+        seen.add(version)
+        out.append({"version": version, "how": "new containers from the image", "containers": []})
+    return {"live_version": live, "versions": out[: config.deploy.keep_versions]}
+
+
+def rollback(
+    config: Config,
+    version: str | None,
+    *,
+    strategy: str | None = None,
+    dry_run: bool = False,
+    lock_wait: float | None = None,
+    message: str = "",
+) -> dict[str, Any]:
+    backend = _backend()
+    if config.target == "swarm":
+        from flashfit_ops.swarm import deploy as swarm
+
+        return swarm.rollback(backend.client, config)
+    options = rollback_options(config, backend)
+    if version is None:
+        return {"result": "listed", **options}
+    if version == options["live_version"]:
+        raise UsageError(f"version {version} is already live")
+    strategy = strategy or config.deploy.strategy
+    replicas = 1 if strategy == "single" else config.replicas
+
+    def make_plan(observed: Observed) -> list[Step]:
+        if any(r.version == version for r in retained_versions(config, observed)):
+            return plan_restart(config, observed, version)
+        if not backend.image_exists(image_ref(config, version)):
+            known = ", ".join(v["version"] for v in options["versions"]) or "none"
+            raise UsageError(f"version {version} is not retained here (retained: {known})", hint="`flashfit rollback` lists them")
+        return plan_deploy(strategy, config, observed, Target(version, new_deploy_id(), replicas))
+
+    if dry_run:
+        observed = observe(backend, config)
+        steps = make_plan(observed)
+        return {"result": "planned", "dry_run": True, "version": version, "plan": [s.to_dict() for s in steps]}
+    lock = _locked(config, lock_wait, message or f"rollback to {version}")
+    try:
+        return _execute(config, backend, Run("rollback", strategy, version, replicas, message), make_plan)
+    finally:
+        lock.release()
+
+
+def _probe_container(backend: Any, config: Config, name: str) -> dict[str, Any]:
+    address = backend.ip_address(name, config.network_name)
+    if not address:
+        return {"ready": False, "live": False, "detail": "no address"}
+    probe = http_probe(f"http://{address}:{BACKEND_PORT}")
+    ready = probe(config.healthcheck.readiness_path, 2.0)
+    alive = ready if ready.ok else probe(config.healthcheck.liveness_path, 2.0)
+    return {"ready": ready.ok, "alive": alive.ok, "ready_status": ready.status, "health_status": alive.status}
+
+
+def status(config: Config, *, repair: bool = True) -> dict[str, Any]:
+    backend = _backend()
+    if config.target == "swarm":
+        from flashfit_ops.swarm import deploy as swarm
+
+        return swarm.status(backend.client, config)
+    observed = observe(backend, config)
+    pending, _view = leftovers(config, observed)
+    repaired: list[str] = []
+    lock = lock_status(lock_path(config))
+    if pending and repair and not lock.held:
+        guard = DeployLock(lock_path(config))
+        try:
+            guard.acquire(LockInfo.mine(message="status: repair leftovers"), wait=0)
+        except FlashFitError:
+            pass
+        else:
+            try:
+                _execute(config, backend, Run("repair", "repair", None, message="repair leftovers"), lambda o: [])
+                repaired = [s.describe() for s in pending]
+            finally:
+                guard.release()
+            observed = observe(backend, config)
+            pending, _view = leftovers(config, observed)
+            lock = lock_status(lock_path(config))
+    live = set(observed.live_names)
+    running = [c for c in observed.containers if c.running]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(running)))) as pool:
+        probes = dict(zip([c.name for c in running], pool.map(lambda c: _probe_container(backend, config, c.name), running)))
+    containers = []
+    for c in observed.containers:
+        entry = {
+            "name": c.name,
+            "color": c.color,
+            "version": c.version,
+            "replica": c.replica,
+            "state": c.state,
+            "live": c.name in live,
+            "deploy_id": c.deploy_id,
+        }
+        entry.update(probes.get(c.name, {"ready": False, "alive": False}))
+        containers.append(entry)
+    live_ready = [c for c in containers if c["live"] and c.get("ready")]
+    serving = observed.proxy.running and bool(live_ready)
+    last = (hist.entries(history_path(config)) or [None])[-1]
+    return {
+        "project": config.project,
+        "serving": serving,
+        "url": public_url(config),
+        "live_color": observed.live_color,
+        "live_version": observed.live_version,
+        "replicas": {"live": len(live), "ready": len(live_ready)},
+        "proxy": {
+            "name": observed.proxy.name,
+            "state": observed.proxy.state,
+            "upstreams": list(observed.proxy.applied),
+            "config_consistent": observed.proxy.consistent,
+        },
+        "containers": containers,
+        "lock": lock.to_dict(),
+        "repaired": repaired,
+        "leftovers": [s.describe() for s in pending],
+        "last_deploy": last,
+    }
+
+
+def history(config: Config, limit: int | None = None) -> list[dict[str, Any]]:
+    entries = hist.entries(history_path(config))
+    return entries[-limit:] if limit else entries
+
+
+def logs(
+    config: Config,
+    *,
+    follow: bool = False,
+    since: float | None = None,
+    tail: int | None = None,
+    proxy: bool = False,
+    all_containers: bool = False,
+) -> Iterator[tuple[str, str]]:
+    """(container, line) for the live backends (or every container of the project)."""
+    backend = _backend()
+    observed = observe(backend, config, check_proxy_config=False)
+    names = [c.name for c in observed.containers if all_containers or c.name in set(observed.live_names)]
+    if proxy or all_containers:
+        if observed.proxy.exists:
+            names.append(observed.proxy.name)
+    if not names:
+        raise OperationFailed("nothing is deployed", hint="`flashfit deploy` first")
+    since_arg = datetime.fromtimestamp(time.time() - since) if since else None
+    tail_arg = tail if tail is not None else "all"
+    if len(names) == 1:
+        for raw in backend.stream_logs(names[0], follow=follow, since=since_arg, tail=tail_arg):
+            yield from ((names[0], line) for line in _lines(raw))
+        return
+    import queue
+
+    lines: "queue.Queue[tuple[str, str] | None]" = queue.Queue(maxsize=10000)
+    done = threading.Event()
+
+    def pump(name: str) -> None:
+        try:
+            for raw in backend.stream_logs(name, follow=follow, since=since_arg, tail=tail_arg):
+                for line in _lines(raw):
+                    lines.put((name, line))
+                if done.is_set():
+                    break
+        finally:
+            lines.put(None)
+
+    threads = [threading.Thread(target=pump, args=(n,), daemon=True) for n in names]
+    for thread in threads:
+        thread.start()
+    finished = 0
+    try:
+        while finished < len(threads):
+            item = lines.get()
+            if item is None:
+                finished += 1
+                continue
+            yield item
+    finally:
+        done.set()
+
+
+def _lines(raw: bytes) -> list[str]:
+    return [line for line in raw.decode("utf-8", "replace").splitlines() if line]
+
+
+def lock_info(config: Config) -> dict[str, Any]:
+    status_ = lock_status(lock_path(config))
+    out = status_.to_dict()
+    if status_.info and status_.info.host == socket.gethostname() and status_.held:
+        out["owner_alive"] = _pid_alive(status_.info.pid)
+    return out
+
+
+def lock_release(config: Config, *, force: bool = False) -> dict[str, Any]:
+    status_ = lock_status(lock_path(config))
+    if status_.held and not force:
+        owner = status_.info.describe() if status_.info else "another process"
+        raise UsageError(
+            f"the lock is held by a running deploy: {owner}",
+            hint="releasing it lets a second deploy run at the same time; pass --force if that deploy is stuck",
+        )
+    before = force_release(lock_path(config))
+    return {"released": before.info is not None or before.held, "was": before.to_dict()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

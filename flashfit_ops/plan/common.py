@@ -1,0 +1,255 @@
+"""What every strategy shares: labels, names, container specs, and the leftovers policy
+(what a crashed or interrupted deploy may have left, and what to do about it). Pure functions."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from flashfit_ops.config.model import Config
+from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
+from flashfit_ops.plan.steps import (
+    CleanProxyFiles,
+    ContainerSpec,
+    Drain,
+    EnsureNetwork,
+    EnsureProxy,
+    EnsureVolume,
+    Mount,
+    ProxySpec,
+    RemoveContainer,
+    Step,
+    StopContainer,
+    SwitchUpstreams,
+)
+
+LABEL_PROJECT = "io.flashfit.project"
+LABEL_ROLE = "io.flashfit.role"
+LABEL_COLOR = "io.flashfit.color"
+LABEL_VERSION = "io.flashfit.version"
+LABEL_REPLICA = "io.flashfit.replica"
+LABEL_DEPLOY = "io.flashfit.deploy"
+ROLE_BACKEND = "backend"
+ROLE_PROXY = "proxy"
+COLORS = ("blue", "green")
+BACKEND_PORT = 8080
+# Where the proxy container sees .flashfit/proxy; nginx runs with -c on a file in it, so an atomic
+# rename of that file is seen (a single-file bind mount would keep the old inode).
+PROXY_CONFIG_DIR = "/etc/flashfit"
+PROXY_CONFIG_FILE = "nginx.conf"
+STATE_DIR = ".flashfit"
+# How long `docker stop` waits for a graceful exit before SIGKILL.
+STOP_TIMEOUT = 10.0
+
+_VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a deploy brings up: a version (image tag), its deploy id and how many replicas."""
+
+    version: str
+    deploy_id: str
+    replicas: int = 1
+
+
+def valid_version(version: str) -> bool:
+    """A version is a Docker tag: letters, digits, _ . - (at most 128, not starting with . or -)."""
+    return bool(_VERSION.match(version))
+
+
+def image_ref(config: Config, version: str) -> str:
+    return f"{config.server.image}:{version}"
+
+
+def other_color(color: str | None) -> str:
+    return "green" if color == "blue" else "blue"
+
+
+def backend_name(project: str, color: str, replica: int, deploy_id: str) -> str:
+    return f"{project}-backend-{color}-{replica}-{deploy_id}"
+
+
+def proxy_name(project: str) -> str:
+    return f"{project}-proxy"
+
+
+def state_dir(config: Config) -> Path:
+    return config.base_dir / STATE_DIR
+
+
+def proxy_dir(config: Config) -> Path:
+    return state_dir(config) / "proxy"
+
+
+def is_host_path(source: str) -> bool:
+    return source.startswith(("/", "."))
+
+
+def volume_name(config: Config, source: str) -> str:
+    """Named volumes are per project, so two projects on one engine never share data."""
+    return f"{config.project}_{source}"
+
+
+def project_labels(config: Config, role: str) -> dict[str, str]:
+    return {LABEL_PROJECT: config.project, LABEL_ROLE: role}
+
+
+def backend_mounts(config: Config) -> tuple[Mount, ...]:
+    env = config.server.environment
+    mounts = []
+    for source, target in ((config.volumes.models, env.MODEL_CACHE_DIR), (config.volumes.data, env.VECTOR_STORE_DIR)):
+        if is_host_path(source):
+            mounts.append(Mount(str(config.resolve_path(source)), target, "bind"))
+        else:
+            mounts.append(Mount(volume_name(config, source), target, "volume"))
+    return tuple(mounts)
+
+
+def backend_spec(config: Config, target: Target, color: str, replica: int) -> ContainerSpec:
+    labels = project_labels(config, ROLE_BACKEND)
+    labels.update(
+        {
+            LABEL_COLOR: color,
+            LABEL_VERSION: target.version,
+            LABEL_REPLICA: str(replica),
+            LABEL_DEPLOY: target.deploy_id,
+        }
+    )
+    env = config.server.environment.as_env()
+    env["APP_VERSION"] = target.version
+    limits = config.resources.limits
+    return ContainerSpec(
+        name=backend_name(config.project, color, replica, target.deploy_id),
+        image=image_ref(config, target.version),
+        color=color,
+        version=target.version,
+        replica=replica,
+        deploy_id=target.deploy_id,
+        network=config.network_name,
+        labels=dict(sorted(labels.items())),
+        env=dict(sorted(env.items())),
+        mounts=backend_mounts(config),
+        memory=limits.memory,
+        cpus=limits.cpus,
+        port=BACKEND_PORT,
+    )
+
+
+def proxy_spec(config: Config) -> ProxySpec:
+    tls_files: list[Mount] = []
+    if config.tls.enabled:
+        from flashfit_ops.render import CONTAINER_SSL_DIR
+
+        for path in (config.tls.certificate, config.tls.key):
+            if path:
+                host = config.resolve_path(path)
+                tls_files.append(Mount(str(host), f"{CONTAINER_SSL_DIR}/{host.name}", "bind", read_only=True))
+    return ProxySpec(
+        name=proxy_name(config.project),
+        image=config.services.nginx.image,
+        network=config.network_name,
+        config_dir=str(proxy_dir(config)),
+        http_port=config.ports.http,
+        https_port=config.ports.https if config.tls.enabled else None,
+        tls_files=tuple(tls_files),
+        labels=dict(sorted(project_labels(config, ROLE_PROXY).items())),
+    )
+
+
+def base_steps(config: Config, observed: Observed) -> list[Step]:
+    steps: list[Step] = [EnsureNetwork(config.network_name)]
+    for mount in backend_mounts(config):
+        if mount.kind == "volume":
+            steps.append(EnsureVolume(mount.source))
+    return steps
+
+
+def upstreams(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(names)
+
+
+def traffic_step(config: Config, proxy_running: bool, new: tuple[str, ...], previous: tuple[str, ...]) -> Step:
+    """Send traffic to `new`: a switch when the proxy runs, else start the proxy on `new`."""
+    if proxy_running:
+        return SwitchUpstreams(upstreams=new, previous=previous)
+    return EnsureProxy(spec=proxy_spec(config), upstreams=new)
+
+
+def leftovers(config: Config, observed: Observed) -> tuple[list[Step], Observed]:
+    """Steps that repair what an interrupted deploy left, and the state as it will be after them.
+
+    - temporary files in the proxy folder: removed;
+    - nginx.conf differs from what nginx last applied (a crash mid-switch): back to the applied
+      upstreams while they run (else forward to the ones in nginx.conf); live containers that died
+      are dropped from the upstreams; nothing is stopped before that switch;
+    - containers of a deploy that never switched (newer than everything live): removed;
+    - containers of an older generation still running (a crash while draining): drained, stopped
+      and kept, as a finished deploy would have done.
+    """
+    steps: list[Step] = []
+    proxy = observed.proxy
+    if proxy.stray_files:
+        steps.append(CleanProxyFiles(files=tuple(proxy.stray_files)))
+
+    def running(names: tuple[str, ...]) -> tuple[str, ...]:
+        found = (observed.by_name(n) for n in names)
+        return tuple(c.name for c in found if c is not None and c.running)
+
+    applied_running = running(proxy.applied)
+    config_running = running(proxy.config)
+    live = applied_running
+    if proxy.config != proxy.applied and not applied_running and config_running:
+        live = config_running
+    if proxy.running and live and (live != proxy.applied or proxy.config != proxy.applied):
+        steps.append(SwitchUpstreams(upstreams=live, previous=live))
+    known = [observed.by_name(n) for n in (*proxy.applied, *live)]
+    newest_live = max((c.deploy_id for c in known if c is not None), default="")
+    remaining: list[ContainerState] = []
+    lingering: list[str] = []
+    for container in observed.containers:
+        if container.name in live:
+            remaining.append(container)
+        elif container.deploy_id > newest_live:
+            steps.append(RemoveContainer(container.name, reason="leftover of a deploy that never switched"))
+        elif container.running:
+            lingering.append(container.name)
+            remaining.append(dataclasses.replace(container, state="exited"))
+        else:
+            remaining.append(container)
+    if lingering:
+        steps.append(Drain(names=tuple(lingering), timeout=config.deploy.drain_timeout))
+        steps.extend(StopContainer(name, timeout=STOP_TIMEOUT) for name in lingering)
+    view = dataclasses.replace(
+        observed,
+        containers=tuple(remaining),
+        proxy=dataclasses.replace(proxy, applied=live, config=live, stray_files=(), config_present=bool(live)),
+    )
+    return steps, view
+
+
+def retained_generations(observed: Observed) -> list[list[ContainerState]]:
+    """Stopped, not-live containers grouped by deploy, newest first."""
+    live = set(observed.live_names)
+    groups: dict[str, list[ContainerState]] = {}
+    for container in observed.containers:
+        if container.name not in live and not container.running:
+            groups.setdefault(container.deploy_id, []).append(container)
+    return [sorted(groups[d], key=lambda c: c.replica) for d in sorted(groups, reverse=True)]
+
+
+def retention_cleanup(observed: Observed, keep: set[str]) -> list[Step]:
+    """After a successful switch: remove stopped containers that are neither live nor kept."""
+    live = set(observed.live_names)
+    steps: list[Step] = []
+    for container in observed.containers:
+        if container.name in live or container.name in keep or container.running:
+            continue
+        steps.append(RemoveContainer(container.name, reason=f"older retained version {container.version}"))
+    return steps
+
+
+def proxy_view(observed: Observed) -> ProxyState:
+    return observed.proxy

@@ -1,0 +1,229 @@
+"""The steps of a plan: plain, frozen data. A strategy returns a list of them; the executor
+carries them out (and undoes the ones done when a later one fails). Nothing here touches Docker.
+
+Secrets are never part of a plan: the executor adds them to a container's environment at run time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str  # a volume name or an absolute host path
+    target: str
+    kind: str = "volume"  # volume | bind
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create a backend container (without its secrets)."""
+
+    name: str
+    image: str
+    color: str
+    version: str
+    replica: int
+    deploy_id: str
+    network: str
+    labels: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    mounts: tuple[Mount, ...] = ()
+    memory: str | None = None
+    cpus: float | None = None
+    port: int = 8080
+
+
+@dataclass(frozen=True)
+class ProxySpec:
+    name: str
+    image: str
+    network: str
+    config_dir: str  # host folder mounted at /etc/flashfit in the proxy
+    http_port: int
+    https_port: int | None = None
+    tls_files: tuple[Mount, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Step:
+    kind: ClassVar[str] = "step"
+
+    def describe(self) -> str:  # pragma: no cover - every step overrides it
+        return self.kind
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"kind": self.kind, "description": self.describe()}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            data[f.name] = asdict(value) if hasattr(value, "__dataclass_fields__") else _plain(value)
+        return data
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__dataclass_fields__"):
+        return asdict(value)
+    return value
+
+
+@dataclass(frozen=True)
+class EnsureNetwork(Step):
+    kind: ClassVar[str] = "ensure_network"
+    name: str
+
+    def describe(self) -> str:
+        return f"ensure network {self.name}"
+
+
+@dataclass(frozen=True)
+class EnsureVolume(Step):
+    kind: ClassVar[str] = "ensure_volume"
+    name: str
+
+    def describe(self) -> str:
+        return f"ensure volume {self.name}"
+
+
+@dataclass(frozen=True)
+class CleanProxyFiles(Step):
+    """Remove temporary files a crashed switch left in the proxy folder."""
+
+    kind: ClassVar[str] = "clean_proxy_files"
+    files: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"remove {len(self.files)} leftover proxy file(s): {', '.join(self.files)}"
+
+
+@dataclass(frozen=True)
+class StartContainer(Step):
+    """Create and start a new backend container."""
+
+    kind: ClassVar[str] = "start_container"
+    spec: ContainerSpec
+
+    def describe(self) -> str:
+        s = self.spec
+        return f"start {s.name} ({s.image}, {s.color}, replica {s.replica})"
+
+
+@dataclass(frozen=True)
+class RestartContainer(Step):
+    """Start an existing stopped container again (a retained version, for rollback)."""
+
+    kind: ClassVar[str] = "restart_container"
+    name: str
+
+    def describe(self) -> str:
+        return f"start retained container {self.name}"
+
+
+@dataclass(frozen=True)
+class WaitReady(Step):
+    """The health gate: every container must become ready before the deadline."""
+
+    kind: ClassVar[str] = "wait_ready"
+    names: tuple[str, ...]
+    deadline: float
+
+    def describe(self) -> str:
+        return f"wait until ready (deadline {self.deadline:g}s): {', '.join(self.names)}"
+
+
+@dataclass(frozen=True)
+class EnsureProxy(Step):
+    """Create (or start) the proxy serving `upstreams`; a no-op when it already runs."""
+
+    kind: ClassVar[str] = "ensure_proxy"
+    spec: ProxySpec
+    upstreams: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"start proxy {self.spec.name} on port {self.spec.http_port} -> {', '.join(self.upstreams)}"
+
+
+@dataclass(frozen=True)
+class SwitchUpstreams(Step):
+    """Render nginx.conf for `upstreams`, write it atomically, nginx -t, reload, verify.
+    Undone by switching back to `previous`."""
+
+    kind: ClassVar[str] = "switch_upstreams"
+    upstreams: tuple[str, ...]
+    previous: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"switch traffic to {', '.join(self.upstreams)} (from {', '.join(self.previous) or 'nothing'})"
+
+
+@dataclass(frozen=True)
+class Drain(Step):
+    """Wait until the old containers have no connections left (or the timeout)."""
+
+    kind: ClassVar[str] = "drain"
+    names: tuple[str, ...]
+    timeout: float
+
+    def describe(self) -> str:
+        return f"drain {', '.join(self.names)} (up to {self.timeout:g}s)"
+
+
+@dataclass(frozen=True)
+class StopContainer(Step):
+    """Stop a container (kept, so it can be started again). Undone by starting it and gating it."""
+
+    kind: ClassVar[str] = "stop_container"
+    name: str
+    timeout: float = 10.0
+
+    def describe(self) -> str:
+        return f"stop {self.name}"
+
+
+@dataclass(frozen=True)
+class RemoveContainer(Step):
+    """Remove a container (stopping it first). Irreversible: plans put these where no rollback
+    can need the container any more (leftovers, or after the monitor window)."""
+
+    kind: ClassVar[str] = "remove_container"
+    name: str
+    reason: str = ""
+
+    def describe(self) -> str:
+        return f"remove {self.name}" + (f" ({self.reason})" if self.reason else "")
+
+
+@dataclass(frozen=True)
+class Monitor(Step):
+    """Watch the new containers until `window` seconds after the last switch; a death rolls back."""
+
+    kind: ClassVar[str] = "monitor"
+    names: tuple[str, ...]
+    window: float
+
+    def describe(self) -> str:
+        return f"monitor {', '.join(self.names)} for {self.window:g}s after the switch"
+
+
+STEP_TYPES: dict[str, type[Step]] = {
+    cls.kind: cls
+    for cls in (
+        EnsureNetwork,
+        EnsureVolume,
+        CleanProxyFiles,
+        StartContainer,
+        RestartContainer,
+        WaitReady,
+        EnsureProxy,
+        SwitchUpstreams,
+        Drain,
+        StopContainer,
+        RemoveContainer,
+        Monitor,
+    )
+}

@@ -1,0 +1,72 @@
+"""A tiny stand-in for the server, for the faults the real one cannot produce on demand.
+
+Env: BOOT_DELAY (seconds before /ready turns 200), NEVER_READY=1 (/ready stays 503),
+DIE_AFTER (seconds after becoming ready, the process exits with code 3), APP_VERSION.
+Endpoints: /health (200 while the process runs), /ready, and anything else -> 200 JSON with the
+version. HTTP/1.1 keep-alive, threaded; SIGTERM stops it cleanly (it runs as PID 1)."""
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STARTED = time.monotonic()
+BOOT_DELAY = float(os.environ.get("BOOT_DELAY", "0"))
+NEVER_READY = os.environ.get("NEVER_READY") == "1"
+DIE_AFTER = os.environ.get("DIE_AFTER")
+VERSION = os.environ.get("APP_VERSION", "unknown")
+
+
+def ready() -> bool:
+    return not NEVER_READY and time.monotonic() - STARTED >= BOOT_DELAY
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path == "/health":
+            self._send(200, {"status": "ok", "version": VERSION})
+        elif self.path == "/ready":
+            self._send(200 if ready() else 503, {"ready": ready(), "version": VERSION})
+        else:
+            self._send(200, {"version": VERSION, "path": self.path})
+
+    def log_message(self, *_args) -> None:
+        pass
+
+
+def main() -> None:
+    server = ThreadingHTTPServer(("0.0.0.0", 8080), Handler)
+    server.daemon_threads = True
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    print(f"fake backend {VERSION} listening on 8080 (boot delay {BOOT_DELAY}s)", flush=True)
+    if DIE_AFTER:
+        def die() -> None:
+            while not ready():
+                time.sleep(0.05)
+            time.sleep(float(DIE_AFTER))
+            print("fake backend: dying on purpose (DIE_AFTER)", flush=True)
+            os._exit(3)
+
+        threading.Thread(target=die, daemon=True).start()
+    if NEVER_READY:
+        print("fake backend: will never be ready (NEVER_READY=1)", flush=True)
+    server.serve_forever()
+    print("fake backend: stopped", flush=True)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
