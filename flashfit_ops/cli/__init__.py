@@ -25,6 +25,8 @@ COMMAND_MODULES = [
     "flashfit_ops.cli.backup_cmds",
     "flashfit_ops.cli.images_cmds",
     "flashfit_ops.cli.doctor_cmd",
+    "flashfit_ops.cli.deploy_cmds",
+    "flashfit_ops.cli.ops_cmds",
 ]
 
 
