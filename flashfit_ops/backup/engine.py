@@ -80,6 +80,15 @@ def _stamp(now: datetime) -> str:
     return now.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def _unused(path: Path) -> Path:
+    """path, or path-2, path-3... whichever does not exist yet (two restores in one second)."""
+    candidate, number = path, 1
+    while os.path.lexists(candidate):
+        number += 1
+        candidate = path.with_name(f"{path.name}-{number}")
+    return candidate
+
+
 def _parallel(func: Callable[[Any], Any], items: Iterable[Any], workers: int) -> list[Any]:
     """Run func over items on a pool; the first exception cancels what has not started and is raised."""
     items = list(items)
@@ -739,17 +748,18 @@ def restore_backup(
         os.chmod(staging, live.st_mode & 0o7777)
         if os.geteuid() == 0:
             os.chown(staging, live.st_uid, live.st_gid)
-    previous = parent / f"{data_dir.name}.previous-{_stamp(now)}"
+    previous = _unused(parent / f"{data_dir.name}.previous-{_stamp(now)}")
     service.stop()
     swapped_previous = _swap_in(staging, data_dir, previous)
     try:
         service.start()
         service.wait_ready(ready_timeout)
     except BaseException as exc:
-        _undo_swap(service, data_dir, swapped_previous, parent / f"{data_dir.name}.failed-{_stamp(now)}")
+        failed = _unused(parent / f"{data_dir.name}.failed-{_stamp(now)}")
+        _undo_swap(service, data_dir, swapped_previous, failed)
         if isinstance(exc, FlashFitError):
             raise OperationFailed(f"the server did not come up on backup {backup_id}: {exc.message}; the previous data was put back",
-                                  hint=f"the restored copy is kept as {data_dir.name}.failed-{_stamp(now)} for inspection") from None
+                                  hint=f"the restored copy is kept as {failed} for inspection") from None
         raise
     result["previous"] = str(swapped_previous) if swapped_previous else None
 
@@ -809,8 +819,9 @@ def _apply_config(config: Config, manifest: Manifest, review: Path, config_file:
         targets.append((review / "secrets" / env_path.name, env_path, 0o600))
     for source, dest, mode in targets:
         if dest.exists():
-            shutil.copy2(dest, dest.with_name(f"{dest.name}.previous-{stamp}"))
-            os.chmod(dest.with_name(f"{dest.name}.previous-{stamp}"), mode)
+            keep = _unused(dest.with_name(f"{dest.name}.previous-{stamp}"))
+            shutil.copy2(dest, keep)
+            os.chmod(keep, mode)
         atomic_write_bytes(dest, source.read_bytes(), mode=mode)
         applied.append(str(dest))
     return applied

@@ -36,7 +36,7 @@ MULTIPART_THRESHOLD = 16 * 1024 * 1024
 MULTIPART_CHUNK = 16 * 1024 * 1024
 MULTIPART_CONCURRENCY = 8
 BOTO_MAX_ATTEMPTS = 5
-BLOB_ATTEMPTS = 4
+BLOB_ATTEMPTS = 6
 BACKOFF_BASE = 0.5
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
@@ -65,9 +65,13 @@ class Store(Protocol):
     def delete(self, keys: list[str]) -> None: ...
 
 
-def with_retries(func: Callable[[], T], *, attempts: int = BLOB_ATTEMPTS, base: float = BACKOFF_BASE,
+def with_retries(func: Callable[[], T], *, attempts: int | None = None, base: float | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> T:
-    """Call func; on Transient wait base, 2*base, 4*base... and try again, up to `attempts` times."""
+    """Call func; on Transient wait base, 2*base, 4*base... and try again, up to `attempts` times.
+    This is on top of botocore's own retries, whose standard mode stops retrying once its retry
+    quota is spent (a long run of throttling), so a blob still gets its chances."""
+    attempts = BLOB_ATTEMPTS if attempts is None else attempts
+    base = BACKOFF_BASE if base is None else base
     for attempt in range(1, attempts + 1):
         try:
             return func()
@@ -244,12 +248,12 @@ _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTim
 
 class S3Store:
     def __init__(self, bucket: str, prefix: str, settings: S3Config, credentials: dict[str, str] | None = None,
-                 max_attempts: int = BOTO_MAX_ATTEMPTS):
+                 max_attempts: int | None = None):
         self.bucket = bucket
         self.prefix = prefix
         self.settings = settings
         self.credentials = credentials or {}
-        self.max_attempts = max_attempts
+        self.max_attempts = BOTO_MAX_ATTEMPTS if max_attempts is None else max_attempts
         self.url = f"s3://{bucket}/{prefix}".rstrip("/")
         self._client: Any = None
 
