@@ -66,11 +66,22 @@ class DoctorContext:
         self._client_error: BaseException | None = None
         self._containers: list[Any] | None = None
         self._containers_lock = threading.Lock()
+        self._memo: dict[str, Any] = {}
+        self._memo_locks: dict[str, threading.Lock] = {}
 
     # --- time ----------------------------------------------------------------------------------
 
     def now(self) -> datetime:
         return self._now()
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """compute() once per run, shared by every check that asks (others wait for the first)."""
+        with self._lock:
+            key_lock = self._memo_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            if key not in self._memo:
+                self._memo[key] = compute()
+            return self._memo[key]
 
     # --- places --------------------------------------------------------------------------------
 

@@ -9,7 +9,6 @@ None means "not known": callers then only require that some backend runs.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from flashfit_ops.doctor import nginxconf
@@ -19,24 +18,21 @@ PROXY_CONFIG_FILE = "nginx.conf"
 
 
 def deploy_observed(ctx: DoctorContext) -> Any | None:
-    """The deploy engine's Observed for this project, or None when it is not available."""
-    try:
-        from flashfit_ops.execute import observe as observe_module  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    func = getattr(observe_module, "observe", None)
-    if func is None:
-        return None
-    try:
-        params = inspect.signature(func).parameters
-        kwargs: dict[str, Any] = {}
-        args: list[Any] = [ctx.config]
-        names = list(params)
-        if len(names) >= 2:
-            args.append(ctx.docker())
-        return func(*args, **kwargs)
-    except Exception:  # noqa: BLE001 - the fallback below still answers
-        return None
+    """The deploy engine's Observed for this project (computed once per run), or None when it
+    cannot tell. nginx -t is left to the nginx-config check (check_proxy_config=False)."""
+
+    def compute() -> Any | None:
+        try:
+            from flashfit_ops.execute.backend import DockerBackend
+            from flashfit_ops.execute.observe import observe
+        except ImportError:
+            return None
+        try:
+            return observe(DockerBackend(ctx.docker()), ctx.config, check_proxy_config=False)
+        except Exception:  # noqa: BLE001 - the fallback below still answers
+            return None
+
+    return ctx.memo("deploy_observed", compute)
 
 
 def proxy_config_text(ctx: DoctorContext) -> str | None:

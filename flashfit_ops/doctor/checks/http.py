@@ -248,6 +248,9 @@ def inference(ctx: DoctorContext) -> Finding:
 _BENCH_LINE = re.compile(r"^(\S+)\s+(\S+)\s+n=(\d+)\s+p50=\s*([\d.]+)\s*ms\s+p95=\s*([\d.]+)\s*ms")
 
 
+_BENCH_ERROR = re.compile(r"^(clip|blip|fashion|[a-z_]+): (.+)$")
+
+
 def parse_bench(stdout: str) -> tuple[dict[str, dict], list[str]]:
     timings: dict[str, dict] = {}
     empty: list[str] = []
@@ -266,7 +269,15 @@ def evaluate_bench(exit_code: int, stdout: str, stderr: str, limit_ms: float = S
         return warning("this server image has no `flashfit-server bench-store`; store search not timed",
                        "deploy a current server image", exit_code=exit_code)
     timings, empty = parse_bench(stdout)
-    errors = [line for line in stderr.splitlines() if line.strip() and not line.startswith(("WARNING", "INFO"))]
+    errors = []
+    for line in stderr.splitlines():
+        match = _BENCH_ERROR.match(line.strip())
+        if not match:
+            continue
+        if "does not exist in" in match.group(2):  # never saved: a fresh, empty catalogue
+            empty.append(match.group(1))
+        else:
+            errors.append(line.strip())
     details = {"stores": timings, "empty": empty, "errors": errors[:5]}
     if errors and not (timings or empty):
         return failure(f"bench-store failed: {errors[-1]}", "the stores check compares index files with their metadata", **details)

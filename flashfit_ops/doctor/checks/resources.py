@@ -77,8 +77,10 @@ def resources(ctx: DoctorContext) -> Finding:
     host_cpus = int(ctx.docker().info().get("NCPU") or 1)
 
     def sample(container: Any) -> tuple[dict, dict]:
+        started = time.monotonic()
         first = container.stats(stream=False, one_shot=True)
-        time.sleep(ctx.settings.cpu_sample_s)
+        # The engine may take most of a second per sample already; wait only for the rest.
+        time.sleep(max(0.0, ctx.settings.cpu_sample_s - (time.monotonic() - started)))
         return first, container.stats(stream=False, one_shot=True)
 
     with ThreadPoolExecutor(max_workers=min(8, len(running))) as pool:
