@@ -1,0 +1,323 @@
+"""Each strategy's plan, asserted as data: fresh install, live blue, rolling with 3 replicas at
+parallelism 1 and 2, and leftovers of an interrupted deploy. No engine involved."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flashfit_ops.config.load import resolve
+from flashfit_ops.plan import plan_deploy
+from flashfit_ops.plan.common import Target, backend_name
+from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
+from flashfit_ops.plan.steps import (
+    CleanProxyFiles,
+    Drain,
+    EnsureNetwork,
+    EnsureProxy,
+    EnsureVolume,
+    Monitor,
+    RemoveContainer,
+    StartContainer,
+    StopContainer,
+    SwitchUpstreams,
+    WaitReady,
+)
+
+NEW = "20300101000000000aa"
+OLD = "20290101000000000aa"
+OLDER = "20280101000000000aa"
+
+
+def make_config(tmp_path: Path, **overrides):
+    data = {
+        "project": "shop",
+        "server": {"image": "flashfit/backend"},
+        "ports": {"http": 18080},
+        "services": {"nginx": {"image": "flashfit/nginx:bookworm"}},
+        "deploy": {"deadline": "60s", "drain_timeout": "5s", "monitor_window": "3s", "parallelism": 1},
+    }
+    for dotted, value in overrides.items():
+        node = data
+        keys = dotted.split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    return resolve(data, base_dir=tmp_path, environ={})
+
+
+def backend(color: str, replica: int, deploy_id: str = OLD, version: str = "v1", state: str = "running") -> ContainerState:
+    return ContainerState(
+        name=backend_name("shop", color, replica, deploy_id),
+        color=color,
+        version=version,
+        replica=replica,
+        deploy_id=deploy_id,
+        state=state,
+    )
+
+
+def observed(containers=(), live=(), proxy_state="running", config_names=None, stray=()) -> Observed:
+    live_names = tuple(c.name for c in live)
+    return Observed(
+        project="shop",
+        containers=tuple(containers),
+        proxy=ProxyState(
+            name="shop-proxy",
+            exists=proxy_state != "missing",
+            state=proxy_state,
+            applied=live_names,
+            config=live_names if config_names is None else tuple(config_names),
+            config_present=True,
+            stray_files=tuple(stray),
+        ),
+        network_exists=True,
+    )
+
+
+def kinds(steps) -> list[str]:
+    return [s.kind for s in steps]
+
+
+def name(color: str, replica: int, deploy_id: str = NEW) -> str:
+    return backend_name("shop", color, replica, deploy_id)
+
+
+# -- fresh install ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("strategy", ["single", "blue-green", "rolling"])
+def test_fresh_install_starts_gates_then_starts_the_proxy(tmp_path: Path, strategy: str) -> None:
+    config = make_config(tmp_path)
+    steps = plan_deploy(strategy, config, Observed(project="shop", proxy=ProxyState(name="shop-proxy")), Target("v1", NEW, 1))
+    assert steps[:3] == [EnsureNetwork("shop_net"), EnsureVolume("shop_model_cache"), EnsureVolume("shop_vector_indices")]
+    start = steps[3]
+    assert isinstance(start, StartContainer)
+    spec = start.spec
+    assert spec.name == name("blue", 1)
+    assert spec.image == "flashfit/backend:v1"
+    assert spec.network == "shop_net"
+    assert spec.labels == {
+        "io.flashfit.color": "blue",
+        "io.flashfit.deploy": NEW,
+        "io.flashfit.project": "shop",
+        "io.flashfit.replica": "1",
+        "io.flashfit.role": "backend",
+        "io.flashfit.version": "v1",
+    }
+    assert spec.env["APP_VERSION"] == "v1"
+    assert "JWT_SECRET_KEY" not in spec.env  # secrets are added by the executor at run time only
+    assert {m.target for m in spec.mounts} == {"/app/models", "/app/data"}
+    assert steps[4] == WaitReady((name("blue", 1),), 60.0)
+    assert isinstance(steps[5], EnsureProxy)
+    assert steps[5].upstreams == (name("blue", 1),)
+    assert steps[5].spec.http_port == 18080 and steps[5].spec.image == "flashfit/nginx:bookworm"
+    assert steps[5].spec.config_dir == str(tmp_path.resolve() / ".flashfit" / "proxy")
+    assert steps[6] == Monitor((name("blue", 1),), 3.0)
+    assert len(steps) == 7
+
+
+def test_host_path_volumes_are_bind_mounts(tmp_path: Path) -> None:
+    config = make_config(tmp_path, **{"volumes.models": "./models"})
+    steps = plan_deploy("single", config, observed(), Target("v1", NEW, 1))
+    assert EnsureVolume("shop_model_cache") not in steps
+    spec = next(s for s in steps if isinstance(s, StartContainer)).spec
+    models = next(m for m in spec.mounts if m.target == "/app/models")
+    assert (models.kind, models.source) == ("bind", str(tmp_path.resolve() / "models"))
+
+
+def test_fresh_rolling_brings_every_replica_up_at_once(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    steps = plan_deploy("rolling", config, observed(), Target("v1", NEW, 3))
+    assert kinds(steps)[3:] == ["start_container"] * 3 + ["wait_ready", "ensure_proxy", "monitor"]
+    assert steps[7].upstreams == (name("blue", 1), name("blue", 2), name("blue", 3))
+
+
+# -- live blue ------------------------------------------------------------------------------------------
+def test_blue_green_with_blue_live_brings_up_green_and_keeps_blue_stopped(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blue = backend("blue", 1)
+    steps = plan_deploy("blue-green", config, observed([blue], live=[blue]), Target("v2", NEW, 1))
+    assert steps[3:] == [
+        StartContainer(steps[3].spec),
+        WaitReady((name("green", 1),), 60.0),
+        SwitchUpstreams(upstreams=(name("green", 1),), previous=(blue.name,)),
+        Drain((blue.name,), 5.0),
+        StopContainer(blue.name, 10.0),
+        Monitor((name("green", 1),), 3.0),
+    ]
+    assert steps[3].spec.color == "green" and steps[3].spec.version == "v2"
+    assert not any(isinstance(s, RemoveContainer) for s in steps)  # blue is kept for rollback
+
+
+def test_blue_green_replaces_the_older_retained_color_only_after_the_monitor(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blue = backend("blue", 1, deploy_id=OLD, version="v2")
+    green_old = backend("green", 1, deploy_id=OLDER, version="v1", state="exited")
+    steps = plan_deploy("blue-green", config, observed([green_old, blue], live=[blue]), Target("v3", NEW, 1))
+    assert kinds(steps)[-2:] == ["monitor", "remove_container"]
+    assert steps[-1] == RemoveContainer(green_old.name, reason="older retained version v1")
+
+
+def test_blue_green_with_replicas(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blues = [backend("blue", i) for i in (1, 2)]
+    steps = plan_deploy("blue-green", config, observed(blues, live=blues), Target("v2", NEW, 2))
+    switch = next(s for s in steps if isinstance(s, SwitchUpstreams))
+    assert switch.upstreams == (name("green", 1), name("green", 2))
+    assert switch.previous == (blues[0].name, blues[1].name)
+    assert kinds(steps).index("wait_ready") < kinds(steps).index("switch_upstreams") < kinds(steps).index("drain")
+
+
+def test_single_with_blue_live_removes_the_old_one_after_the_monitor_window(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blue = backend("blue", 1)
+    steps = plan_deploy("single", config, observed([blue], live=[blue]), Target("v2", NEW, 3))
+    assert kinds(steps)[3:] == ["start_container", "wait_ready", "switch_upstreams", "drain", "stop_container", "monitor", "remove_container"]
+    assert steps[3].spec.replica == 1  # single is one container whatever replicas says
+    assert steps[-1] == RemoveContainer(blue.name, reason="replaced")
+
+
+def test_no_monitor_step_when_the_window_is_zero(tmp_path: Path) -> None:
+    config = make_config(tmp_path, **{"deploy.monitor_window": 0})
+    blue = backend("blue", 1)
+    assert "monitor" not in kinds(plan_deploy("blue-green", config, observed([blue], live=[blue]), Target("v2", NEW, 1)))
+
+
+def test_a_stopped_proxy_is_started_on_the_new_version(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blue = backend("blue", 1)
+    steps = plan_deploy("blue-green", config, observed([blue], live=[blue], proxy_state="exited"), Target("v2", NEW, 1))
+    assert isinstance(steps[5], EnsureProxy) and steps[5].upstreams == (name("green", 1),)
+
+
+# -- rolling ------------------------------------------------------------------------------------------
+def test_rolling_three_replicas_parallelism_one(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blues = [backend("blue", i) for i in (1, 2, 3)]
+    b = [c.name for c in blues]
+    g = [name("green", i) for i in (1, 2, 3)]
+    steps = plan_deploy("rolling", config, observed(blues, live=blues), Target("v2", NEW, 3))
+    body = [s for s in steps[3:] if not isinstance(s, StartContainer)]
+    assert [s.spec.name for s in steps if isinstance(s, StartContainer)] == g
+    assert body == [
+        WaitReady((g[0],), 60.0),
+        SwitchUpstreams((b[1], b[2], g[0]), (b[0], b[1], b[2])),
+        Drain((b[0],), 5.0),
+        StopContainer(b[0], 10.0),
+        WaitReady((g[1],), 60.0),
+        SwitchUpstreams((b[2], g[0], g[1]), (b[1], b[2], g[0])),
+        Drain((b[1],), 5.0),
+        StopContainer(b[1], 10.0),
+        WaitReady((g[2],), 60.0),
+        SwitchUpstreams((g[0], g[1], g[2]), (b[2], g[0], g[1])),
+        Drain((b[2],), 5.0),
+        StopContainer(b[2], 10.0),
+        Monitor(tuple(g), 3.0),
+        RemoveContainer(b[0], "replaced"),
+        RemoveContainer(b[1], "replaced"),
+        RemoveContainer(b[2], "replaced"),
+    ]
+    # Each new replica is started (and gated) before the old one it replaces leaves the upstreams.
+    for index, old in enumerate(b):
+        start = next(i for i, s in enumerate(steps) if isinstance(s, StartContainer) and s.spec.name == g[index])
+        leaves = next(i for i, s in enumerate(steps) if isinstance(s, SwitchUpstreams) and old not in s.upstreams)
+        assert start < leaves
+
+
+def test_rolling_three_replicas_parallelism_two(tmp_path: Path) -> None:
+    config = make_config(tmp_path, **{"deploy.parallelism": 2})
+    blues = [backend("blue", i) for i in (1, 2, 3)]
+    b = [c.name for c in blues]
+    g = [name("green", i) for i in (1, 2, 3)]
+    steps = plan_deploy("rolling", config, observed(blues, live=blues), Target("v2", NEW, 3))
+    assert kinds(steps)[3:] == [
+        "start_container", "start_container", "wait_ready", "switch_upstreams", "drain", "stop_container", "stop_container",
+        "start_container", "wait_ready", "switch_upstreams", "drain", "stop_container",
+        "monitor", "remove_container", "remove_container", "remove_container",
+    ]  # fmt: skip
+    switches = [s for s in steps if isinstance(s, SwitchUpstreams)]
+    assert switches[0] == SwitchUpstreams((b[2], g[0], g[1]), tuple(b))
+    assert switches[1] == SwitchUpstreams((g[0], g[1], g[2]), (b[2], g[0], g[1]))
+    assert next(s for s in steps if isinstance(s, WaitReady)) == WaitReady((g[0], g[1]), 60.0)
+
+
+def test_rolling_scale_down_and_up(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blues = [backend("blue", i) for i in (1, 2, 3)]
+    down = plan_deploy("rolling", config, observed(blues, live=blues), Target("v2", NEW, 1))
+    switches = [s.upstreams for s in down if isinstance(s, SwitchUpstreams)]
+    assert switches[-1] == (name("green", 1),)
+    assert all(switches)  # never an empty upstream set
+    one = [backend("blue", 1)]
+    up = plan_deploy("rolling", config, observed(one, live=one), Target("v2", NEW, 2))
+    switches = [s.upstreams for s in up if isinstance(s, SwitchUpstreams)]
+    assert switches == [(name("green", 1),), (name("green", 1), name("green", 2))]
+
+
+# -- leftovers ----------------------------------------------------------------------------------------
+def test_leftovers_of_a_deploy_that_never_switched_are_removed_first(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blue = backend("blue", 1, deploy_id=OLD)
+    orphan = backend("green", 1, deploy_id="20291231000000000aa", version="v2")
+    steps = plan_deploy(
+        "blue-green",
+        config,
+        observed([blue, orphan], live=[blue], stray=["nginx.conf.next", ".nginx.conf.abc.tmp"]),
+        Target("v3", NEW, 1),
+    )
+    assert steps[0] == CleanProxyFiles(("nginx.conf.next", ".nginx.conf.abc.tmp"))
+    assert steps[1] == RemoveContainer(orphan.name, reason="leftover of a deploy that never switched")
+    assert kinds(steps)[2:] == ["ensure_network", "ensure_volume", "ensure_volume", "start_container", "wait_ready",
+                                "switch_upstreams", "drain", "stop_container", "monitor"]  # fmt: skip
+
+
+def test_crash_between_rename_and_applied_switches_back_before_removing(tmp_path: Path) -> None:
+    """nginx.conf names the new container, applied.json the old one: the switch may or may not
+    have happened. Go back to the applied (old, still running) one, then remove the new one."""
+    config = make_config(tmp_path)
+    blue = backend("blue", 1, deploy_id=OLD)
+    new = backend("green", 1, deploy_id="20291231000000000aa", version="v2")
+    state = observed([blue, new], live=[blue], config_names=[new.name])
+    steps = plan_deploy("blue-green", config, state, Target("v3", NEW, 1))
+    assert steps[0] == SwitchUpstreams((blue.name,), (blue.name,))
+    assert steps[1] == RemoveContainer(new.name, reason="leftover of a deploy that never switched")
+
+
+def test_an_old_generation_left_running_is_drained_and_stopped(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blue = backend("blue", 1, deploy_id=OLDER, version="v1")
+    green = backend("green", 1, deploy_id=OLD, version="v2")
+    steps = plan_deploy("blue-green", config, observed([blue, green], live=[green]), Target("v3", NEW, 1))
+    assert steps[:2] == [Drain((blue.name,), 5.0), StopContainer(blue.name, 10.0)]
+    new = next(s for s in steps if isinstance(s, StartContainer)).spec
+    assert new.color == "blue"
+    # The lingering old one becomes the older retained version, removed after the monitor.
+    assert steps[-1] == RemoveContainer(blue.name, reason="older retained version v1")
+
+
+def test_a_dead_live_container_is_dropped_from_the_upstreams(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    a = backend("blue", 1)
+    b = backend("blue", 2, state="exited")
+    steps = plan_deploy("rolling", config, observed([a, b], live=[a, b]), Target("v2", NEW, 2))
+    assert steps[0] == SwitchUpstreams((a.name,), (a.name,))
+
+
+def test_fresh_install_interrupted_before_the_proxy_started(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    orphan = backend("blue", 1, deploy_id=OLD)
+    steps = plan_deploy("single", config, observed([orphan], live=[], proxy_state="missing"), Target("v1", NEW, 1))
+    assert steps[0] == RemoveContainer(orphan.name, reason="leftover of a deploy that never switched")
+    assert any(isinstance(s, EnsureProxy) for s in steps)
+
+
+def test_plans_serialise_to_json(tmp_path: Path) -> None:
+    import json
+
+    config = make_config(tmp_path)
+    blue = backend("blue", 1)
+    steps = plan_deploy("rolling", config, observed([blue], live=[blue]), Target("v2", NEW, 1))
+    document = json.loads(json.dumps([s.to_dict() for s in steps]))
+    assert document[3]["kind"] == "start_container"
+    assert document[3]["spec"]["labels"]["io.flashfit.version"] == "v2"
+    assert all("description" in step for step in document)
