@@ -195,3 +195,29 @@ def test_helpers_build_findings():
     assert ok("x", a=1) == Finding(OK, "x", None, {"a": 1})
     assert warning("x", "h").hint == "h"
     assert failure("x", "h").status == FAILURE
+
+
+def test_with_the_engine_down_every_check_still_reports_without_crashing(tmp_path):
+    import httpx
+
+    from flashfit_ops.config.load import resolve
+    from flashfit_ops.doctor.context import DoctorContext, Settings
+
+    def no_engine():
+        raise Unavailable("the Docker engine is unreachable: connection refused", hint="start the Docker engine")
+
+    def refuse(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    config = resolve({"project": "down", "ports": {"http": 1}}, environ={})
+    config._base_dir = tmp_path
+    ctx = DoctorContext(config, None, docker_factory=no_engine, http_transport=httpx.MockTransport(refuse),
+                        settings=Settings(latency_requests=2))
+    results = {r.check: r for r in run_checks(all_checks(), ctx)}
+    assert not [r for r in results.values() if "crashed" in r.summary], results
+    assert results["docker"].status == FAILURE and results["docker"].hint == "start the Docker engine"
+    assert results["containers"].status == FAILURE
+    assert results["proxy-health"].status == FAILURE
+    assert results["lock"].status == OK and results["tls"].status == OK
+    for r in results.values():
+        assert r.status == OK or r.hint, r
