@@ -22,11 +22,11 @@ app = typer.Typer(
 COMMAND_MODULES = [
     "flashfit_ops.cli.config_cmds",
     "flashfit_ops.cli.render_cmd",
-    "flashfit_ops.cli.backup_cmds",
     "flashfit_ops.cli.images_cmds",
-    "flashfit_ops.cli.doctor_cmd",
     "flashfit_ops.cli.deploy_cmds",
     "flashfit_ops.cli.ops_cmds",
+    "flashfit_ops.cli.backup_cmds",
+    "flashfit_ops.cli.doctor_cmd",
 ]
 
 
