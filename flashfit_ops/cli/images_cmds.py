@@ -43,7 +43,7 @@ def bootstrap(
 def build(
     version: Annotated[
         str | None,
-        typer.Option("--version", "-v", help="Image tag; default: git short SHA (+ -dirty-<hash>).", show_default=False),
+        typer.Option("--version", help="Image tag; default: git short SHA (+ -dirty-<hash>).", show_default=False),
     ] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     env: EnvOption = None,

@@ -378,11 +378,25 @@ def ensure_image(
             if image is not None:
                 return _outcome(recipe.image, PULLED, started, image)
             console.info(f"  [dim]{recipe.image} cannot be pulled ({reason}); building it from Debian packages[/]")
+    superseded = local_image(client, recipe.image) if force else None
     with _locked(cache):
         tarball, cached = build_rootfs_tarball(recipe, cache, mirror)
         image = import_rootfs(client, tarball, recipe, key)
+    if superseded is not None and superseded.id != image.id:
+        _remove_if_unused(client, superseded.id)
     detail = "root filesystem from the cache" if cached else f"debootstrap {recipe.suite} from {mirror}"
     return _outcome(recipe.image, BUILT, started, image, detail=detail, warnings=warnings)
+
+
+def _remove_if_unused(client: "docker.DockerClient", image_id: str) -> None:
+    """Drop the image a forced rebuild replaced, unless a container or a derived image still uses it."""
+    from docker.errors import APIError
+
+    try:
+        if not client.images.get(image_id).tags:
+            client.images.remove(image_id)
+    except APIError:  # in use (409) or already gone (404): leave it
+        pass
 
 
 def import_rootfs(client: "docker.DockerClient", tarball: Path, recipe: Recipe, key: str) -> Any:
