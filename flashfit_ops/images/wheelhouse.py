@@ -13,6 +13,7 @@ second call with the same pins does nothing.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata as metadata
 import json
@@ -251,11 +252,17 @@ def stamp_is_current(folder: Path, text: str) -> list[str] | None:
 
 
 def make_wheelhouse(folder: Path, *, pins: list[Pin] | None = None) -> Wheelhouse:
-    """Fill `folder` with one wheel per pin and write requirements.txt; nothing to do when the stamp matches."""
-    started = time.monotonic()
+    """Fill `folder` with one wheel per pin and write requirements.txt; nothing to do when the stamp
+    matches. Concurrent builds sharing the folder take turns."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    pins = server_pins() if pins is None else pins
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _make_wheelhouse(folder, server_pins() if pins is None else pins)
+
+
+def _make_wheelhouse(folder: Path, pins: list[Pin]) -> Wheelhouse:
+    started = time.monotonic()
     text = requirements_text(pins)
     requirements = folder / REQUIREMENTS
     current = stamp_is_current(folder, text)
