@@ -135,11 +135,16 @@ class Executor:
         """Carry out `steps`. On any failure or interrupt, undo what was done and re-raise."""
         self.execution = Execution()
         self._undo = []
-        for step in steps:
+        for group in _groups(steps):
+            step = group[0]
             started = self.clock()
-            self.say("step", step.describe())
+            for member in group:
+                self.say("step", member.describe())
             try:
-                getattr(self, f"_do_{step.kind}")(step)
+                if len(group) > 1:
+                    self._stop_many(group)  # type: ignore[arg-type]
+                else:
+                    getattr(self, f"_do_{step.kind}")(step)
             except BaseException as error:
                 seconds = self.clock() - started
                 message = error.message if isinstance(error, FlashFitError) else (str(error) or type(error).__name__)
@@ -151,7 +156,9 @@ class Executor:
                 if isinstance(error, FlashFitError):
                     error.details = {**error.details, "execution": self.execution.to_dict()}
                 raise
-            self.execution.outcomes.append(StepOutcome(step.kind, step.describe(), "done", round(self.clock() - started, 3)))
+            seconds = round(self.clock() - started, 3)
+            for member in group:
+                self.execution.outcomes.append(StepOutcome(member.kind, member.describe(), "done", seconds))
         return self.execution
 
     def _register(self, description: str, undo: Callable[[], None]) -> None:
@@ -341,13 +348,24 @@ class Executor:
             self.execution.warnings.append(text)
             self.say("warn", text)
 
-    def _do_stop_container(self, step: StopContainer) -> None:
+    def _register_stop_undo(self, step: StopContainer) -> None:
         def undo() -> None:
             self.backend.start(step.name)
             self._gate_or_raise((step.name,), self.config.deploy.deadline, "restore")
 
         self._register(f"start {step.name} again", undo)
+
+    def _do_stop_container(self, step: StopContainer) -> None:
+        self._register_stop_undo(step)
         self.backend.stop(step.name, timeout=step.timeout)
+
+    def _stop_many(self, steps: list[StopContainer]) -> None:
+        """Consecutive stops run side by side: each old container takes its own time to exit."""
+        for step in steps:
+            self._register_stop_undo(step)
+        with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="stop") as pool:
+            for future in [pool.submit(self.backend.stop, s.name, timeout=s.timeout) for s in steps]:
+                future.result()
 
     def _do_remove_container(self, step: RemoveContainer) -> None:
         try:
@@ -374,6 +392,17 @@ class Executor:
                     return
                 live.update(f"monitoring {', '.join(step.names)}: {remaining:.1f}s left")
                 self.sleep(min(MONITOR_POLL, remaining))
+
+
+def _groups(steps: list[Step]) -> list[list[Step]]:
+    """Steps in order; runs of consecutive StopContainer steps form one group."""
+    groups: list[list[Step]] = []
+    for step in steps:
+        if isinstance(step, StopContainer) and groups and isinstance(groups[-1][0], StopContainer):
+            groups[-1].append(step)
+        else:
+            groups.append([step])
+    return groups
 
 
 def _no_address(name: str):

@@ -61,6 +61,7 @@ def observe(backend, config: Config, *, check_proxy_config: bool = True) -> Obse
         config=config_names,
         config_present=files.config_present and bool(config_names),
         stray_files=files.stray,
+        served=files.served,
     )
     containers.sort(key=lambda c: (c.deploy_id, c.replica, c.name))
     return Observed(

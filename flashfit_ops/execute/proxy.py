@@ -26,6 +26,8 @@ from flashfit_ops.plan.common import BACKEND_PORT, PROXY_CONFIG_DIR, PROXY_CONFI
 from flashfit_ops.plan.observed import name_of_upstream, upstream_of
 
 APPLIED_FILE = "applied.json"
+# How many container names applied.json remembers as having served.
+SERVED_KEPT = 200
 CANDIDATE_FILE = "nginx.conf.next"
 WORKER = "nginx: worker process"
 SHUTTING_DOWN = "nginx: worker process is shutting down"
@@ -58,6 +60,7 @@ class ProxyFiles:
     applied: tuple[str, ...]
     applied_present: bool
     stray: tuple[str, ...]
+    served: tuple[str, ...] | None = None
 
 
 def read_files(folder: Path) -> ProxyFiles:
@@ -70,10 +73,13 @@ def read_files(folder: Path) -> ProxyFiles:
         config, present = (), False
     applied: tuple[str, ...] = ()
     applied_present = False
+    served: tuple[str, ...] | None = None
     try:
         data = json.loads((folder / APPLIED_FILE).read_text(encoding="utf-8"))
         applied = tuple(str(n) for n in data.get("upstreams", []))
         applied_present = True
+        if isinstance(data.get("served"), list):
+            served = tuple(str(n) for n in data["served"])
     except (FileNotFoundError, ValueError, AttributeError):
         pass
     stray = []
@@ -81,7 +87,7 @@ def read_files(folder: Path) -> ProxyFiles:
         for entry in sorted(folder.iterdir()):
             if entry.name == CANDIDATE_FILE or (entry.name.startswith(".") and entry.name.endswith(".tmp")):
                 stray.append(entry.name)
-    return ProxyFiles(config, present, applied, applied_present, tuple(stray))
+    return ProxyFiles(config, present, applied, applied_present, tuple(stray), served)
 
 
 def _established_on(tcp_tables: str, port: int) -> int:
@@ -133,8 +139,10 @@ class ProxyController:
 
     def record_applied(self, names: tuple[str, ...]) -> None:
         text = (self.folder / PROXY_CONFIG_FILE).read_bytes()
+        served = [n for n in (read_files(self.folder).served or ()) if n not in names] + list(names)
         record = {
             "upstreams": list(names),
+            "served": served[-SERVED_KEPT:],
             "config_sha256": hashlib.sha256(text).hexdigest(),
             "applied_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

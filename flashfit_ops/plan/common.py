@@ -207,14 +207,23 @@ def leftovers(config: Config, observed: Observed) -> tuple[list[Step], Observed]
         steps.append(SwitchUpstreams(upstreams=live, previous=live))
     known = [observed.by_name(n) for n in (*proxy.applied, *live)]
     newest_live = max((c.deploy_id for c in known if c is not None), default="")
+    served = set(proxy.served or ()) | set(live)
+
+    def never_served(container: ContainerState) -> bool:
+        if proxy.served is not None:
+            return container.name not in served
+        # No record of who served (an older proxy folder): newer than everything live.
+        return container.deploy_id > newest_live
+
     remaining: list[ContainerState] = []
     lingering: list[str] = []
     for container in observed.containers:
         if container.name in live:
             remaining.append(container)
-        elif container.deploy_id > newest_live:
+        elif never_served(container):
             steps.append(RemoveContainer(container.name, reason="leftover of a deploy that never switched"))
         elif container.running:
+            # It served once and still runs (a crash while draining): finish the job.
             lingering.append(container.name)
             remaining.append(dataclasses.replace(container, state="exited"))
         else:

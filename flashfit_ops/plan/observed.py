@@ -47,6 +47,9 @@ class ProxyState:
     config_present: bool = False
     # Temporary files a crashed switch left in the proxy folder.
     stray_files: tuple[str, ...] = ()
+    # Every container that ever took traffic (recent ones), when the proxy folder records it:
+    # a container that is not live and never served is a leftover of a deploy that never switched.
+    served: tuple[str, ...] | None = None
 
     @property
     def running(self) -> bool:

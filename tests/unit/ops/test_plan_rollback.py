@@ -45,3 +45,23 @@ def test_restart_plan_needs_retained_containers(tmp_path: Path) -> None:
 
 def test_nothing_retained_on_a_fresh_engine(tmp_path: Path) -> None:
     assert retained_versions(make_config(tmp_path), Observed(project="shop")) == []
+
+
+def test_after_a_rollback_the_newer_version_is_retained_not_a_leftover(tmp_path: Path) -> None:
+    """v2 served, then `rollback v1` restarted the older v1: v2 (stopped, newer deploy id) must be
+    kept for rolling forward again, because it is recorded as having served."""
+    import dataclasses
+
+    from flashfit_ops.plan.common import leftovers
+
+    config = make_config(tmp_path)
+    v1 = backend("blue", 1, deploy_id=OLDER, version="v1")
+    v2 = backend("green", 1, deploy_id=OLD, version="v2", state="exited")
+    state = observed([v1, v2], live=[v1])
+    state = dataclasses.replace(state, proxy=dataclasses.replace(state.proxy, served=(v1.name, v2.name)))
+    steps, _ = leftovers(config, state)
+    assert steps == []
+    assert [r.version for r in retained_versions(config, state)] == ["v2"]
+    # Without the record, the newer-than-live rule would have removed it.
+    never = dataclasses.replace(state, proxy=dataclasses.replace(state.proxy, served=(v1.name,)))
+    assert [s.kind for s in leftovers(config, never)[0]] == ["remove_container"]
