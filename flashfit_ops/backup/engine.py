@@ -10,7 +10,7 @@ import shutil
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -238,7 +238,6 @@ class _Uploader:
     def __init__(self, store: Store, existing: dict[str, tuple[str, int]], scratch: Path, progress: Progress,
                  stats: _Stats):
         self.store, self.existing, self.scratch, self.progress, self.stats = store, existing, scratch, progress, stats
-        self._claimed: set[str] = set()
         self._lock = threading.Lock()
 
     def _reusable(self, blob: str, size: int, encrypted: bool) -> tuple[str, int] | None:
@@ -273,15 +272,20 @@ class _Uploader:
         with_retries(attempt)
         self.progress.advance(credit - sent[0])
 
-    def store_item(self, item: Item) -> FileEntry:
-        if item.data is not None:
-            return self._store_bytes(item)
+    @staticmethod
+    def hash_item(item: Item) -> tuple[str, int]:
         assert item.local is not None
         try:
-            sha, size = blobs.sha256_file(item.local)
+            return blobs.sha256_file(item.local)
         except FileNotFoundError:
             raise OperationFailed(f"{item.local} disappeared while it was being backed up",
                                   hint="something is writing the data folder; take the backup through the server") from None
+
+    def store_item(self, item: Item, hashed: Future[tuple[str, int]] | None = None) -> FileEntry:
+        if item.data is not None:
+            return self._store_bytes(item)
+        assert item.local is not None
+        sha, size = hashed.result() if hashed is not None else self.hash_item(item)
         if item.expected_sha256 is not None and (sha != item.expected_sha256 or size != item.expected_size):
             raise OperationFailed(f"{item.path} does not match the server's snapshot manifest (sha256 or size)",
                                   hint="the snapshot changed after the server wrote it; run the backup again")
@@ -387,11 +391,16 @@ def create_backup(
         stats = _Stats()
         uploader = _Uploader(store, existing_blobs(store), scratch, progress, stats)
         progress.start(f"backup {backup_id}", total)
-        # Largest first, so the long uploads start early and small ones fill the gaps.
+        # Largest first, so the long uploads start early and small ones fill the gaps. One thread
+        # hashes ahead, in that order, so hashing the next file overlaps uploading this one (the
+        # blob's name, its hash, must be known before its upload starts).
         ordered = sorted(items, key=lambda item: item.size, reverse=True)
+        hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flashfit-hash")
         try:
-            entries = _parallel(uploader.store_item, ordered, workers)
+            hashes = {id(item): hasher.submit(uploader.hash_item, item) for item in ordered if item.data is None}
+            entries = _parallel(lambda item: uploader.store_item(item, hashes.get(id(item))), ordered, workers)
         finally:
+            hasher.shutdown(wait=True, cancel_futures=True)
             progress.finish()
         manifest = Manifest(
             id=backup_id,

@@ -32,9 +32,9 @@ if TYPE_CHECKING:
 OnBytes = Callable[[int], None]
 T = TypeVar("T")
 
-MULTIPART_THRESHOLD = 16 * 1024 * 1024
-MULTIPART_CHUNK = 16 * 1024 * 1024
-MULTIPART_CONCURRENCY = 8
+MULTIPART_THRESHOLD = 8 * 1024 * 1024  # boto3 defaults per file; several files go in parallel
+MULTIPART_CHUNK = 8 * 1024 * 1024
+MULTIPART_CONCURRENCY = 10
 BOTO_MAX_ATTEMPTS = 5
 BLOB_ATTEMPTS = 6
 BACKOFF_BASE = 0.5
@@ -285,7 +285,7 @@ class S3Store:
                 retries={"max_attempts": self.max_attempts, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=60,
-                max_pool_connections=32,
+                max_pool_connections=64,
                 request_checksum_calculation=self.settings.request_checksum_calculation,
                 response_checksum_validation="when_required",
                 s3={"addressing_style": "path"} if self.settings.endpoint_url else {},
