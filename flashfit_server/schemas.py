@@ -18,7 +18,11 @@ class Preferences(BaseModel):
 
 
 class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Exactly one query field, stated in the schema too so clients (and fuzzers) can see it.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["image_data"]}, {"required": ["item_id"]}, {"required": ["text"]}]},
+    )
     image_data: str | None = Field(None, description="base64 image (a data: URL prefix is accepted)")
     item_id: int | None = Field(None, ge=1, le=MAX_ITEM_ID)
     text: str | None = Field(None, min_length=1, max_length=1000)
@@ -101,7 +105,10 @@ class ItemPage(BaseModel):
 
 class SnapshotRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    dest: str = Field(min_length=1, max_length=200)
+    dest: str = Field(
+        min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$",
+        description="folder under the data dir, e.g. snapshots/2025-01-01",
+    )
 
 
 class ErrorDetail(BaseModel):

@@ -58,6 +58,7 @@ def start_server(
     tmp: Path, models: Path, workers: int = 1, env: dict[str, str] | None = None, wait_ready: bool = True
 ) -> LiveServer:
     port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
     data_dir = tmp / "data"
     log_path = tmp / "server.log"
     full_env = {

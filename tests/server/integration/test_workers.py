@@ -1,0 +1,99 @@
+"""Two worker processes behind one port: a write through one is seen by the other."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server.conftest import image_bytes
+from tests.server.integration.conftest import LiveServer, start_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> Iterator[LiveServer]:
+    server = start_server(tmp_path_factory.mktemp("workers"), tiny_models, workers=2)
+    yield server
+    server.stop()
+
+
+def _per_worker_counts(server: LiveServer, attempts: int = 60) -> dict[int, int]:
+    """Fresh connections land on either worker; collect what each one reports."""
+    seen: dict[int, int] = {}
+    for _ in range(attempts):
+        with httpx.Client(base_url=server.url, timeout=10) as client:  # new connection each time
+            response = client.get("/api/fusion/stats")
+            if response.status_code != 200:
+                continue
+            stats = response.json()
+            seen[stats["worker"]["pid"]] = stats["catalogue"]["items"]
+        if len(seen) == 2 and attempts > 20:
+            break
+    return seen
+
+
+def _wait_both_ready(server: LiveServer) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pids = set()
+        for _ in range(20):
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                response = client.get("/api/fusion/stats")
+                if client.get("/ready").status_code == 200 and response.status_code == 200:
+                    pids.add(response.json()["worker"]["pid"])
+        if len(pids) == 2:
+            return
+        time.sleep(0.5)
+    pytest.fail("both workers never became ready:\n" + server.log())
+
+
+def test_an_item_added_through_one_worker_is_seen_by_both_within_a_second(two_workers: LiveServer) -> None:
+    _wait_both_ready(two_workers)
+    before = _per_worker_counts(two_workers)
+    assert len(before) == 2, f"expected two worker pids, saw {before}"
+    with httpx.Client(base_url=two_workers.url, timeout=30) as client:
+        response = client.post(
+            "/api/items", files={"image": ("a.png", image_bytes(1), "image/png")}, headers=two_workers.auth
+        )
+        assert response.status_code == 201, response.text
+        item_id = response.json()["id"]
+    added_at = time.monotonic()
+    time.sleep(1.0)
+    after = _per_worker_counts(two_workers)
+    assert len(after) == 2 and set(after.values()) == {max(before.values()) + 1}, (before, after)
+    # And every worker can serve it and recommend from it.
+    for _ in range(10):
+        with httpx.Client(base_url=two_workers.url, timeout=10) as client:
+            assert client.get(f"/api/items/{item_id}").status_code == 200
+            assert client.post("/api/fusion/recommend", json={"item_id": item_id}).status_code == 200
+    assert time.monotonic() - added_at < 30
+
+
+def test_deletes_propagate_too(two_workers: LiveServer) -> None:
+    with httpx.Client(base_url=two_workers.url, timeout=30) as client:
+        item_id = client.post(
+            "/api/items", files={"image": ("b.png", image_bytes(2), "image/png")}, headers=two_workers.auth
+        ).json()["id"]
+        assert client.delete(f"/api/items/{item_id}", headers=two_workers.auth).status_code == 200
+    time.sleep(1.0)
+    for _ in range(10):
+        with httpx.Client(base_url=two_workers.url, timeout=10) as client:
+            assert client.get(f"/api/items/{item_id}").status_code == 404
+
+
+def test_metrics_are_summed_across_workers(two_workers: LiveServer) -> None:
+    for _ in range(30):
+        with httpx.Client(base_url=two_workers.url, timeout=10) as client:
+            client.get("/health")
+    with httpx.Client(base_url=two_workers.url, timeout=10) as client:
+        text = client.get("/metrics").text
+    line = next(
+        l for l in text.splitlines()
+        if l.startswith("http_requests_total") and 'endpoint="/health"' in l and 'status="200"' in l
+    )
+    assert float(line.rsplit(" ", 1)[1]) >= 30  # one worker alone would show only its share
