@@ -10,7 +10,7 @@ import typer
 
 from flashfit_ops import console
 from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, EnvOption, JsonOption, guarded
-from flashfit_ops.errors import OperationFailed, UsageError
+from flashfit_ops.errors import IntegrityFailure, UsageError
 
 if TYPE_CHECKING:
     from flashfit_ops.backup.store import Store
@@ -164,7 +164,7 @@ def verify(
     env: BackupEnvOption = "prod",
     json_output: JsonOption = False,
 ) -> None:
-    """Check that a backup is complete; exit 1 naming every damaged file and blob."""
+    """Check that a backup is complete; exit 5 naming every damaged file and blob."""
     from flashfit_ops.backup.engine import verify_backup
 
     loaded = _load(config, env)
@@ -178,7 +178,7 @@ def verify(
                     where = f"{problem['path']} ({problem['blob']})" if problem["path"] else backup["id"]
                     console.info(f"  [red]✗[/] {backup['id']}: {where}: {problem['problem']}")
         count = sum(len(r["problems"]) for r in damaged)
-        raise OperationFailed(f"{len(damaged)} backup(s) damaged, {count} problem(s)",
+        raise IntegrityFailure(f"{len(damaged)} backup(s) damaged, {count} problem(s)",
                               hint="restore another backup; the next `backup create` re-uploads missing content",
                               details=report)
     if json_output:

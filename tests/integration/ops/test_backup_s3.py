@@ -156,13 +156,13 @@ def test_damaged_blob_is_named_by_verify_and_refused_by_restore(site: dict, dama
         client.delete_object(Bucket=site["bucket"], Key=key)
 
     code, report, out = cli(site, "backup", "verify", backup["id"], "--read-data")
-    assert code == 1, out
+    assert code == 5, out
     problems = report["details"]["backups"][0]["problems"]
     assert [p["path"] for p in problems] == ["data/clip-0000000001.index"]
     assert problems[0]["blob"] == key.removeprefix(site["prefix"])
     if damage != "corrupt":  # size checks catch these without downloading anything
         code, _, out = cli(site, "backup", "verify", backup["id"])
-        assert code == 1 and "clip-0000000001.index" in out
+        assert code == 5 and "clip-0000000001.index" in out
 
     # the live data changes after the backup; the refused restore must leave it exactly so
     (site["data"] / "items.json").write_text('{"items": ["newer"]}')
