@@ -73,18 +73,25 @@ class Resources:
         return reference
 
     def cleanup(self) -> None:
-        from docker.errors import NotFound
+        """Remove everything, whatever fails along the way; then report what could not go."""
+        from docker.errors import APIError, NotFound
 
+        problems = []
         for container in reversed(self.containers):
             try:
                 container.remove(force=True)
             except NotFound:
                 pass
+            except APIError as error:
+                problems.append(f"container {container.id[:12]}: {error}")
         for reference in reversed(self.tags):
             try:
                 self.client.images.remove(reference, force=True)
             except NotFound:
                 pass
+            except APIError as error:
+                problems.append(f"image {reference}: {error}")
+        assert not problems, problems
 
 
 @pytest.fixture(scope="module")
@@ -308,11 +315,17 @@ def test_a_failing_step_exits_1_showing_the_step_and_its_last_lines(
     config = project / "broken.yml"
     config.write_text(f"server:\n  image: {TEST_REPO}\n  build:\n    base_image: {proxy.image}\n    context: ./src\n")
     made.tag(f"{TEST_REPO}:broken")
-    before = {image.id for image in client.images.list(all=True)}
     result = runner.invoke(app, ["build", "-c", str(config), "--version", "broken"])
-    # The failed build's intermediate images: new, and built on the proxy image.
-    for image in client.images.list(all=True):
-        if image.id not in before and proxy.image_id in ancestry(client, image.id):
+    # The failed build's intermediate images: untagged, built on the proxy image (nothing else
+    # builds on it), possibly reused from an earlier run's cache. Removing the tip of the chain
+    # removes its untagged parents too.
+    below = [
+        i for i in client.images.list(all=True)
+        if not i.tags and i.id != proxy.image_id and proxy.image_id in ancestry(client, i.id)
+    ]
+    parents = {i.attrs.get("Parent") for i in below}
+    for image in below:
+        if image.id not in parents:
             made.tag(image.id)
     assert result.exit_code == EXIT_FAILED, result.output
     assert "error: step 5/" in result.output and "python3" in result.output
