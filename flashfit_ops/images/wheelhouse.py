@@ -23,7 +23,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from packaging.markers import Marker
 from packaging.requirements import InvalidRequirement, Requirement
@@ -109,8 +109,8 @@ def _wanted(requirement: Requirement, extras: Iterable[str]) -> bool:
 
 def resolve_pins(
     roots: list[Requirement],
-    requires: "callable[[str], list[str] | None]",
-    version_of: "callable[[str], str | None]",
+    requires: Callable[[str], list[str] | None],
+    version_of: Callable[[str], str | None],
     *,
     root_name: str = DISTRIBUTION,
 ) -> list[Pin]:
