@@ -2,11 +2,11 @@
 
 Exit codes (documented in the README, relied on by CI scripts):
   0  success
-  1  the operation ran and failed (deploy rolled back, doctor found a failure, verify found damage)
+  1  the operation ran and failed (deploy rolled back, doctor found a failure)
   2  bad input: invalid configuration, bad flags, unknown backup or version
   3  a component flashfit needs is unreachable (Docker engine, S3 endpoint, the server)
   4  another deploy holds the lock
-  5  data failed verification; nothing was changed
+  5  data failed verification (a damaged backup); nothing was changed
   130 interrupted (Ctrl-C); what was running was rolled back
 """
 
@@ -24,11 +24,11 @@ EXIT_INTERRUPTED = 130
 
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
-    EXIT_FAILED: "the operation ran and failed (deploy rolled back, doctor failure, damaged backup)",
+    EXIT_FAILED: "the operation ran and failed (deploy rolled back, doctor found a failure)",
     EXIT_USAGE: "bad input: invalid configuration, bad flags, unknown backup or version",
     EXIT_UNAVAILABLE: "a component is unreachable: Docker engine, S3 endpoint or the server",
     EXIT_LOCKED: "another deploy holds the lock",
-    EXIT_INTEGRITY: "data failed verification; nothing was changed",
+    EXIT_INTEGRITY: "data failed verification (a damaged backup); nothing was changed",
     EXIT_INTERRUPTED: "interrupted; the step in progress was rolled back",
 }
 
