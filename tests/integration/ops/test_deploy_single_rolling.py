@@ -1,0 +1,77 @@
+"""Single and rolling deploys end to end with the real server image behind a real nginx."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.ops.fake_backend.harness import Load, make_project, real_server_image, tiny_models
+
+pytestmark = pytest.mark.integration
+
+
+def server_project(tmp_path: Path, tmp_path_factory, prefix: str, **config):
+    project = make_project(tmp_path, prefix)
+    models = tiny_models(tmp_path_factory.getbasetemp())
+    project.write_config(volumes__models=str(models), **config)
+    image = real_server_image()
+    project.tag(image, "v1")
+    project.tag(image, "v2")
+    return project
+
+
+@pytest.fixture
+def single(tmp_path: Path, tmp_path_factory):
+    project = server_project(tmp_path, tmp_path_factory, "sg", deploy__strategy="single")
+    yield project
+    project.cleanup()
+
+
+@pytest.fixture
+def rolling(tmp_path: Path, tmp_path_factory):
+    project = server_project(tmp_path, tmp_path_factory, "rl", deploy__strategy="rolling", replicas=3, deploy__parallelism=1)
+    yield project
+    project.cleanup()
+
+
+def test_single_replaces_the_container_without_failed_requests(single) -> None:
+    first = single.flashfit("deploy", "--version", "v1")
+    assert first.code == 0, first.stderr
+    old = single.backends()[0].name
+    with Load(single.url + "/health", keep_alive=False) as load:
+        second = single.flashfit("deploy", "--version", "v2", "--json")
+    assert second.code == 0, second.stderr
+    assert load.errors == [] and load.non_2xx == 0 and load.ok > 0
+    assert single.served_version() == "v2"
+    remaining = single.backends()
+    assert [c.labels["io.flashfit.version"] for c in remaining] == ["v2"]  # the old one is removed
+    assert old not in {c.name for c in remaining}
+    kinds = [s["kind"] for s in second.json()["plan"]]
+    assert kinds.index("wait_ready") < kinds.index("switch_upstreams") < kinds.index("drain") < kinds.index("stop_container")
+    # rollback from an image (no container retained by `single`)
+    listed = single.flashfit("rollback", "--json").json()
+    assert listed["versions"] == [{"version": "v1", "how": "new containers from the image", "containers": []}]
+    back = single.flashfit("rollback", "v1")
+    assert back.code == 0, back.stderr
+    assert single.served_version() == "v1"
+
+
+def test_rolling_three_replicas_one_at_a_time(rolling) -> None:
+    first = rolling.flashfit("deploy", "--version", "v1", "--json")
+    assert first.code == 0, first.stderr
+    assert len(first.json()["live"]) == 3
+    with Load(rolling.url + "/health", keep_alive=False) as load:
+        second = rolling.flashfit("deploy", "--version", "v2", "--json")
+    assert second.code == 0, second.stderr
+    assert load.errors == [] and load.non_2xx == 0 and load.ok > 0
+    result = second.json()
+    switches = [s for s in result["plan"] if s["kind"] == "switch_upstreams"]
+    assert len(switches) == 3
+    assert all(len(s["upstreams"]) == 3 for s in switches)  # capacity never drops below 3
+    running = rolling.backends(state="running")
+    assert sorted(c.labels["io.flashfit.version"] for c in running) == ["v2", "v2", "v2"]
+    assert sorted(c.labels["io.flashfit.replica"] for c in running) == ["1", "2", "3"]
+    assert len(rolling.backends()) == 3  # the old replicas are removed after the monitor window
+    status = rolling.flashfit("status", "--json").json()
+    assert status["replicas"] == {"live": 3, "ready": 3} and status["live_version"] == "v2"
