@@ -54,6 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=workers,
         log_config=uvicorn_log_config(settings.log_level, settings.log_format),
         timeout_graceful_shutdown=30,
+        # The supervisor kills a worker that misses a 5 s ping; model loading on a busy host can.
+        timeout_worker_healthcheck=30,
     )
     return EXIT_OK
 

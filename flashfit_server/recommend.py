@@ -18,6 +18,9 @@ from flashfit_server.datastore import STORE_NAMES, DataState
 from flashfit_server.fusion import Weights
 
 MIN_CANDIDATES_PER_STORE = 32
+# Below this many vectors a search takes well under a millisecond, less than handing it to
+# another thread costs; above it, the three searches overlap.
+PARALLEL_SEARCH_MIN_VECTORS = 20_000
 
 # faiss releases the GIL, so the three store searches can overlap.
 _search_pool = ThreadPoolExecutor(max_workers=len(STORE_NAMES), thread_name_prefix="search")
@@ -44,7 +47,10 @@ def gather_candidates(state: DataState, queries: Mapping[str, np.ndarray], k: in
     def search(name: str) -> np.ndarray:
         return state.stores[name].search(queries[name], k + len(exclude))[0].ids
 
-    found = list(_search_pool.map(search, STORE_NAMES))
+    if sum(len(store) for store in state.stores.values()) >= PARALLEL_SEARCH_MIN_VECTORS:
+        found = list(_search_pool.map(search, STORE_NAMES))
+    else:
+        found = [search(name) for name in STORE_NAMES]
     listed = state.catalog.items
     union = {int(i) for ids in found for i in ids.tolist()}
     # Vectors not in the catalogue are uncommitted leftovers of an interrupted add.
