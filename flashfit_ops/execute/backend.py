@@ -157,11 +157,12 @@ class DockerBackend:
         return int(min(cpus, self._ncpu) * 1e9)
 
     @_engine_errors
-    def run_backend(self, spec: ContainerSpec, secrets: dict[str, str]) -> ContainerInfo:
+    def create_backend(self, spec: ContainerSpec, secrets: dict[str, str]) -> None:
+        """Create (not start) a backend container; secrets join its environment here only."""
         from docker.types import Mount
 
         mounts = [Mount(m.target, m.source, type=m.kind, read_only=m.read_only) for m in spec.mounts]
-        container = self.client.containers.create(
+        self.client.containers.create(
             spec.image,
             name=spec.name,
             labels=spec.labels,
@@ -173,9 +174,6 @@ class DockerBackend:
             restart_policy={"Name": "unless-stopped"},
             detach=True,
         )
-        container.start()
-        container.reload()
-        return _info(container)
 
     @_engine_errors
     def run_proxy(self, spec: ProxySpec) -> ContainerInfo:

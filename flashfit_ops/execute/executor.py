@@ -129,37 +129,59 @@ class Executor:
         self.restart_baseline: dict[str, int] = {}
         self.switched_at: float | None = None
         self._undo: list[tuple[str, Callable[[], None]]] = []
+        self._stops: dict[str, Any] = {}
+        self._stop_pool: ThreadPoolExecutor | None = None
 
     # -- running ---------------------------------------------------------------------------------
     def run(self, steps: list[Step]) -> Execution:
         """Carry out `steps`. On any failure or interrupt, undo what was done and re-raise."""
         self.execution = Execution()
         self._undo = []
-        for group in _groups(steps):
-            step = group[0]
-            started = self.clock()
-            for member in group:
-                self.say("step", member.describe())
-            try:
-                if len(group) > 1:
-                    self._stop_many(group)  # type: ignore[arg-type]
-                else:
-                    getattr(self, f"_do_{step.kind}")(step)
-            except BaseException as error:
-                seconds = self.clock() - started
-                message = error.message if isinstance(error, FlashFitError) else (str(error) or type(error).__name__)
-                if isinstance(error, KeyboardInterrupt):
-                    message = "interrupted"
-                self.execution.outcomes.append(StepOutcome(step.kind, step.describe(), "failed", round(seconds, 3), message))
-                self.execution.error = message
-                self._rollback()
-                if isinstance(error, FlashFitError):
-                    error.details = {**error.details, "execution": self.execution.to_dict()}
-                raise
-            seconds = round(self.clock() - started, 3)
-            for member in group:
-                self.execution.outcomes.append(StepOutcome(member.kind, member.describe(), "done", seconds))
+        self._stops = {}
+        pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
+        self._stop_pool = pool
+        try:
+            for step in [*steps, None]:
+                description = step.describe() if step is not None else "wait until the stopped containers exited"
+                kind = step.kind if step is not None else "stop_wait"
+                if step is None and not self._stops:
+                    break
+                started = self.clock()
+                if step is not None:
+                    self.say("step", description)
+                try:
+                    if step is None:
+                        with self.status("waiting for the old containers to exit"):
+                            self._join_stops()
+                    else:
+                        getattr(self, f"_do_{step.kind}")(step)
+                except BaseException as error:
+                    seconds = self.clock() - started
+                    message = error.message if isinstance(error, FlashFitError) else (str(error) or type(error).__name__)
+                    if isinstance(error, KeyboardInterrupt):
+                        message = "interrupted"
+                    self.execution.outcomes.append(StepOutcome(kind, description, "failed", round(seconds, 3), message))
+                    self.execution.error = message
+                    self._rollback()
+                    if isinstance(error, FlashFitError):
+                        error.details = {**error.details, "execution": self.execution.to_dict()}
+                    raise
+                self.execution.outcomes.append(StepOutcome(kind, description, "done", round(self.clock() - started, 3)))
+        finally:
+            pool.shutdown(wait=True)
         return self.execution
+
+    # Stops run in the background: an old container is already out of the upstreams and drained,
+    # so its exit overlaps the next batch and the monitor window. Anything that touches it again
+    # (remove, restart, undo) and the end of the plan wait for it.
+    def _join_stop(self, name: str) -> None:
+        future = self._stops.pop(name, None)
+        if future is not None:
+            future.result()
+
+    def _join_stops(self) -> None:
+        for name in list(self._stops):
+            self._join_stop(name)
 
     def _register(self, description: str, undo: Callable[[], None]) -> None:
         self._undo.append((description, undo))
@@ -170,6 +192,11 @@ class Executor:
         self.execution.rolled_back = True
         self.say("warn", "rolling back")
         with _signals_deferred():
+            for name in list(self._stops):
+                try:
+                    self._join_stop(name)
+                except Exception:  # the undo below starts it again either way
+                    pass
             while self._undo:
                 description, undo = self._undo.pop()
                 started = self.clock()
@@ -296,11 +323,14 @@ class Executor:
             self.backend.remove(name)
 
         self._register(f"remove {name}", undo)
-        self.backend.run_backend(step.spec, self.secrets)
+        self.backend.create_backend(step.spec, self.secrets)
+        # Boot-to-ready counts from the start request: the runtime's setup is part of booting.
         self.started_at[name] = self.clock()
+        self.backend.start(name)
         self.restart_baseline[name] = 0
 
     def _do_restart_container(self, step: RestartContainer) -> None:
+        self._join_stop(step.name)
         self._register(f"stop {step.name} again", lambda: self.backend.stop(step.name))
         self.backend.start(step.name)
         self.started_at[step.name] = self.clock()
@@ -350,6 +380,7 @@ class Executor:
 
     def _register_stop_undo(self, step: StopContainer) -> None:
         def undo() -> None:
+            self._join_stop(step.name)
             self.backend.start(step.name)
             self._gate_or_raise((step.name,), self.config.deploy.deadline, "restore")
 
@@ -357,17 +388,10 @@ class Executor:
 
     def _do_stop_container(self, step: StopContainer) -> None:
         self._register_stop_undo(step)
-        self.backend.stop(step.name, timeout=step.timeout)
-
-    def _stop_many(self, steps: list[StopContainer]) -> None:
-        """Consecutive stops run side by side: each old container takes its own time to exit."""
-        for step in steps:
-            self._register_stop_undo(step)
-        with ThreadPoolExecutor(max_workers=len(steps), thread_name_prefix="stop") as pool:
-            for future in [pool.submit(self.backend.stop, s.name, timeout=s.timeout) for s in steps]:
-                future.result()
+        self._stops[step.name] = self._stop_pool.submit(self.backend.stop, step.name, timeout=step.timeout)
 
     def _do_remove_container(self, step: RemoveContainer) -> None:
+        self._join_stop(step.name)
         try:
             self.backend.remove(step.name)
         except FlashFitError as error:  # a leftover that will not go is not worth a rollback
@@ -392,17 +416,6 @@ class Executor:
                     return
                 live.update(f"monitoring {', '.join(step.names)}: {remaining:.1f}s left")
                 self.sleep(min(MONITOR_POLL, remaining))
-
-
-def _groups(steps: list[Step]) -> list[list[Step]]:
-    """Steps in order; runs of consecutive StopContainer steps form one group."""
-    groups: list[list[Step]] = []
-    for step in steps:
-        if isinstance(step, StopContainer) and groups and isinstance(groups[-1][0], StopContainer):
-            groups[-1].append(step)
-        else:
-            groups.append([step])
-    return groups
 
 
 def _no_address(name: str):

@@ -47,9 +47,9 @@ class FakeBackend:
         self.calls.append(("ensure_volume", name))
         return False
 
-    def run_backend(self, spec, secrets):
-        self.calls.append(("run_backend", spec.name, tuple(sorted(secrets))))
-        self.states[spec.name] = "running"
+    def create_backend(self, spec, secrets):
+        self.calls.append(("create_backend", spec.name, tuple(sorted(secrets))))
+        self.states[spec.name] = "created"
 
     def start(self, name):
         self.calls.append(("start", name))
@@ -154,13 +154,16 @@ def test_blue_green_success_calls_in_plan_order(tmp_path: Path) -> None:
         ("ensure_network", "shop_net"),
         ("ensure_volume", "shop_model_cache"),
         ("ensure_volume", "shop_vector_indices"),
-        ("run_backend", green, ("JWT_SECRET_KEY",)),
+        ("create_backend", green, ("JWT_SECRET_KEY",)),
+        ("start", green),
         ("switch", (green,)),
         ("drain", (blue.name,)),
         ("stop", blue.name),
     ]
     assert not execution.rolled_back
-    assert [o.status for o in execution.outcomes] == ["done"] * len(steps)
+    assert [o.status for o in execution.outcomes] == ["done"] * (len(steps) + 1)
+    # The old container stops in the background; the plan ends by waiting for it.
+    assert execution.outcomes[-1].kind == "stop_wait"
     assert green in execution.ready_seconds
 
 
