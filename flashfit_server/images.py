@@ -61,13 +61,28 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> DecodedImage:
     return DecodedImage(image=image, data=data, extension=ALLOWED_FORMATS[fmt])
 
 
-def decode_base64_image(text: str, max_bytes: int, max_pixels: int) -> DecodedImage:
+def base64_payload(text: str, max_bytes: int) -> bytes:
     payload = _DATA_URL.sub("", text.strip(), count=1)
     # Check the size before decoding so a huge string costs nothing.
     if len(payload) * 3 // 4 > max_bytes + 3:
         raise too_large(max_bytes)
     try:
-        data = base64.b64decode(payload, validate=True)
+        return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, "invalid_base64", "image_data is not valid base64") from None
-    return decode_image(data, max_bytes, max_pixels)
+
+
+def decode_base64_image(text: str, max_bytes: int, max_pixels: int) -> DecodedImage:
+    return decode_image(base64_payload(text, max_bytes), max_bytes, max_pixels)
+
+
+def is_cheap_to_decode(data: bytes, max_bytes: int = 512 * 1024, max_pixels: int = 500_000) -> bool:
+    """Whether decoding takes about a millisecond or two (small file, small header size), so it
+    may run on the event loop instead of paying for a thread handoff. Reads only the header."""
+    if len(data) > max_bytes:
+        return False
+    try:
+        with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as probe:
+            return probe.size[0] * probe.size[1] <= max_pixels
+    except Exception:  # noqa: BLE001  (anything odd takes the careful path, which reports it)
+        return False

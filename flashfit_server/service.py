@@ -17,7 +17,13 @@ from flashfit_server.catalog import Item
 from flashfit_server.datastore import STORE_NAMES, DataStore, FusionState, NewItem, NotFound
 from flashfit_server.errors import ApiError
 from flashfit_server.fusion import LEARNING_RATE, MAX_WEIGHT, MIN_WEIGHT, apply_feedback
-from flashfit_server.images import DecodedImage, decode_base64_image
+from flashfit_server.images import (
+    DecodedImage,
+    base64_payload,
+    decode_base64_image,
+    decode_image,
+    is_cheap_to_decode,
+)
 from flashfit_server.inference import Deadline, InferenceTimeout
 from flashfit_server.models.encoders import l2_normalise
 from flashfit_server.models.registry import ModelRegistry
@@ -29,6 +35,7 @@ from flashfit_server.settings import Settings
 # close candidates, not enough to replace the query.
 PREFERENCE_WEIGHT = 0.5
 SERVED_SCORES_LIMIT = 10_000
+INLINE_BASE64_CHARS = 700_000  # about 512 kB of image: decoded on the event loop if small in pixels too
 
 
 @dataclass
@@ -132,9 +139,12 @@ class Service:
         if req.text is not None:
             futures += self.registry.submit_texts("clip", [req.text]) + self.registry.submit_texts("fashion", [req.text])
         elif req.image_data is not None:
-            image = await run_in_threadpool(
-                decode_base64_image, req.image_data, self.settings.max_image_bytes, self.settings.max_image_pixels
-            )
+            limits = (self.settings.max_image_bytes, self.settings.max_image_pixels)
+            data = base64_payload(req.image_data, limits[0]) if len(req.image_data) <= INLINE_BASE64_CHARS else None
+            if data is not None and is_cheap_to_decode(data):
+                image = decode_image(data, *limits)  # ~1 ms: cheaper than a thread handoff
+            else:
+                image = await run_in_threadpool(decode_base64_image, req.image_data, *limits)
             futures += self.registry.submit_images("clip", [image.image])
             futures += self.registry.submit_images("fashion", [image.image])
         if preference:

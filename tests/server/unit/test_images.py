@@ -63,3 +63,11 @@ def test_malformed_base64_is_a_400(text: str) -> None:
 
 def test_huge_base64_is_a_413_without_decoding() -> None:
     assert _error(decode_base64_image, "A" * (LIMIT * 2), LIMIT, PIXELS).status == 413
+
+
+def test_only_small_images_count_as_cheap_to_decode() -> None:
+    from flashfit_server.images import is_cheap_to_decode
+
+    assert is_cheap_to_decode(image_bytes(4))
+    assert not is_cheap_to_decode(bomb_png(2000))  # tiny file, 4M pixels
+    assert not is_cheap_to_decode(b"garbage")
