@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-MODELS: tuple[str, ...] = ("clip", "blip", "fashion")
+from flashfit_server.slots import MODELS
+
 MIN_WEIGHT = 0.1
 MAX_WEIGHT = 0.6
 LEARNING_RATE = 0.05

@@ -33,6 +33,19 @@ def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
+def _secret(env: Mapping[str, str], name: str) -> str:
+    """NAME, or the content of the file NAME_FILE names (Docker/Swarm secrets are mounted as
+    files under /run/secrets, so they never sit in the environment)."""
+    value = env.get(name, "")
+    path = env.get(f"{name}_FILE", "").strip()
+    if value or not path:
+        return value
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SettingsError(f"{name}_FILE={path!r} cannot be read: {exc.strerror}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     environment: str = "development"
@@ -125,7 +138,7 @@ class Settings:
                 raise SettingsError("FUSION_WEIGHTS must be three non-negative numbers: clip,blip,fashion")
             weights = tuple(v / sum(values) for v in values)  # type: ignore[assignment]
 
-        jwt_secret = env.get("JWT_SECRET_KEY", "")
+        jwt_secret = _secret(env, "JWT_SECRET_KEY")
         return cls(
             environment=text("ENVIRONMENT", defaults.environment).lower(),
             log_level=choice("LOG_LEVEL", defaults.log_level, {"debug", "info", "warning", "error", "critical"}),
@@ -139,7 +152,7 @@ class Settings:
             allowed_hosts=_csv(env.get("ALLOWED_HOSTS", "")) or ["*"],
             jwt_secret_key=jwt_secret or DEV_JWT_SECRET,
             jwt_secret_from_env=bool(jwt_secret),
-            secret_key=env.get("SECRET_KEY", ""),
+            secret_key=_secret(env, "SECRET_KEY"),
             app_version=text("APP_VERSION", defaults.app_version),
             clip_model=text("CLIP_MODEL", defaults.clip_model),
             blip_model=text("BLIP_MODEL", defaults.blip_model),

@@ -162,4 +162,8 @@ def make_checkpoints(
     _write_clip(paths["clip"], size, seed, projection_dim=32)
     _write_blip(paths["blip"], size, seed + 1)
     _write_clip(paths["fashion"], size, seed + 2, projection_dim=24)
+    # safetensors writes its file 0600: a container's non-root server user could not read it.
+    for folder in paths.values():
+        for path in [folder, *folder.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
     return paths

@@ -17,8 +17,8 @@ from typing import Any
 from flashfit_ops.doctor.context import DoctorContext
 from flashfit_ops.doctor.registry import check
 from flashfit_ops.doctor.result import FAILURE, OK, WARNING, Finding, combine, failure
+from flashfit_server.slots import MODELS as STORE_NAMES
 
-STORE_NAMES = ("clip", "blip", "fashion")  # flashfit_server.datastore.STORE_NAMES (not imported: it needs faiss)
 SHA_BUDGET = 256 << 20
 RESTORE_HINT = "restore the data from a backup (`flashfit backup restore`); the server refuses a mismatched store"
 _FOURCCS = {b"IxM2", b"IxMp"}

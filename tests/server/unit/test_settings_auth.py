@@ -65,3 +65,15 @@ def test_token_round_trip_and_failures() -> None:
         with pytest.raises(ApiError) as info:
             verify_token(bad, GOOD_SECRET)
         assert info.value.status == 401
+
+
+def test_secrets_can_come_from_files(tmp_path) -> None:
+    """Swarm mounts secrets as files and points *_FILE at them; the variable itself wins."""
+    secret_file = tmp_path / "jwt_secret_key"
+    secret_file.write_text(GOOD_SECRET + "\n")
+    settings = Settings.from_env({"ENVIRONMENT": "production", "JWT_SECRET_KEY_FILE": str(secret_file)})
+    assert settings.jwt_secret_key == GOOD_SECRET and settings.production_problems() == []
+    settings = Settings.from_env({"JWT_SECRET_KEY": "y" * 40, "JWT_SECRET_KEY_FILE": str(secret_file)})
+    assert settings.jwt_secret_key == "y" * 40
+    with pytest.raises(SettingsError, match="JWT_SECRET_KEY_FILE"):
+        Settings.from_env({"JWT_SECRET_KEY_FILE": str(tmp_path / "missing")})

@@ -39,6 +39,12 @@ def test_layout_matches_the_real_checkpoint_names(tiny_models: Path) -> None:
     assert (tiny_models / DEFAULT_BLIP / "vocab.txt").is_file()
 
 
+def test_checkpoints_are_readable_by_other_users(tiny_models: Path) -> None:
+    """The server runs as uid 1000 in its container; root makes the checkpoints on the host."""
+    for path in tiny_models.rglob("*"):
+        assert path.stat().st_mode & 0o004, f"{path} is not world-readable"
+
+
 def test_clip_embeddings_are_normalised_and_deterministic(tiny_models: Path) -> None:
     clip = ClipEncoder.load(tiny_models, DEFAULT_CLIP)
     images = _images(3)
