@@ -412,7 +412,8 @@ def create_backup(
             source="server-snapshot" if snap else "data-folder",
             host=socket.gethostname(),
             project=config.project,
-            extra={"config_file": config_file.name if config_file else None, "data_dir": str(data_dir)},
+            extra={"config_file": config_file.name if config_file else None, "data_dir": str(data_dir),
+                   "snapshot_via": snap.via if snap else None},
         )
         # The manifest goes last: until it exists, this backup does not.
         with_retries(lambda: store.put_bytes(manifest_key(backup_id), manifest.to_json()))
@@ -427,6 +428,7 @@ def create_backup(
         "tag": tag,
         "target": store.url,
         "source": manifest.source,
+        "via": snap.via if snap else None,
         "server_version": manifest.server_version,
         "files": len(entries),
         "bytes": total,
@@ -755,8 +757,10 @@ def restore_backup(
     if data_dir.exists():
         live = os.stat(data_dir)
         os.chmod(staging, live.st_mode & 0o7777)
-        if os.geteuid() == 0:
-            os.chown(staging, live.st_uid, live.st_gid)
+        if os.geteuid() == 0 and (live.st_uid, live.st_gid) != (os.getuid(), os.getgid()):
+            # The server (uid 1000 in the image) must be able to write what we restored,
+            # sub-folders such as images/ included: give the whole tree to the live folder's owner.
+            _chown_tree(staging, live.st_uid, live.st_gid)
     previous = _unused(parent / f"{data_dir.name}.previous-{_stamp(now)}")
     service.stop()
     swapped_previous = _swap_in(staging, data_dir, previous)
@@ -765,10 +769,13 @@ def restore_backup(
         service.wait_ready(ready_timeout)
     except BaseException as exc:
         failed = _unused(parent / f"{data_dir.name}.failed-{_stamp(now)}")
-        _undo_swap(service, data_dir, swapped_previous, failed)
+        back = _undo_swap(service, data_dir, swapped_previous, failed, ready_timeout)
         if isinstance(exc, FlashFitError):
-            raise OperationFailed(f"the server did not come up on backup {backup_id}: {exc.message}; the previous data was put back",
-                                  hint=f"the restored copy is kept as {failed} for inspection") from None
+            state = "and the server is ready on it again" if back is None else f"but the server is not ready on it either: {back}"
+            raise OperationFailed(f"the server did not come up on backup {backup_id}: {exc.message}; the previous data was put back "
+                                  + state, hint=f"the restored copy is kept as {failed} for inspection",
+                                  details={**exc.details, "undone": True, "failed_copy": str(failed),
+                                           "ready_after_undo": back is None}) from None
         raise
     result["previous"] = str(swapped_previous) if swapped_previous else None
 
@@ -798,7 +805,15 @@ def _swap_in(staging: Path, live: Path, previous: Path) -> Path | None:
     return previous if had_live else None
 
 
-def _undo_swap(service: ServiceControl, live: Path, previous: Path | None, failed: Path) -> None:
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    os.lchown(root, uid, gid)
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.lchown(os.path.join(folder, name), uid, gid)
+
+
+def _undo_swap(service: ServiceControl, live: Path, previous: Path | None, failed: Path, ready_timeout: float) -> str | None:
+    """Put the previous data back and start the server on it; None once it is ready, else why not."""
     try:
         service.stop()
     except Exception:
@@ -809,8 +824,10 @@ def _undo_swap(service: ServiceControl, live: Path, previous: Path | None, faile
     fsync_dir(live.parent)
     try:
         service.start()
-    except Exception:
-        pass
+        service.wait_ready(ready_timeout)
+    except Exception as exc:
+        return exc.message if isinstance(exc, FlashFitError) else f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _apply_config(config: Config, manifest: Manifest, review: Path, config_file: Path | None, now: datetime) -> list[str]:

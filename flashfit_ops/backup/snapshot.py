@@ -42,6 +42,7 @@ class SnapshotResult:
     files: list[SnapshotFile]
     server_version: str | None = None
     raw: dict[str, Any] = field(default_factory=dict)
+    via: str | None = None  # which server answered (a container, the proxy, a URL)
 
 
 class Snapshotter(Protocol):
@@ -97,10 +98,21 @@ class HttpSnapshotter:
         if response.status_code in (401, 403):
             raise Unavailable(f"the server at {self.base_url} refused the snapshot request ({response.status_code})",
                               hint="JWT_SECRET_KEY here must match the server's (env file or environment)")
+        if response.status_code in (502, 503, 504):
+            # The server is still loading (503), or the proxy in front of it has no backend answering.
+            raise Unavailable(f"the server at {self.base_url} is not available for a snapshot: HTTP {response.status_code}",
+                              hint="wait until it is ready (`flashfit status`), or pass --no-server to read the data folder directly")
         if response.status_code >= 400:
             raise OperationFailed(f"the server's snapshot failed: HTTP {response.status_code} {response.text[:200]}",
                                   hint="pass --no-server to read the data folder directly (stop the server first)")
-        return parse_snapshot_response(response.json(), data_dir, dest, response.headers.get("x-server-version"))
+        try:
+            body = response.json()
+        except ValueError:
+            raise OperationFailed(f"the server at {self.base_url} answered the snapshot request with HTTP "
+                                  f"{response.status_code} and no JSON (is it a FlashFit server?)") from None
+        snap = parse_snapshot_response(body, data_dir, dest, response.headers.get("x-server-version"))
+        snap.via = self.base_url
+        return snap
 
 
 def parse_snapshot_response(body: Any, data_dir: Path, dest: str, header_version: str | None = None) -> SnapshotResult:

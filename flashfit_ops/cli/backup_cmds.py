@@ -89,40 +89,74 @@ def server_url(loaded: Config) -> str:
     return f"http://127.0.0.1:{loaded.ports.backend}"
 
 
+def _deployment(loaded: Config) -> tuple[Any, Any, str | None]:
+    """(deployment or None, backend, warning): what `flashfit deploy` runs for this project, asked
+    of the deploy engine. An unreachable engine runs no containers: then nothing is deployed."""
+    from flashfit_ops.backup.deployed import find_deployment
+    from flashfit_ops.errors import Unavailable
+
+    try:
+        deployment, backend = find_deployment(loaded)
+    except Unavailable as exc:
+        return None, None, f"could not ask the Docker engine whether the project is deployed ({exc.message}); assumed it is not"
+    return deployment, backend, None
+
+
+def _snapshotter(loaded: Config, server: str | None, no_server: bool) -> tuple[Any, list[str]]:
+    """--no-server: the data folder; --server URL: that server; else the deployed stack's server
+    (containers, then the proxy), else a server on the backend port."""
+    from flashfit_ops.backup.snapshot import HttpSnapshotter, NoSnapshot
+    from flashfit_ops.config.secrets import load_secrets
+
+    if no_server:
+        return NoSnapshot(), []
+    secret = load_secrets(loaded).get("JWT_SECRET_KEY")
+    if server:
+        return HttpSnapshotter(server, secret), []
+    deployment, backend, warning = _deployment(loaded)
+    if deployment is not None:
+        from flashfit_ops.backup.deployed import DeployedSnapshotter
+
+        return DeployedSnapshotter(loaded, deployment, backend, secret), []
+    return HttpSnapshotter(server_url(loaded), secret), [warning] if warning else []
+
+
 @guarded
 def create(
     to: ToOption = None,
     tag: Annotated[str | None, typer.Option("--tag", help="A label kept in the manifest.")] = None,
     include_secrets: Annotated[bool, typer.Option("--include-secrets", help="Include the env file, encrypted (AES-GCM).")] = False,
     key_file: KeyFileOption = None,
-    server: Annotated[str | None, typer.Option("--server", help="Server URL for the snapshot; default http://127.0.0.1:<ports.backend>.")] = None,
-    no_server: Annotated[bool, typer.Option("--no-server", help="Read the data folder directly, without asking the server for a snapshot.")] = False,
+    server: Annotated[str | None, typer.Option("--server", help="Server URL for the snapshot; default: the deployed containers (then the proxy) when `flashfit deploy` runs the project, else http://127.0.0.1:<ports.backend>.")] = None,
+    no_server: Annotated[bool, typer.Option("--no-server", help="Read the data folder directly, without asking the server for a snapshot (stop the server first for a consistent copy).")] = False,
     config: ConfigOption = DEFAULT_CONFIG,
     env: BackupEnvOption = "prod",
     json_output: JsonOption = False,
 ) -> None:
-    """Back up the vector stores (through the server's snapshot when it runs), the rest of the data
-    folder and the deployment configuration. Unchanged content is never uploaded twice."""
+    """Back up the vector stores (through the server's snapshot when it runs: on a deployed stack,
+    through its containers or the proxy), the rest of the data folder and the deployment
+    configuration. A deployed server that does not answer is an error (exit 3), never a reason to
+    read the folder it writes. Unchanged content is never uploaded twice."""
     from flashfit_ops.backup.engine import create_backup
-    from flashfit_ops.backup.snapshot import HttpSnapshotter, NoSnapshot
-    from flashfit_ops.config.secrets import load_secrets
 
     loaded = _load(config, env)
     store = _store(to, loaded)
-    snapshotter = NoSnapshot() if no_server else HttpSnapshotter(server or server_url(loaded), load_secrets(loaded).get("JWT_SECRET_KEY"))
+    snapshotter, notes = _snapshotter(loaded, server, no_server)
     key = _key_material(loaded, key_file) if include_secrets else None
     console.step(f"backing up to {store.url}")
     result = create_backup(loaded, store, config_file=config, snapshotter=snapshotter, tag=tag,
                            include_secrets=include_secrets, key_material=key, progress=RichProgress())
+    result["warnings"] = notes + result["warnings"]
     if json_output:
         console.emit_json(result)
         return
     for warning in result["warnings"]:
         console.warn(warning)
+    via = f" via {result['via']}" if result.get("via") else ""
     console.success(
         f"backup {result['id']}: {result['files']} files, {human_bytes(result['bytes'])} "
         f"({result['new_blobs']} new blobs, {human_bytes(result['uploaded_bytes'])} uploaded; "
-        f"{result['reused_blobs']} already stored) in {result['seconds']:.1f}s from {result['source']}"
+        f"{result['reused_blobs']} already stored) in {result['seconds']:.1f}s from {result['source']}{via}"
     )
 
 
@@ -228,13 +262,13 @@ def prune(
 
 
 def service_for(loaded: Config) -> Any:
-    """The ServiceControl around the swap. Until the deploy work provides the Docker one, only the
-    no-op one exists, so a restore refuses while a server answers on the backend port."""
+    """The ServiceControl around the swap when nothing is deployed: the no-op one, so a restore
+    refuses while a server it cannot stop answers on the backend port."""
     from flashfit_ops.backup.service import NoServiceControl, server_answers
 
     url = server_url(loaded) + loaded.healthcheck.liveness_path
     if server_answers(url):
-        raise UsageError(f"a server answers at {url}; this flashfit cannot stop and restart it around a restore yet",
+        raise UsageError(f"a server answers at {url}, and `flashfit deploy` does not run it, so flashfit cannot stop and restart it around a restore",
                          hint="stop the server first, run the restore, then start it again")
     return NoServiceControl()
 
@@ -247,22 +281,42 @@ def restore(
     apply_config: Annotated[bool, typer.Option("--apply-config", help="Write flashfit.yml (and the env file) in place, keeping the old ones, instead of into restore-<id>/.")] = False,
     key_file: KeyFileOption = None,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", help="Seconds to wait for the server after the swap.")] = 120.0,
+    lock_wait: Annotated[float | None, typer.Option("--lock-wait", help="Seconds to wait for a running deploy's lock (default: deploy.lock_wait).", show_default=False)] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     env: BackupEnvOption = "prod",
     json_output: JsonOption = False,
 ) -> None:
     """Restore a backup: download into a staging folder, verify every hash, then swap it in for the
-    live data (kept as <data>.previous-<time> for undo), restarting the server around the swap."""
+    live data (kept as <data>.previous-<time> for undo), restarting the server around the swap.
+    On a deployed stack this runs under the deploy lock: the backend containers are stopped for
+    the swap (the proxy answers 502/503 meanwhile), started again, gated on /ready, and the
+    restore is recorded in `flashfit history`. A server that does not come back gets the previous
+    data back."""
     from flashfit_ops.backup.engine import restore_backup
+    from flashfit_ops.backup.service import NoServiceControl
 
     loaded = _load(config, env)
     store = _store(from_, loaded)
-    service = None if dry_run else service_for(loaded)
-    from flashfit_ops.backup.service import NoServiceControl
+    options: dict[str, Any] = dict(config_file=config, apply_config=apply_config, key_material=_key_material(loaded, key_file),
+                                   progress=RichProgress(), ready_timeout=ready_timeout)
+    deployment, backend, warning = (None, None, None) if dry_run else _deployment(loaded)
+    if deployment is not None:
+        from flashfit_ops.backup.deployed import restore_deployed
 
-    result = restore_backup(loaded, store, backup_id, service=service or NoServiceControl(), config_file=config,
-                            dry_run=dry_run, apply_config=apply_config, key_material=_key_material(loaded, key_file),
-                            progress=RichProgress(), ready_timeout=ready_timeout)
+        console.step(f"deployed stack: {', '.join(deployment.running) or 'no running container'} will be stopped for the swap; "
+                     "the proxy answers 502/503 until they are ready again")
+
+        def on_lock_wait(holder: Any, waited: float) -> None:
+            if int(waited * 4) % 20 == 0:  # every ~5 s
+                console.info(f"  waiting for the deploy lock ({waited:.0f}s): held by {holder.describe() if holder else 'another deploy'}")
+
+        result = restore_deployed(loaded, store, backup_id, backend=backend, lock_wait=lock_wait, say=console.step,
+                                  on_lock_wait=on_lock_wait, **options)
+    else:
+        service = None if dry_run else service_for(loaded)
+        result = restore_backup(loaded, store, backup_id, service=service or NoServiceControl(), dry_run=dry_run, **options)
+        if warning:
+            result["warnings"].insert(0, warning)
     if json_output:
         console.emit_json(result)
         return
@@ -278,6 +332,11 @@ def restore(
         return
     console.success(f"restored backup {result['id']} into {result['data_dir']} ({result['files']} files, "
                     f"{human_bytes(result['bytes'])}) in {result['seconds']:.1f}s")
+    service_report = result.get("service")
+    if service_report and service_report.get("downtime_seconds") is not None:
+        console.info(f"  {', '.join(service_report['containers'])} restarted: the server did not serve for "
+                     f"{service_report['downtime_seconds']:.1f}s (stop to ready through the proxy); "
+                     f"recorded in `flashfit history` as {result['restore_id']}")
     if result.get("previous"):
         console.info(f"  the previous data is kept in {result['previous']} (rename it back to undo)")
     if result.get("applied"):

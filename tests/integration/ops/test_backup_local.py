@@ -163,7 +163,7 @@ def test_server_that_does_not_come_back_gets_the_previous_data(site: dict) -> No
 
     with pytest.raises(OperationFailed, match="previous data was put back"):
         restore_backup(config, store, backup_id, service=Broken(), ready_timeout=1)
-    assert calls[:3] == ["stop", "start", "wait"] and calls[3:] == ["stop", "start"]
+    assert calls[:3] == ["stop", "start", "wait"] and calls[3:] == ["stop", "start", "wait"]  # back, and ready, on the old data
     assert read_tree(site["data"]) == before
     assert list(site["data"].parent.glob("data.failed-*"))
 
