@@ -179,7 +179,10 @@ class DockerServiceControl:
     name = "docker"
 
     def __init__(self, backend: Any, config: Config, deployment: Deployment, *, say: Say = _quiet,
-                 stop_timeout: float | None = None, clock: Callable[[], float] = time.monotonic):
+                 stop_timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
+                 probe_for: Callable[[str], Any] | None = None, sleep: Callable[[float], None] = time.sleep):
+        """probe_for(name) -> a health-gate Probe of that container, or of the proxy for name None
+        (tests pass fakes; by default HTTP to the container's current address, or to the proxy)."""
         from flashfit_ops.plan.common import STOP_TIMEOUT
 
         self.backend = backend
@@ -189,6 +192,8 @@ class DockerServiceControl:
         self.say = say
         self.stop_timeout = STOP_TIMEOUT if stop_timeout is None else stop_timeout
         self.clock = clock
+        self.sleep = sleep
+        self.probe_for = probe_for or self._http_probe
         self.times = ServiceTimes()
         self.calls: list[str] = []
         self.warnings: list[str] = []
@@ -233,23 +238,33 @@ class DockerServiceControl:
             return f"{name} exited with code {info.exit_code}" + (" and is restarting" if info.state == "restarting" else "")
         return None
 
+    def _http_probe(self, name: str | None) -> Any:
+        from flashfit_ops.execute.health import ProbeResult, http_probe
+
+        if name is None:
+            url = proxy_url(self.config)
+            assert url is not None
+            return http_probe(url)
+
+        def probe(path: str, probe_timeout: float) -> ProbeResult:
+            # A restarted container may get a new address: look it up for every probe.
+            base = _base_url(self.backend, self.config, name)
+            if base is None:
+                return ProbeResult(False, None, "no address yet")
+            return http_probe(base)(path, probe_timeout)
+
+        return probe
+
     def _gate(self, timeout: float) -> None:
-        from flashfit_ops.execute.health import GateResult, GateSettings, ProbeResult, http_probe, wait_ready
+        from flashfit_ops.execute.health import GateResult, GateSettings, wait_ready
 
         settings = GateSettings.from_config(self.config, deadline=timeout)
         self.say(f"waiting until {', '.join(self.names)} answer {settings.readiness_path}")
 
         def one(name: str) -> GateResult:
             begun = self.clock()
-
-            def probe(path: str, probe_timeout: float) -> ProbeResult:
-                # A restarted container may get a new address: look it up for every probe.
-                url = _base_url(self.backend, self.config, name)
-                if url is None:
-                    return ProbeResult(False, None, "no address yet")
-                return http_probe(url)(path, probe_timeout)
-
-            result = wait_ready(probe, settings, exited=lambda: self._exited(name))
+            result = wait_ready(self.probe_for(name), settings, exited=lambda: self._exited(name),
+                                clock=self.clock, sleep=self.sleep)
             if result.ready:
                 self.times.ready_seconds[name] = round(self.clock() - begun, 3)
             return result
@@ -263,7 +278,7 @@ class DockerServiceControl:
 
     def _through_proxy(self, timeout: float) -> None:
         """Reload nginx on the same upstreams (re-resolves the names), then /ready through it."""
-        from flashfit_ops.execute.health import GateSettings, http_probe, wait_ready
+        from flashfit_ops.execute.health import GateSettings, wait_ready
         from flashfit_ops.execute.proxy import ProxyController
 
         if not self.deployment.proxy_running:
@@ -274,12 +289,11 @@ class DockerServiceControl:
             self.warnings.append("the proxy serves none of the restarted containers: it was not reloaded")
             return
         self.say("reloading the proxy and checking through it")
-        ProxyController(self.backend, self.config).switch(live)
-        url = proxy_url(self.config)
-        if url is None:
+        ProxyController(self.backend, self.config, clock=self.clock, sleep=self.sleep).switch(live)
+        if proxy_url(self.config) is None:
             return  # with TLS, the switch's check (liveness over HTTP) is what we can do without a cert
         settings = replace(GateSettings.from_config(self.config, deadline=timeout), start_period=timeout)
-        result = wait_ready(http_probe(url), settings)
+        result = wait_ready(self.probe_for(None), settings, clock=self.clock, sleep=self.sleep)
         if not result.ready:
             raise OperationFailed(f"the proxy does not serve {settings.readiness_path} after the restart: {result.reason}")
 
@@ -311,6 +325,7 @@ def restore_deployed(
     lock_wait: float | None = None,
     say: Say = _quiet,
     on_lock_wait: Callable[[Any, float], None] | None = None,
+    service_options: dict[str, Any] | None = None,
     **restore_options: Any,
 ) -> dict[str, Any]:
     """restore_backup around a DockerServiceControl, under the deploy lock, recorded in the history."""
@@ -329,7 +344,7 @@ def restore_deployed(
         # Observed under the lock: what a deploy that just finished left running is what we stop.
         observed = observe(backend, config, check_proxy_config=False)
         deployment = deployment_from(observed)
-        service = DockerServiceControl(backend, config, deployment, say=say)
+        service = DockerServiceControl(backend, config, deployment, say=say, **(service_options or {}))
         restore_id = new_deploy_id()
         started = time.time()
         hist.append(history_path(config), {
