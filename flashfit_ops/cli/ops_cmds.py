@@ -93,14 +93,14 @@ def logs(
 ) -> None:
     """Logs of the live backend containers, each line prefixed with its container."""
     from flashfit_ops.config import load_config
-    from flashfit_ops.config.model import _parse_duration
+    from flashfit_ops.config.model import parse_duration
     from flashfit_ops.errors import UsageError
     from flashfit_ops.execute import service
 
     seconds = None
     if since:
         try:
-            seconds = _parse_duration(since)
+            seconds = parse_duration(since)
         except ValueError as error:
             raise UsageError(f"--since: {error}") from None
     for name, line in service.logs(load_config(config), follow=follow, since=seconds, tail=tail, proxy=proxy, all_containers=all_containers):

@@ -246,7 +246,14 @@ def deploy(
         raise UsageError(f"{version!r} is not a valid version (an image tag)", hint="letters, digits, '_', '.', '-'")
     backend = _backend()
     if config.target == "swarm":
-        return _swarm_deploy(backend, config, version, dry_run)
+        if dry_run:
+            return _swarm_deploy(backend, config, version, dry_run=True)
+        lock = _locked(config, lock_wait, message)
+        try:
+            with sigterm_as_interrupt():
+                return _swarm_deploy(backend, config, version, dry_run=False)
+        finally:
+            lock.release()
     if dry_run:
         observed = observe(backend, config)
         target = Target(version=version, deploy_id=new_deploy_id(), replicas=replicas)

@@ -190,3 +190,19 @@ def test_engine_unreachable_is_exit_3(project) -> None:
     assert status.code == 3 and "unreachable" in status.stderr
     deploy = project.flashfit("deploy", "--version", "v1", "--json", env=env)
     assert deploy.code == 3 and json.loads(deploy.stdout)["error"] == "Unavailable"
+
+
+def test_logs_of_the_live_containers(project) -> None:
+    deploy_v1(project)
+    logs = project.flashfit("logs", "--tail", "5")
+    assert logs.code == 0, logs.stderr
+    assert "| fake backend v1 listening on 8080" in logs.stdout
+    assert project.flashfit("logs", "--since", "1h", "--proxy").code == 0
+    assert project.flashfit("logs", "--since", "soon").code == 2
+    follow = project.popen("logs", "--follow")
+    try:
+        line = follow.stdout.readline()
+        assert "fake backend v1 listening" in line
+    finally:
+        follow.terminate()
+        follow.wait(timeout=30)
