@@ -333,7 +333,7 @@ def restore_deployed(
     from flashfit_ops.execute import history as hist
     from flashfit_ops.execute.lock import DeployLock, LockInfo
     from flashfit_ops.execute.observe import observe
-    from flashfit_ops.execute.service import history_path, lock_path, new_deploy_id
+    from flashfit_ops.execute.service import history_path, lock_path, new_deploy_id, sigterm_as_interrupt
 
     backend = backend or connect_backend()
     info = LockInfo.mine(message=f"restore {ref or 'latest'}")
@@ -363,7 +363,8 @@ def restore_deployed(
         })
         outcome, error, result = "failed", None, None
         try:
-            result = restore_backup(config, store, ref, service=service, **restore_options)
+            with sigterm_as_interrupt():  # SIGTERM takes Ctrl-C's path: the undo runs, the history says so
+                result = restore_backup(config, store, ref, service=service, **restore_options)
             outcome = "success"
         except KeyboardInterrupt:
             outcome = "interrupted"

@@ -762,8 +762,18 @@ def restore_backup(
             # sub-folders such as images/ included: give the whole tree to the live folder's owner.
             _chown_tree(staging, live.st_uid, live.st_gid)
     previous = _unused(parent / f"{data_dir.name}.previous-{_stamp(now)}")
-    service.stop()
-    swapped_previous = _swap_in(staging, data_dir, previous)
+    try:
+        service.stop()
+        swapped_previous = _swap_in(staging, data_dir, previous)
+    except BaseException:
+        # Not swapped (a failed swap puts the live folder back): the server goes on with its data.
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(review_tmp, ignore_errors=True)
+        try:
+            service.start()
+        except Exception:
+            pass
+        raise
     try:
         service.start()
         service.wait_ready(ready_timeout)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,43 @@ from tests.server.conftest import image_bytes
 pytestmark = pytest.mark.integration
 
 SERVER_UID = 1000  # the server image runs as this user
+
+
+class Watcher:
+    """GET /ready through the proxy every 20 ms on fresh connections, from its own thread: when
+    clients were refused, and how (HTTP status from the proxy, or no answer at all)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.seen: list[tuple[float, int | None]] = []  # (monotonic time, status or None for no answer)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                status: int | None = httpx.get(self.url, timeout=10, headers={"Connection": "close"}).status_code
+            except httpx.HTTPError:
+                status = None
+            self.seen.append((time.monotonic(), status))
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "Watcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    @property
+    def failed(self) -> list[tuple[float, int | None]]:
+        return [(t, s) for t, s in self.seen if s is None or not 200 <= s < 300]
+
+    @property
+    def window(self) -> float:
+        failed = self.failed
+        return failed[-1][0] - failed[0][0] if failed else 0.0
 
 
 class Stack:
@@ -108,8 +147,13 @@ def test_round_trip_through_a_deployed_server(rolling: Stack) -> None:
     before = stack.started_at()
     assert len(before) == 2
 
-    restored = stack.project.flashfit("restore", "latest", "--json")
+    with Watcher(f"{stack.project.url}/ready") as watcher:
+        restored = stack.project.flashfit("restore", "latest", "--json")
     assert restored.code == 0, restored.stderr
+    # The proxy kept running: clients got 502/503/504 from it during the swap, never a dead port,
+    # and the server serves again by the time the restore returns.
+    assert watcher.failed and {s for _, s in watcher.failed} <= {502, 503, 504}, watcher.failed
+    assert watcher.seen[-1][1] == 200
     result = restored.json()
     assert result["id"] == backup["id"]
     service = result["service"]
@@ -135,7 +179,8 @@ def test_round_trip_through_a_deployed_server(rolling: Stack) -> None:
     assert shown.code == 0 and shown.stdout.splitlines()[-1].split()[2:3] == ["restore"], shown.stdout
     assert stack.lock_free()
     print(f"\nstop {service['stop_seconds']}s; backup {backup['seconds']:.2f}s ({backup['files']} files, via {backup['via']}); restore {result['seconds']:.2f}s, "
-          f"downtime {service['downtime_seconds']:.2f}s, ready {service['ready_seconds']}")
+          f"downtime {service['downtime_seconds']:.2f}s (clients refused for {watcher.window:.2f}s: "
+          f"{len(watcher.failed)} of {len(watcher.seen)} probes), ready {service['ready_seconds']}")
 
 
 def test_a_damaged_backup_is_refused_and_the_server_keeps_serving(single: Stack) -> None:

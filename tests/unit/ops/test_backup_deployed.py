@@ -228,3 +228,21 @@ def test_a_deployed_server_that_does_not_answer_is_an_error_not_a_folder_read(si
         snapshotter(site, engine, handler).snapshot(site["data"], "_snapshots/x")
     assert "--no-server" in (caught.value.hint or "")
     assert any("502" in line for line in caught.value.details["tried"])
+
+
+def test_a_stop_that_fails_swaps_nothing_and_starts_what_was_stopped(site: dict) -> None:
+    config, engine = site["config"], FakeEngine((A, B))
+    before = read_tree(site["data"])
+
+    def on_stop(name: str) -> None:
+        if name == B:
+            raise OperationFailed("the Docker engine refused stop: boom")
+
+    engine.on_stop = on_stop
+    with pytest.raises(OperationFailed, match="refused stop"):
+        restore_deployed(config, site["store"], "latest", backend=engine, service_options={"probe_for": ready_probe(engine)})
+    assert read_tree(site["data"]) == before
+    assert engine.states == {A: "running", B: "running"} and ("start", A) in engine.calls
+    assert not list(site["data"].parent.glob(".data.restore-*"))  # no staging left behind
+    assert hist.entries(history_path(config))[-1]["result"] == "failed"
+    assert not lock_status(lock_path(config)).held
