@@ -13,6 +13,7 @@ from flashfit_ops.doctor.checks import (  # noqa: F401 - imported to register
     ports,
     resources,
     stores,
+    swarm,
     tls,
 )
 
@@ -34,4 +35,5 @@ ORDER = [
     "lock",
     "backup",
     "stores",
+    "swarm",
 ]
