@@ -7,6 +7,7 @@ A backup target (a local folder or an S3 bucket/prefix) holds:
 
 Modules: paths (path safety), manifest (format), retention (policy as data), blobs (hashing,
 compression, encryption), store (local/S3), location (the data folder), snapshot (the server's
-snapshot endpoint), service (stop/start seam around a restore), engine (create, list, verify,
-prune, restore). Nothing here prints: progress goes through a callback the CLI supplies.
+snapshot endpoint), service (stop/start seam around a restore), deployed (the snapshot through, and
+the stop/start of, a stack `flashfit deploy` runs: built on flashfit_ops.execute), engine (create,
+list, verify, prune, restore). Nothing here prints: progress goes through a callback the CLI supplies.
 """

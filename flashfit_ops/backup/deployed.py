@@ -9,7 +9,7 @@ engine's health gate reaches it). So:
 * `DeployedSnapshotter` asks the live containers (then the proxy) for the snapshot, and refuses
   (Unavailable, exit 3) when none answers instead of reading a data folder a server may be writing.
 * `DockerServiceControl` is the ServiceControl of a restore: stop the running backend containers
-  gracefully (the proxy keeps running and answers 502/503 meanwhile), start the same containers
+  gracefully (the proxy keeps running and answers 502/503/504 meanwhile), start the same containers
   again, gate each on /ready with the deploy engine's health gate, reload the proxy (a restarted
   container may get a new address; a reload re-resolves the upstream names) and check through it.
 * `restore_deployed` runs the whole restore under the deploy lock (no deploy meanwhile) and
@@ -124,7 +124,7 @@ class DeployedSnapshotter:
         return found
 
     def snapshot(self, data_dir: Path, dest: str) -> SnapshotResult:
-        tried: list[str] = []
+        tried = [f"container {n}: not running" for n in self.deployment.live if n not in self.deployment.running]
         for label, url in self.candidates():
             if url is None:
                 tried.append(f"{label}: no address" if label != "the proxy" else f"{label}: TLS only")
@@ -204,7 +204,7 @@ class DockerServiceControl:
         if self.times.stop_started is None:
             self.times.stop_started = self.clock()
         if self.names:
-            self.say(f"stopping {', '.join(self.names)} (the proxy answers 502/503 until they are back)")
+            self.say(f"stopping {', '.join(self.names)} (the proxy answers 502/503/504 until they are back)")
         _parallel(lambda n: self.backend.stop(n, timeout=self.stop_timeout), self.names)
         still = [n for n in self.names if (info := self.backend.container(n)) is not None and info.state == "running"]
         if still:

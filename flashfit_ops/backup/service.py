@@ -1,9 +1,10 @@
 """The seam around a restore: stop the server, swap the data, start it, wait until it is ready.
 
-`ServiceControl` is what the restore needs from whoever runs the server. The deploy work provides
-the Docker implementation (stop/start the backend containers, readiness through the health gate).
-`NoServiceControl` is used when no server runs: every step is a no-op, and the CLI refuses to use
-it while something answers on the backend port, so data is never swapped under a live server.
+`ServiceControl` is what the restore needs from whoever runs the server. The Docker one, for a
+stack `flashfit deploy` runs, is flashfit_ops.backup.deployed.DockerServiceControl (stop/start the
+backend containers, readiness through the deploy engine's health gate, under the deploy lock).
+`NoServiceControl` is used when nothing is deployed: every step is a no-op, and the CLI refuses to
+use it while something answers on the backend port, so data is never swapped under a live server.
 """
 
 from __future__ import annotations

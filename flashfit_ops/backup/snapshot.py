@@ -3,7 +3,9 @@
 POST {server}/api/admin/snapshot {"dest": "<folder relative to the data folder>"} with a Bearer
 JWT (HS256, JWT_SECRET_KEY). The server writes a consistent copy of its vector stores into that
 folder and answers with a manifest of the files (path, size, sha256). When no server answers, the
-engine reads the data folder directly instead.
+engine reads the data folder directly instead, except on a deployed stack: there
+backup.deployed.DeployedSnapshotter asks the containers and the proxy, and refuses (exit 3) when
+none answers.
 """
 
 from __future__ import annotations

@@ -289,7 +289,7 @@ def restore(
     """Restore a backup: download into a staging folder, verify every hash, then swap it in for the
     live data (kept as <data>.previous-<time> for undo), restarting the server around the swap.
     On a deployed stack this runs under the deploy lock: the backend containers are stopped for
-    the swap (the proxy answers 502/503 meanwhile), started again, gated on /ready, and the
+    the swap (the proxy answers 502/503/504 meanwhile), started again, gated on /ready, and the
     restore is recorded in `flashfit history`. A server that does not come back gets the previous
     data back."""
     from flashfit_ops.backup.engine import restore_backup
@@ -304,7 +304,7 @@ def restore(
         from flashfit_ops.backup.deployed import restore_deployed
 
         console.step(f"deployed stack: {', '.join(deployment.running) or 'no running container'} will be stopped for the swap; "
-                     "the proxy answers 502/503 until they are ready again")
+                     "the proxy answers 502/503/504 until they are ready again")
 
         def on_lock_wait(holder: Any, waited: float) -> None:
             if int(waited * 4) % 20 == 0:  # every ~5 s
