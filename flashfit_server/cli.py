@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 failed (probe: not ready), 2 bad configuration or usage.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -57,7 +58,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The supervisor kills a worker that misses a 5 s ping; model loading on a busy host can.
         timeout_worker_healthcheck=30,
     )
-    return EXIT_OK
+    # uvicorn has drained every request and run the lifespan shutdown (stores are written at
+    # write time, never at exit). Skip the interpreter's teardown: joining torch's and faiss's
+    # thread pools there kept a stopped container alive for seconds, which a deploy waits on.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_OK)
 
 
 def _clear_metrics_dir(folder: Path) -> int:
