@@ -31,11 +31,26 @@ def status(
     if json_output:
         console.emit_json(result)
     elif result.get("target") == "swarm":
-        console.print_data(str(result))
+        _print_swarm_status(result)
     else:
         _print_status(result)
-    if result.get("target") != "swarm" and not result.get("serving"):
+    if not result.get("serving"):
         raise typer.Exit(EXIT_FAILED)
+
+
+def _print_swarm_status(result: dict) -> None:
+    if result["swarm"] != "active":
+        console.info("[red]this engine is not part of a swarm[/]")
+        return
+    mark = "[green]serving[/]" if result["serving"] else "[red]not serving[/]"
+    console.info(f"swarm project: {mark} {result['url']}")
+    for service in result["services"]:
+        update = f", update {service['update_state']}" if service["update_state"] else ""
+        running = sum(1 for t in service["tasks"] if t["state"] == "running")
+        console.info(f"  {service['service']} {service['image']}: {running}/{service['replicas']} running{update}")
+        for task in service["tasks"]:
+            error = f"\t{task['error']}" if task.get("error") else ""
+            console.print_data(f"    slot {task['slot']}\t{task['node']}\t{task['state']}\t{task['health'] or '-'}\t{task['image']}{error}")
 
 
 def _print_status(result: dict) -> None:

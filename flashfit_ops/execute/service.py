@@ -113,7 +113,7 @@ class Run:
     message: str = ""
 
 
-def _history_start(config: Config, run: Run, deploy_id: str, observed: Observed, info: LockInfo) -> float:
+def _history_start(config: Config, run: Run, deploy_id: str, previous_version: str | None, info: LockInfo) -> float:
     started = time.time()
     hist.append(
         history_path(config),
@@ -123,7 +123,7 @@ def _history_start(config: Config, run: Run, deploy_id: str, observed: Observed,
             "kind": run.kind,
             "strategy": run.strategy,
             "version": run.version,
-            "previous_version": observed.live_version,
+            "previous_version": previous_version,
             "replicas": run.replicas,
             "who": info.who,
             "host": info.host,
@@ -179,7 +179,7 @@ def _execute(
     deploy_id = new_deploy_id()
     steps = make_plan(observed) if run.kind != "repair" else leftovers(config, observed)[0]
     info = LockInfo.mine()
-    started = _history_start(config, run, deploy_id, observed, info)
+    started = _history_start(config, run, deploy_id, observed.live_version, info)
     executor = executor_factory(backend, config, secrets=load_secrets(config))
     outcome = "failed"
     try:
@@ -251,7 +251,9 @@ def deploy(
         lock = _locked(config, lock_wait, message)
         try:
             with sigterm_as_interrupt():
-                return _swarm_deploy(backend, config, version, dry_run=False)
+                ensure_image(backend, config, version)
+                run = Run("deploy", "swarm-rolling", version, replicas, message)
+                return _swarm_recorded(config, backend, run, lambda: _swarm_deploy(backend, config, version, dry_run=False))
         finally:
             lock.release()
     if dry_run:
@@ -266,7 +268,7 @@ def deploy(
             "replicas": replicas,
             "image": image_ref(config, version),
             "image_exists": backend.image_exists(image_ref(config, version)),
-            "previous_version": observed.live_version,
+            "previous_version": previous_version,
             "plan": [s.to_dict() for s in steps],
         }
     lock = _locked(config, lock_wait, message)
@@ -287,6 +289,25 @@ def _swarm_deploy(backend: Any, config: Config, version: str, dry_run: bool) -> 
     from flashfit_ops.swarm import deploy as swarm
 
     return swarm.deploy(backend.client, config, version, dry_run=dry_run, on_step=lambda s: console.step(s.describe()))
+
+
+def _swarm_recorded(config: Config, backend: Any, run: Run, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A Swarm deploy or rollback, with its start and finish in the history like a local one."""
+    from flashfit_ops.swarm import deploy as swarm
+
+    deploy_id = new_deploy_id()
+    started = _history_start(config, run, deploy_id, swarm.live_version(backend.client, config), LockInfo.mine(message=run.message))
+    try:
+        result = action()
+    except FlashFitError as error:
+        _history_finish(config, deploy_id, started, "failed", {"error": error.message})
+        raise
+    except BaseException:
+        _history_finish(config, deploy_id, started, "interrupted", {})
+        raise
+    _history_finish(config, deploy_id, started, "success", {})
+    live = [f"{config.project}_backend ({config.replicas} tasks)"]
+    return {**result, "id": deploy_id, "strategy": run.strategy, "url": public_url(config), "live": live}
 
 
 def rollback_options(config: Config, backend: Any | None = None) -> dict[str, Any]:
@@ -320,9 +341,7 @@ def rollback(
 ) -> dict[str, Any]:
     backend = _backend()
     if config.target == "swarm":
-        from flashfit_ops.swarm import deploy as swarm
-
-        return swarm.rollback(backend.client, config)
+        return _swarm_rollback(config, backend, version, dry_run=dry_run, lock_wait=lock_wait, message=message)
     options = rollback_options(config, backend)
     if version is None:
         return {"result": "listed", **options}
@@ -346,6 +365,30 @@ def rollback(
     lock = _locked(config, lock_wait, message or f"rollback to {version}")
     try:
         return _execute(config, backend, Run("rollback", strategy, version, replicas, message), make_plan)
+    finally:
+        lock.release()
+
+
+def _swarm_rollback(
+    config: Config, backend: Any, version: str | None, *, dry_run: bool, lock_wait: float | None, message: str
+) -> dict[str, Any]:
+    from flashfit_ops.swarm import deploy as swarm
+
+    options = swarm.rollback_options(backend.client, config, hist.successful_versions(history_path(config)))
+    if version is None:
+        return {"result": "listed", **options}
+    if version == options["live_version"]:
+        raise UsageError(f"version {version} is already live")
+    if not backend.image_exists(image_ref(config, version)):
+        raise UsageError(f"there is no image for version {version}", hint="`flashfit rollback` lists the versions")
+    if dry_run:
+        return _swarm_deploy(backend, config, version, dry_run=True)
+    lock = _locked(config, lock_wait, message or f"rollback to {version}")
+    try:
+        with sigterm_as_interrupt():
+            run = Run("rollback", "swarm-rolling", version, config.replicas, message)
+            on_step = lambda step: console.step(step.describe())  # noqa: E731
+            return _swarm_recorded(config, backend, run, lambda: swarm.rollback(backend.client, config, version, on_step=on_step))
     finally:
         lock.release()
 

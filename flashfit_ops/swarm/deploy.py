@@ -14,7 +14,7 @@ from flashfit_ops.errors import FlashFitError, OperationFailed
 from flashfit_ops.plan.steps import Step
 from flashfit_ops.render import render_stack, render_swarm_nginx
 from flashfit_ops.swarm.engine import Materials, SwarmEngine, observe
-from flashfit_ops.swarm.plan import UpsertService, object_name, plan_swarm_deploy
+from flashfit_ops.swarm.plan import UpsertService, object_name, plan_swarm_deploy, spec_digest
 from flashfit_ops.swarm.sdk import service_name
 from flashfit_ops.swarm.spec import parse_stack
 
@@ -44,11 +44,17 @@ def prepare(config: Config, version: str, environ: dict[str, str] | None = None)
     for source, file in stack.secret_files.items():
         add("secret", source, Path(file).read_bytes())
     add("config", NGINX_CONFIG, render_swarm_nginx(config).encode())
+    for key, definition in stack.services.items():
+        mounted = {ref.source for ref in (*definition.secrets, *definition.configs)}
+        names = {k: v for k, v in materials.object_names.items() if k[1] in mounted}
+        materials.digests[key] = spec_digest((definition, materials.dropped_env.get(key)), names)
     return materials
 
 
 def plan(client: Any, config: Config, materials: Materials) -> list[Step]:
-    return plan_swarm_deploy(config, observe(client, config.project), materials.stack, object_names=materials.object_names)
+    return plan_swarm_deploy(
+        config, observe(client, config.project), materials.stack, object_names=materials.object_names, digests=materials.digests
+    )
 
 
 def deploy(
@@ -79,7 +85,7 @@ def deploy(
             engine.rollback(service_name(config.project, "backend"))
             error.details["rolled_back_by"] = "flashfit"
         raise
-    return {**result, "result": "deployed", "duration_s": round(time.monotonic() - started, 2)}
+    return {**result, "result": "success", "duration_s": round(time.monotonic() - started, 2)}
 
 
 def _swarm_rolled_back(engine: SwarmEngine, config: Config) -> bool:
@@ -87,23 +93,68 @@ def _swarm_rolled_back(engine: SwarmEngine, config: Config) -> bool:
     return state in ("rollback_started", "rollback_completed")
 
 
-def rollback(client: Any, config: Config, *, on_status: Callable[[str], None] | None = None) -> dict[str, Any]:
-    engine = SwarmEngine(client, config.project, on_status=on_status)
+def live_version(client: Any, config: Config) -> str | None:
+    backend = observe(client, config.project).services.get("backend")
+    return backend.image.rsplit(":", 1)[-1] if backend else None
+
+
+def rollback_options(client: Any, config: Config, successful: list[str]) -> dict[str, Any]:
+    """Earlier versions that deployed successfully (newest first), the live one excluded; the one
+    Swarm itself can roll back to (the service's previous spec) is marked."""
+    live = live_version(client, config)
+    previous = _previous_spec_version(client, config)
+    versions = [
+        {"version": v, "how": "swarm rollback (previous spec)" if v == previous else "rolling update to the image"}
+        for v in successful
+        if v != live
+    ][: config.deploy.keep_versions]
+    return {"target": "swarm", "live_version": live, "versions": versions}
+
+
+def _previous_spec_version(client: Any, config: Config) -> str | None:
+    from docker.errors import NotFound
+
+    try:
+        service = client.services.get(service_name(config.project, "backend"))
+    except NotFound:
+        return None
+    previous = service.attrs.get("PreviousSpec")
+    if not previous:
+        return None
+    return previous["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0].rsplit(":", 1)[-1]
+
+
+def rollback(
+    client: Any,
+    config: Config,
+    version: str,
+    *,
+    on_step: Callable[[Step], None] = lambda _step: None,
+    on_status: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Back to `version`: Swarm's own rollback when it is the service's previous spec (after a
+    normal update), else a rolling update to its image (after Swarm already rolled a failed update
+    back, the previous spec is the failed version, never a place to go)."""
     name = service_name(config.project, "backend")
-    engine.rollback(name)
-    health = engine.await_convergence(name, config.replicas, config.deploy.deadline)
-    if health.update_state not in ("rollback_completed", "completed"):
-        raise OperationFailed(f"the rollback of {name} did not complete ({health.update_state})")
-    service = client.services.get(name)
-    image = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
-    return {"target": "swarm", "service": name, "image": image, "result": "rolled back"}
+    started = time.monotonic()
+    if _previous_spec_version(client, config) == version:
+        engine = SwarmEngine(client, config.project, on_status=on_status)
+        engine.rollback(name)
+        health = engine.await_convergence(name, config.replicas, config.deploy.deadline)
+        if health.update_state not in ("rollback_completed", "completed"):
+            raise OperationFailed(f"the rollback of {name} did not complete ({health.update_state})")
+        how = "swarm rollback"
+    else:
+        deploy(client, config, version, on_step=on_step, on_status=on_status)
+        how = "rolling update"
+    return {"target": "swarm", "version": version, "how": how, "result": "success", "duration_s": round(time.monotonic() - started, 2)}
 
 
 def status(client: Any, config: Config) -> dict[str, Any]:
     """Services and their tasks per node, with container health where the task runs here."""
     observed = observe(client, config.project)
     if not observed.swarm_active:
-        return {"target": "swarm", "swarm": "inactive", "services": []}
+        return {"target": "swarm", "swarm": "inactive", "serving": False, "services": []}
     nodes = {node.id: node.attrs["Description"]["Hostname"] for node in client.nodes.list()}
     services = []
     for key, svc in sorted(observed.services.items()):
@@ -131,9 +182,13 @@ def status(client: Any, config: Config) -> dict[str, Any]:
                 "tasks": sorted(tasks, key=lambda t: (t["slot"] or 0)),
             }
         )
+    backend = next((s for s in services if s["role"] == "backend"), None)
+    serving = bool(backend) and any(t["state"] == "running" for t in backend["tasks"])
     return {
         "target": "swarm",
         "swarm": "active",
+        "serving": serving,
+        "live_version": backend["image"].rsplit(":", 1)[-1] if backend else None,
         "url": f"http://127.0.0.1:{config.ports.http}/",
         "services": services,
     }

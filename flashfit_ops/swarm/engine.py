@@ -19,7 +19,7 @@ from flashfit_ops.swarm.plan import (
     SwarmObserved,
     UpsertService,
 )
-from flashfit_ops.swarm.sdk import STACK_LABEL, service_kwargs
+from flashfit_ops.swarm.sdk import SPEC_DIGEST_LABEL, STACK_LABEL, service_kwargs
 from flashfit_ops.swarm.spec import StackDefinition
 
 # Update states in which Swarm has given up on the new version.
@@ -43,6 +43,7 @@ def observe(client: Any, project: str) -> SwarmObserved:
             image=spec["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0],
             replicas=spec.get("Mode", {}).get("Replicated", {}).get("Replicas", 0),
             update_state=(service.attrs.get("UpdateStatus") or {}).get("State"),
+            spec_digest=spec.get("Labels", {}).get(SPEC_DIGEST_LABEL),
         )
     return SwarmObserved(
         swarm_active=True,
@@ -64,6 +65,7 @@ class Materials:
     object_names: dict[tuple[str, str], str] = field(default_factory=dict)  # (kind, source) -> name
     # Secrets that are not set are left out, with the *_FILE variables that point at them.
     dropped_env: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # service key -> spec digest
 
 
 @dataclass
@@ -104,11 +106,13 @@ class SwarmEngine:
         for (kind, source), name in materials.object_names.items():
             obj = (self.client.secrets if kind == "secret" else self.client.configs).get(name)
             refs[kind][source] = (obj.id, name)
-        kwargs = service_kwargs(
-            self.project, definition, version=materials.version, secret_ids=refs["secret"], config_ids=refs["config"]
-        )
+        # Only the backend carries the version: a label that changes on every deploy would make
+        # Swarm replace the proxy's tasks too.
+        version = materials.version if key == "backend" else None
+        kwargs = service_kwargs(self.project, definition, version=version, secret_ids=refs["secret"], config_ids=refs["config"])
         dropped = materials.dropped_env.get(key, ())
         kwargs["env"] = [item for item in kwargs["env"] if item.split("=", 1)[0] not in dropped]
+        kwargs["labels"][SPEC_DIGEST_LABEL] = materials.digests[key]
         return kwargs
 
     def _apply_upsert_service(self, step: UpsertService, materials: Materials) -> None:

@@ -23,6 +23,9 @@ class ObservedService:
     image: str
     replicas: int
     update_state: str | None = None
+    # What flashfit last asked for (a service label): an unchanged service is left alone, since
+    # re-sending even the same definition makes Swarm replace its tasks.
+    spec_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,14 +107,23 @@ def object_name(project: str, source: str, content: bytes) -> str:
     return f"{project}_{source}_{hashlib.sha256(content).hexdigest()[:12]}"
 
 
+def spec_digest(definition: object, object_names: dict[tuple[str, str], str]) -> str:
+    """A digest of everything that shapes a service: its definition (image, and so version,
+    included) and the content-addressed names of the secrets and configs it mounts."""
+    text = repr((definition, sorted(object_names.items())))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def plan_swarm_deploy(
     config: Config,
     observed: SwarmObserved,
     stack: StackDefinition,
     *,
     object_names: dict[tuple[str, str], str],
+    digests: dict[str, str],
 ) -> list[Step]:
-    """object_names maps (secret|config, stack name) to the content-addressed object name."""
+    """object_names maps (secret|config, stack name) to the content-addressed object name;
+    digests maps each service to the digest of its wanted definition."""
     if not observed.swarm_active:
         raise Unavailable(
             "this Docker engine is not part of a swarm",
@@ -133,8 +145,9 @@ def plan_swarm_deploy(
     for key in SERVICE_ORDER:
         definition = stack.services[key]
         name = service_name(project, key)
-        action = "update" if key in observed.services else "create"
-        steps.append(UpsertService(key, name, definition.image, action))
+        current = observed.services.get(key)
+        if current is None or current.spec_digest != digests[key]:
+            steps.append(UpsertService(key, name, definition.image, "update" if current else "create"))
         steps.append(AwaitConvergence(name, definition.replicas, deadline))
     steps.append(ProbeThroughProxy(f"http://127.0.0.1:{config.ports.http}{config.healthcheck.readiness_path}", deadline))
     steps.append(PruneSwarmObjects(tuple(sorted(object_names.values()))))

@@ -11,6 +11,7 @@ from typing import Any
 from flashfit_ops.swarm.spec import ServiceDefinition, UpdatePolicy
 
 STACK_LABEL = "com.docker.stack.namespace"
+SPEC_DIGEST_LABEL = "io.flashfit.spec-digest"
 NANOSECONDS = 1_000_000_000
 
 
@@ -29,7 +30,7 @@ def stack_labels(project: str, role: str, version: str | None = None) -> dict[st
     return labels
 
 
-def _policy(types: Any, policy: UpdatePolicy, cls: Any) -> Any:
+def _policy(policy: UpdatePolicy, cls: Any) -> Any:
     return cls(
         parallelism=policy.parallelism,
         delay=int(policy.delay * NANOSECONDS),
@@ -79,8 +80,8 @@ def service_kwargs(
             mode=definition.endpoint_mode,
             ports={p.published: (p.target, p.protocol, p.mode) for p in definition.ports} or None,
         ),
-        "update_config": _policy(types, definition.update, types.UpdateConfig),
-        "rollback_config": _policy(types, definition.rollback, types.RollbackConfig),
+        "update_config": _policy(definition.update, types.UpdateConfig),
+        "rollback_config": _policy(definition.rollback, types.RollbackConfig),
         "secrets": [
             types.SecretReference(secret_ids[ref.source][0], secret_ids[ref.source][1], filename=ref.target)
             for ref in definition.secrets

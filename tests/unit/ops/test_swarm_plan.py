@@ -106,7 +106,7 @@ def test_secret_and_config_objects_are_content_addressed(tmp_path: Path) -> None
     assert ("config", NGINX_CONFIG) in materials.object_names
     # The plan names objects, never their content.
     observed = SwarmObserved(swarm_active=True, is_manager=True)
-    steps = plan_swarm_deploy(config, observed, materials.stack, object_names=materials.object_names)
+    steps = plan_swarm_deploy(config, observed, materials.stack, object_names=materials.object_names, digests=materials.digests)
     assert "first-secret-value" not in repr([s.to_dict() for s in steps])
     (tmp_path / ".env").write_text("JWT_SECRET_KEY=second-secret-value-long-enough\n")
     assert prepare(config, "v2", environ={}).object_names[("secret", "jwt_secret_key")] != name
@@ -116,7 +116,7 @@ def test_fresh_cluster_plan() -> None:
     config = resolve(SINGLE_NODE, environ={})
     stack = stack_for(SINGLE_NODE)
     names = {("config", "nginx_config"): "shop_nginx_config_1", ("secret", "jwt_secret_key"): "shop_jwt_secret_key_2"}
-    steps = plan_swarm_deploy(config, SwarmObserved(True, True), stack, object_names=names)
+    steps = plan_swarm_deploy(config, SwarmObserved(True, True), stack, object_names=names, digests={"backend": "b1", "nginx": "n1"})
     assert steps == [
         EnsureSwarmNetwork("shop_flashfit"),
         CreateSwarmObject("config", "nginx_config", "shop_nginx_config_1"),
@@ -137,20 +137,32 @@ def test_update_plan_reuses_existing_objects() -> None:
     observed = SwarmObserved(
         True,
         True,
-        services={"backend": ObservedService("shop_backend", "flashfit/backend:v2", 3), "nginx": ObservedService("shop_nginx", "nginx:alpine", 1)},
+        services={
+            "backend": ObservedService("shop_backend", "flashfit/backend:v2", 3, spec_digest="b2"),
+            "nginx": ObservedService("shop_nginx", "nginx:alpine", 1, spec_digest="n1"),
+        },
         configs=frozenset({"shop_nginx_config_1"}),
         networks=frozenset({"shop_flashfit"}),
     )
-    steps = plan_swarm_deploy(config, observed, stack, object_names=names)
+    steps = plan_swarm_deploy(config, observed, stack, object_names=names, digests={"backend": "b3", "nginx": "n1"})
+    # The proxy's definition did not change: it is left alone (an update would replace its task).
     assert [s.kind for s in steps] == [
-        "upsert_service", "await_convergence", "upsert_service", "await_convergence", "probe_through_proxy", "prune_swarm_objects",
+        "upsert_service", "await_convergence", "await_convergence", "probe_through_proxy", "prune_swarm_objects",
     ]
     assert steps[0] == UpsertService("backend", "shop_backend", "flashfit/backend:v3", "update")
+
+
+def test_a_new_version_changes_only_the_backend_digest(tmp_path: Path) -> None:
+    config = resolve(SINGLE_NODE, environ={}, base_dir=tmp_path)
+    v2, v3 = prepare(config, "v2", environ={}), prepare(config, "v3", environ={})
+    assert v2.digests["nginx"] == v3.digests["nginx"]
+    assert v2.digests["backend"] != v3.digests["backend"]
+    assert prepare(config, "v2", environ={}).digests == v2.digests
 
 
 def test_no_swarm_is_a_clear_error() -> None:
     config = resolve(SINGLE_NODE, environ={})
     with pytest.raises(Unavailable, match="not part of a swarm"):
-        plan_swarm_deploy(config, SwarmObserved(False, False), stack_for(SINGLE_NODE), object_names={})
+        plan_swarm_deploy(config, SwarmObserved(False, False), stack_for(SINGLE_NODE), object_names={}, digests={})
     with pytest.raises(Unavailable, match="worker"):
-        plan_swarm_deploy(config, SwarmObserved(True, False), stack_for(SINGLE_NODE), object_names={})
+        plan_swarm_deploy(config, SwarmObserved(True, False), stack_for(SINGLE_NODE), object_names={}, digests={})
