@@ -25,6 +25,7 @@ import pytest
 from flashfit_ops.doctor.api import run_doctor
 from flashfit_ops.doctor.context import Settings
 from flashfit_ops.doctor.result import FAILURE, OK, WARNING, CheckResult, exit_code
+from tests.integration.ops.fake_backend.harness import real_server_image, require_image
 
 pytestmark = pytest.mark.integration
 
@@ -46,15 +47,6 @@ def free_port_block(count: int, start: int = 19080) -> list[int]:
                 pass
         port += 1
     return found
-
-
-def newest_backend_tag(client: Any) -> str:
-    images = client.images.list(name=BACKEND_REPOSITORY)
-    if not images:
-        pytest.fail(f"no {BACKEND_REPOSITORY} image: build one with `flashfit build` first")
-    newest = max(images, key=lambda image: image.attrs.get("Created", ""))
-    tags = [t.split(":", 1)[1] for t in newest.tags if t.startswith(BACKEND_REPOSITORY + ":")]
-    return tags[0]
 
 
 def make_certificate(folder: Path, days: float) -> None:
@@ -95,9 +87,8 @@ class DoctorStack:
         self.http_port, self.https_port, self.extra_port = free_port_block(3)
         self.volume_name = f"{self.project}_data"
         self.created_volumes: list[str] = []
-        self.tag = newest_backend_tag(self.client)
-        if not self.client.images.list(name=NGINX_IMAGE):
-            pytest.fail(f"no {NGINX_IMAGE} image: run `flashfit images bootstrap` first")
+        self.tag = real_server_image().split(":", 1)[1]
+        require_image(NGINX_IMAGE)
 
     @property
     def config_path(self) -> Path:

@@ -63,7 +63,24 @@ def free_port(start: int = 18080, end: int = 18999) -> int:
     pytest.fail("no free port in 18080-18999")
 
 
+_images_ready = False
+
+
+def ensure_flashfit_images() -> None:
+    """The base and proxy images, built from Debian packages where missing (the way
+    `flashfit images bootstrap` does it; a no-op when they exist, as they do after the first run)."""
+    global _images_ready
+    if _images_ready:
+        return
+    from flashfit_ops.images.bootstrap import bootstrap
+
+    bootstrap(docker_client(), REPO_ROOT, pull=False)
+    _images_ready = True
+
+
 def require_image(reference: str) -> None:
+    if reference in (BASE_IMAGE, PROXY_IMAGE):
+        ensure_flashfit_images()
     client = docker_client()
     try:
         client.images.get(reference)
@@ -84,22 +101,24 @@ _server_image: str | None = None
 
 
 def real_server_image() -> str:
-    """The newest image `flashfit build` made; built here when there is none."""
+    """The server image of this source tree, as `flashfit build` makes it (built once per
+    session; a code-only change rebuilds in seconds, an unchanged tree reuses its tag)."""
     global _server_image
     if _server_image:
         return _server_image
-    client = docker_client()
-    images = [i for i in client.images.list(name=SERVER_REPO) if i.tags]
-    if not images:
-        from flashfit_ops.config.load import resolve
-        from flashfit_ops.images.build import build_image
+    from flashfit_ops.config.load import resolve
+    from flashfit_ops.images.build import build_image, source_state, version_from_state
 
-        config = resolve({}, base_dir=REPO_ROOT, environ={})
-        result = build_image(client, config)
-        _server_image = result.image
-    else:
-        images.sort(key=lambda i: i.attrs.get("Created", ""), reverse=True)
-        _server_image = images[0].tags[0]
+    ensure_flashfit_images()
+    client = docker_client()
+    config = resolve({"server": {"build": {"base_image": BASE_IMAGE}}}, base_dir=REPO_ROOT, environ={})
+    state = source_state(REPO_ROOT)
+    tag = f"{SERVER_REPO}:{version_from_state(state)}" if state else None
+    try:
+        client.images.get(tag)
+        _server_image = tag
+    except Exception:
+        _server_image = build_image(client, config).image
     return _server_image
 
 
