@@ -48,7 +48,16 @@ def free_port_block(count: int, start: int = 19080) -> list[int]:
     return found
 
 
+def server_repository() -> str:
+    """flashfit/backend, or the repository of FLASHFIT_IT_SERVER_IMAGE (see the deploy harness)."""
+    named = os.environ.get("FLASHFIT_IT_SERVER_IMAGE")
+    return named.rsplit(":", 1)[0] if named else BACKEND_REPOSITORY
+
+
 def newest_backend_tag(client: Any) -> str:
+    named = os.environ.get("FLASHFIT_IT_SERVER_IMAGE")
+    if named:
+        return named.rsplit(":", 1)[1]
     images = client.images.list(name=BACKEND_REPOSITORY)
     if not images:
         pytest.fail(f"no {BACKEND_REPOSITORY} image: build one with `flashfit build` first")
@@ -107,7 +116,7 @@ class DoctorStack:
         config = {
             "project": self.project,
             "ports": {"http": self.http_port, "https": self.https_port, "prometheus": self.extra_port},
-            "server": {"environment": {"ENVIRONMENT": "development"}},
+            "server": {"image": server_repository(), "environment": {"ENVIRONMENT": "development"}},
             "resources": {"limits": {"memory": "2G", "cpus": 1}, "reservations": {"memory": "512M", "cpus": 0.5}},
             "volumes": {"models": "./models", "data": "data"},
             "services": {"nginx": {"image": NGINX_IMAGE}, "prometheus": {"enabled": True}, "grafana": {"enabled": False}},
@@ -209,6 +218,8 @@ def test_a_healthy_deployment_is_all_ok(stack: DoctorStack):
     assert exit_code(results.values()) == 0
     assert "clip 3" in results["stores"].summary
     assert results["upstream"].details["live_color"] == "blue"
+    # nginx routes through replica slots; doctor names the container each slot links to
+    assert f"slot-1 -> {stack.backend().name}" in results["upstream"].summary
     assert results["ports"].details["ports"]["ports.http"]["state"] == "ours"
 
 
@@ -246,7 +257,7 @@ def test_a_broken_upstream_in_the_proxy_config(stack: DoctorStack):
     original = conf.read_text()
     import re
 
-    broken = re.sub(r"server \S+:8080", "server nosuchbackend-doctor:8080", original, count=1)
+    broken = re.sub(r"server unix:\S+", "server nosuchbackend-doctor:8080", original, count=1)
     assert broken != original
     conf.write_text(broken)
     try:
