@@ -297,8 +297,10 @@ class ProxyController:
     def workers(self) -> dict[int, str]:
         return {pid: cmd.strip() for pid, cmd in self.backend.processes(self.name) if cmd.strip().startswith(WORKER)}
 
-    def switch(self, slots: tuple[str, ...], versions: dict[str, str] | None = None) -> None:
-        """Point slot n at slots[n-1]. nginx is reloaded only when nginx.conf must change.
+    def switch(self, slots: tuple[str, ...], versions: dict[str, str] | None = None, *, force_reload: bool = False) -> None:
+        """Point slot n at slots[n-1]. nginx is reloaded only when nginx.conf must change, or with
+        `force_reload` (a restore, after every backend was down: new workers forget the slots
+        that max_fails marked as failed, instead of answering 502 until fail_timeout passes).
         `versions` ({container: version}) are checked through each slot and the proxy."""
         if not slots:
             raise OperationFailed("refusing to switch the proxy to no replica slots")
@@ -315,7 +317,7 @@ class ProxyController:
         except (FileNotFoundError, UnicodeDecodeError):
             live_text = None
         wanted = self.render(len(slots))
-        reload = live_text != wanted
+        reload = force_reload or live_text != wanted
         candidate = self.folder / CANDIDATE_FILE
         if reload:
             atomic_write_text(candidate, wanted)

@@ -122,6 +122,8 @@ def test_first_switch_renders_tests_and_reloads_then_links_are_renamed_without_r
     assert files.config == files.applied == ("green",) and files.stray == ()
     assert proxy.verified[-1] == (("green",), {"green": "v2"})
     assert proxy.reloads == 1
+    proxy.switch(("green",), force_reload=True)  # a restore: same slots, nginx reloaded anyway
+    assert backend.calls[-1] == ["nginx", "-s", "reload", "-c", "/etc/flashfit/nginx.conf"] and proxy.reloads == 2
     assert json.loads((proxy.folder / APPLIED_FILE).read_text())["served"] == ["blue", "green"]
 
 
