@@ -142,6 +142,10 @@ def boot_to_ready(document: dict) -> float | None:
     return sum(max(ready.get(n, 0.0) for n in names) for names in gates)
 
 
+def execution_of(document: dict) -> dict:
+    return document.get("execution") or (document.get("details") or {}).get("execution") or {}
+
+
 def step_seconds(document: dict, kind: str) -> float:
     steps = (document.get("execution") or (document.get("details") or {}).get("execution") or {}).get("steps") or []
     return round(sum(s["seconds"] for s in steps if s["kind"] == kind), 2)
@@ -152,15 +156,23 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent keep-alive clients")
     parser.add_argument("--monitor-window", default="2s", help="deploy.monitor_window for the runs")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
+    parser.add_argument(
+        "--server-image",
+        default=os.environ.get("FLASHFIT_IT_SERVER_IMAGE"),
+        help="the server image to deploy (default: FLASHFIT_IT_SERVER_IMAGE, else the newest flashfit/backend)",
+    )
     args = parser.parse_args()
 
     import docker
 
     client = docker.from_env(version="auto", timeout=120)
-    servers = sorted((i for i in client.images.list(name="flashfit/backend") if i.tags), key=lambda i: i.attrs["Created"], reverse=True)
-    if not servers:
-        raise SystemExit("no flashfit/backend image: run `flashfit build` first")
-    server_image = servers[0].tags[0]
+    if args.server_image:
+        server_image = args.server_image
+    else:
+        servers = sorted((i for i in client.images.list(name="flashfit/backend") if i.tags), key=lambda i: i.attrs["Created"], reverse=True)
+        if not servers:
+            raise SystemExit("no flashfit/backend image: run `flashfit build` first")
+        server_image = servers[0].tags[0]
     project = f"bench{secrets.token_hex(3)}"
     repo = f"flashfit-bench/{project}"
     folder = Path(tempfile.mkdtemp(prefix="flashfit-bench-"))
@@ -222,7 +234,9 @@ def main() -> int:
                 "overhead_s": round(wall - boot, 2) if boot is not None else None,
                 "gate_s": step_seconds(doc, "wait_ready"),
                 "switch_s": step_seconds(doc, "switch_upstreams") + step_seconds(doc, "ensure_proxy"),
-                "drain_s": step_seconds(doc, "drain"),
+                # SIGTERM -> exit of the slowest drained container (it runs in the background)
+                "drain_s": round(max((execution_of(doc).get("drain_seconds") or {0: 0.0}).values()), 2),
+                "nginx_reloads": execution_of(doc).get("reloads"),
                 "stop_s": round(step_seconds(doc, "stop_container") + step_seconds(doc, "stop_wait"), 2),
                 "monitor_s": step_seconds(doc, "monitor"),
             }
@@ -250,13 +264,13 @@ def main() -> int:
             print(json.dumps(report, indent=2))
         else:
             print(f"server image {server_image}; {args.clients} keep-alive clients; monitor window {args.monitor_window}; {os.cpu_count()} CPUs")
-            header = f"{'scenario':34} {'requests':>8} {'non-2xx':>7} {'conn err':>8} {'wall s':>7} {'boot s':>7} {'overhead':>8}  gate/switch/drain/stop/monitor s"
+            header = f"{'scenario':34} {'requests':>8} {'non-2xx':>7} {'conn err':>8} {'wall s':>7} {'boot s':>7} {'overhead':>8} {'reloads':>7}  gate/switch/drain/stop/monitor s"
             print(header)
             for r in results:
                 boot = f"{r['boot_to_ready_s']:.1f}" if r["boot_to_ready_s"] is not None else "-"
                 over = f"{r['overhead_s']:+.1f}" if r["overhead_s"] is not None else "-"
                 phases = f"{r['gate_s']}/{r['switch_s']}/{r['drain_s']}/{r['stop_s']}/{r['monitor_s']}"
-                print(f"{r['scenario']:34} {r['requests']:>8} {r['non_2xx']:>7} {r['connection_errors']:>8} {r['deploy_wall_s']:>7.1f} {boot:>7} {over:>8}  {phases}")
+                print(f"{r['scenario']:34} {r['requests']:>8} {r['non_2xx']:>7} {r['connection_errors']:>8} {r['deploy_wall_s']:>7.1f} {boot:>7} {over:>8} {r['nginx_reloads']!s:>7}  {phases}")
                 for kind, count in r["error_kinds"].items():
                     print(f"    {count} x {kind}")
                 if r["connection_errors"]:

@@ -122,15 +122,19 @@ def render_template(name: str, config: Config, **extra: Any) -> str:
     return _environment().get_template(name).render(_context(config, **extra))
 
 
-def render_nginx(config: Config, upstreams: list[str], *, tls: bool | None = None, dynamic: bool = False) -> str:
-    """The proxy config for a set of upstream addresses (host:port). Deploys re-render it on every
-    switch. `dynamic` (Swarm) resolves the single upstream name through Docker's DNS per request."""
+def render_nginx(
+    config: Config, upstreams: list[str], *, tls: bool | None = None, dynamic: bool = False, keepalive: bool = True
+) -> str:
+    """The proxy config for a set of upstream addresses (host:port, or unix:/run/flashfit/slot-<n>.sock
+    for the replica slots of a deploy). `dynamic` (Swarm) resolves the single upstream name through
+    Docker's DNS per request. `keepalive`: reuse upstream connections (off for slots, so nothing
+    keeps talking to a container after its slot was switched away)."""
     if not upstreams:
         raise ValueError("nginx needs at least one upstream server")
     if dynamic and len(upstreams) != 1:
         raise ValueError("a dynamic upstream is one service name resolved at request time")
     tls = config.tls.enabled if tls is None else tls
-    return render_template("nginx/nginx.conf.j2", config, upstreams=upstreams, tls=tls, dynamic=dynamic)
+    return render_template("nginx/nginx.conf.j2", config, upstreams=upstreams, tls=tls, dynamic=dynamic, keepalive=keepalive)
 
 
 def render_stack(config: Config, version: str | None = None) -> str:

@@ -8,6 +8,7 @@ Exit codes: 0 ok, 1 failed (probe: not ready), 2 bad configuration or usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -48,7 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from flashfit_server.log import uvicorn_log_config
 
-    uvicorn.run(
+    config = uvicorn.Config(
         "flashfit_server.main:app",
         host=args.host,
         port=args.port,
@@ -58,6 +59,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # The supervisor kills a worker that misses a 5 s ping; model loading on a busy host can.
         timeout_worker_healthcheck=30,
     )
+    # TCP (health gate, doctor, backups use the container address) and, when FLASHFIT_SOCKET is
+    # set, a Unix socket in the folder shared with the proxy: nginx reaches the backend through a
+    # slot link to it, so a deploy switches traffic by renaming a link instead of reloading nginx.
+    socket_path = os.environ.get("FLASHFIT_SOCKET") or None
+    sockets = [config.bind_socket()]
+    if socket_path:
+        sockets.append(_bind_unix(socket_path))
+    try:
+        if workers > 1:
+            from uvicorn.supervisors import Multiprocess
+
+            Multiprocess(config, sockets=sockets).run()
+        else:
+            server = uvicorn.Server(config)
+            server.run(sockets=sockets)
+            if not server.started:  # the app failed to start (as uvicorn.run reports it)
+                return 3
+    finally:
+        if socket_path:
+            with contextlib.suppress(OSError):
+                os.unlink(socket_path)
     # uvicorn has drained every request and run the lifespan shutdown (stores are written at
     # write time, never at exit). Skip the interpreter's teardown: joining torch's and faiss's
     # thread pools there kept a stopped container alive for seconds, which a deploy waits on.
@@ -65,6 +87,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(EXIT_OK)
+
+
+def _bind_unix(path: str):  # noqa: ANN202
+    """A listening Unix socket at `path`: a stale file of an earlier run is removed first, and the
+    socket is made connectable by any uid (nginx's workers run as another user)."""
+    import socket
+
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o666)
+    except OSError as exc:
+        print(f"error: cannot listen on {path}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILED) from None
+    return sock
 
 
 def _clear_metrics_dir(folder: Path) -> int:

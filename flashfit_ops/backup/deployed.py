@@ -277,7 +277,9 @@ class DockerServiceControl:
             raise OperationFailed(f"not ready after the restart: {reasons}", details={"logs": logs})
 
     def _through_proxy(self, timeout: float) -> None:
-        """Reload nginx on the same upstreams (re-resolves the names), then /ready through it."""
+        """Reload nginx on the same slots (the links follow the sockets the restarted containers
+        re-created; the reload makes nginx forget the slots it marked as failed while every
+        backend was down), check through each slot, then /ready through the proxy."""
         from flashfit_ops.execute.health import GateSettings, wait_ready
         from flashfit_ops.execute.proxy import ProxyController
 
@@ -289,7 +291,7 @@ class DockerServiceControl:
             self.warnings.append("the proxy serves none of the restarted containers: it was not reloaded")
             return
         self.say("reloading the proxy and checking through it")
-        ProxyController(self.backend, self.config, clock=self.clock, sleep=self.sleep).switch(live)
+        ProxyController(self.backend, self.config, clock=self.clock, sleep=self.sleep).switch(live, force_reload=True)
         if proxy_url(self.config) is None:
             return  # with TLS, the switch's check (liveness over HTTP) is what we can do without a cert
         settings = replace(GateSettings.from_config(self.config, deadline=timeout), start_period=timeout)

@@ -43,10 +43,23 @@ def proxy_config_text(ctx: DoctorContext) -> str | None:
         return None
 
 
-def match_backend(address: str, backends: list[Any]) -> Any | None:
-    """The backend container an upstream address points at (by name, alias or IP), if any."""
+def slot_links(ctx: DoctorContext) -> dict[str, str]:
+    """{upstream address: container} for the replica slots of a deploy: nginx's upstream lists
+    unix:/run/flashfit/slot-<n>.sock, each a link (in .flashfit/sockets) to one backend's socket."""
+    try:
+        from flashfit_ops.execute.proxy import slot_address, slot_links as links
+    except ImportError:
+        return {}
+    return {slot_address(n): name for n, name in links(ctx.proxy_dir.parent / "sockets").items()}
+
+
+def match_backend(address: str, backends: list[Any], slots: dict[str, str] | None = None) -> Any | None:
+    """The backend container an upstream address points at (by name, alias or IP, or through a
+    slot link), if any."""
     from flashfit_ops.doctor.context import container_ips
 
+    if slots and address in slots:
+        address = f"{slots[address]}:{BACKEND_PORT}"
     host, port = nginxconf.split_address(address)
     for container in backends:
         if host in container_names(container) or host in container_ips(container):
@@ -65,10 +78,11 @@ def live_backend_names(ctx: DoctorContext) -> set[str] | None:
     if not text:
         return None
     backends = ctx.backends()
+    slots = slot_links(ctx)
     found = set()
     for servers in nginxconf.proxied_upstreams(text).values():
         for address in servers:
-            container = match_backend(address, backends)
+            container = match_backend(address, backends, slots)
             if container is not None:
                 found.add(container.name)
     return found or None

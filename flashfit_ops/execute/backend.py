@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from flashfit_ops.errors import OperationFailed, Unavailable
-from flashfit_ops.plan.common import LABEL_PROJECT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE
+from flashfit_ops.plan.common import LABEL_PROJECT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE, SOCKET_DIR
 from flashfit_ops.plan.steps import ContainerSpec, ProxySpec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -180,6 +180,8 @@ class DockerBackend:
         from docker.types import Mount
 
         mounts = [Mount(PROXY_CONFIG_DIR, spec.config_dir, type="bind", read_only=True)]
+        if spec.sockets_dir:
+            mounts.append(Mount(SOCKET_DIR, spec.sockets_dir, type="bind"))
         mounts += [Mount(m.target, m.source, type=m.kind, read_only=True) for m in spec.tls_files]
         ports: dict[str, int] = {"80/tcp": spec.http_port}
         if spec.https_port:

@@ -21,7 +21,7 @@ from flashfit_ops.config.model import Config
 from flashfit_ops.errors import FlashFitError, OperationFailed
 from flashfit_ops.execute.health import GateResult, GateSettings, Probe, http_probe, wait_ready
 from flashfit_ops.execute.proxy import ProxyController, read_files
-from flashfit_ops.plan.common import BACKEND_PORT
+from flashfit_ops.plan.common import BACKEND_PORT, LABEL_VERSION
 from flashfit_ops.plan.steps import (
     CleanProxyFiles,
     Drain,
@@ -64,6 +64,10 @@ class Execution:
     outcomes: list[StepOutcome] = field(default_factory=list)
     # Seconds from container start to its first successful readiness gate, per container.
     ready_seconds: dict[str, float] = field(default_factory=dict)
+    # Seconds from SIGTERM to exit of each drained container (in-flight requests finishing).
+    drain_seconds: dict[str, float] = field(default_factory=dict)
+    # nginx reloads this run needed (only a new slot count or proxy settings need one).
+    reloads: int = 0
     warnings: list[str] = field(default_factory=list)
     failed_logs: dict[str, str] = field(default_factory=dict)
     rolled_back: bool = False
@@ -73,6 +77,8 @@ class Execution:
         return {
             "steps": [asdict(o) for o in self.outcomes],
             "ready_seconds": {k: round(v, 3) for k, v in self.ready_seconds.items()},
+            "drain_seconds": {k: round(v, 3) for k, v in self.drain_seconds.items()},
+            "reloads": self.reloads,
             "warnings": self.warnings,
             "rolled_back": self.rolled_back,
             "error": self.error,
@@ -321,8 +327,10 @@ class Executor:
 
         def undo() -> None:
             self.backend.remove(name)
+            self.proxy.forget(name)
 
         self._register(f"remove {name}", undo)
+        self.proxy.ensure_folders()  # the sockets folder it bind-mounts, writable by its user
         self.backend.create_backend(step.spec, self.secrets)
         # Boot-to-ready counts from the start request: the runtime's setup is part of booting.
         self.started_at[name] = self.clock()
@@ -332,6 +340,7 @@ class Executor:
     def _do_restart_container(self, step: RestartContainer) -> None:
         self._join_stop(step.name)
         self._register(f"stop {step.name} again", lambda: self.backend.stop(step.name))
+        self.proxy.ensure_folders()
         self.backend.start(step.name)
         self.started_at[step.name] = self.clock()
         info = self.backend.container(step.name)
@@ -344,56 +353,79 @@ class Executor:
         name = step.spec.name
         info = self.backend.container(name)
         if info is not None and info.state == "running":
-            applied = read_files(self.proxy.folder).applied
-            if tuple(applied) != tuple(step.upstreams):
-                self._switch(step.upstreams, tuple(applied))
+            applied = read_files(self.proxy.folder, self.proxy.sockets).applied
+            if tuple(applied) != tuple(step.slots):
+                self._switch(step.slots, tuple(applied))
             return
         if info is not None:
             self.backend.remove(name)  # stopped or broken: recreated from the current settings
-        self.proxy.write_live(step.upstreams)
+        self.proxy.write_live(step.slots)
         self._register(f"remove proxy {name}", lambda: self.backend.remove(name))
         self.backend.run_proxy(step.spec)
         self.proxy.wait_serving()
-        self.proxy.record_applied(step.upstreams)
-        self.proxy.retired_workers = set()
+        self.proxy.record_applied(step.slots)
         self.switched_at = self.clock()
 
-    def _switch(self, upstreams: tuple[str, ...], previous: tuple[str, ...]) -> None:
-        if previous and tuple(previous) != tuple(upstreams):
-            self._register(
-                f"switch traffic back to {', '.join(previous)}",
-                lambda: self.proxy.switch(tuple(previous)),
-            )
-        self.proxy.switch(tuple(upstreams))
+    def _versions(self, names: tuple[str, ...]) -> dict[str, str]:
+        out = {}
+        for name in dict.fromkeys(names):
+            info = self.backend.container(name)
+            version = (info.labels or {}).get(LABEL_VERSION) if info is not None else None
+            if version:
+                out[name] = version
+        return out
+
+    def _switch_to(self, slots: tuple[str, ...]) -> None:
+        before = getattr(self.proxy, "reloads", 0)
+        self.proxy.switch(tuple(slots), self._versions(slots))
+        self.execution.reloads += getattr(self.proxy, "reloads", 0) - before
+
+    def _switch(self, slots: tuple[str, ...], previous: tuple[str, ...]) -> None:
+        if previous and tuple(previous) != tuple(slots):
+            self._register(f"switch traffic back to {', '.join(previous)}", lambda: self._switch_to(tuple(previous)))
+        self._switch_to(tuple(slots))
         self.switched_at = self.clock()
 
     def _do_switch_upstreams(self, step: SwitchUpstreams) -> None:
-        self._switch(step.upstreams, step.previous)
+        self._switch(step.slots, step.previous)
 
-    def _do_drain(self, step: Drain) -> None:
-        with self.status("draining") as live:
-            result = self.proxy.drain(step.names, step.timeout, on_status=live.update)
-        if not result["drained"]:
-            text = f"drain timed out after {step.timeout:g}s ({'; '.join(result['waiting_for'])}); stopping anyway"
+    def _drain_one(self, name: str, timeout: float) -> None:
+        """SIGTERM, then the server finishes its in-flight requests and exits (the engine kills it
+        after `timeout`). No slot points at it any more, so nothing new arrives meanwhile."""
+        started = self.clock()
+        self.backend.stop(name, timeout=timeout)
+        seconds = self.clock() - started
+        self.execution.drain_seconds[name] = seconds
+        info = self.backend.container(name)
+        if info is not None and info.exit_code == 137 and seconds >= timeout:
+            text = f"{name} did not finish its requests within the {timeout:g}s drain timeout and was killed"
             self.execution.warnings.append(text)
             self.say("warn", text)
 
-    def _register_stop_undo(self, step: StopContainer) -> None:
-        def undo() -> None:
-            self._join_stop(step.name)
-            self.backend.start(step.name)
-            self._gate_or_raise((step.name,), self.config.deploy.deadline, "restore")
+    def _do_drain(self, step: Drain) -> None:
+        # In the background, like every stop: the drain overlaps the next batch and the monitor
+        # window; anything that touches the container again, and the end of the plan, wait for it.
+        for name in step.names:
+            self._register_stop_undo(name)
+            self._stops[name] = self._stop_pool.submit(self._drain_one, name, step.timeout)
 
-        self._register(f"start {step.name} again", undo)
+    def _register_stop_undo(self, name: str) -> None:
+        def undo() -> None:
+            self._join_stop(name)
+            self.backend.start(name)
+            self._gate_or_raise((name,), self.config.deploy.deadline, "restore")
+
+        self._register(f"start {name} again", undo)
 
     def _do_stop_container(self, step: StopContainer) -> None:
-        self._register_stop_undo(step)
+        self._register_stop_undo(step.name)
         self._stops[step.name] = self._stop_pool.submit(self.backend.stop, step.name, timeout=step.timeout)
 
     def _do_remove_container(self, step: RemoveContainer) -> None:
         self._join_stop(step.name)
         try:
             self.backend.remove(step.name)
+            self.proxy.forget(step.name)
         except FlashFitError as error:  # a leftover that will not go is not worth a rollback
             self.execution.warnings.append(f"could not remove {step.name}: {error.message}")
             self.say("warn", f"could not remove {step.name}: {error.message}")

@@ -1,29 +1,54 @@
-"""The nginx proxy: its config folder (.flashfit/proxy, mounted at /etc/flashfit) and the switch.
+"""The nginx proxy: its config folder (.flashfit/proxy, mounted at /etc/flashfit), the sockets
+folder (.flashfit/sockets, mounted at /run/flashfit in the proxy and in every backend), and the
+switch.
 
-A switch: render nginx.conf for the new upstreams -> write it beside the live file -> `nginx -t`
-on it inside the proxy container -> atomic rename over nginx.conf -> `nginx -s reload` -> wait
-until a new worker generation runs and the old one is shutting down -> a request through the proxy
--> record the upstreams as applied (applied.json). The old workers finish their requests; the
-drain waits for them and for the old containers' connections before anything is stopped.
+nginx's upstream lists replica SLOTS, not containers: `server unix:/run/flashfit/slot-<n>.sock`,
+one per replica, without upstream keep-alive (every proxied request opens a new connection to
+the slot). Each backend listens on `<container>.sock` in the same folder; `slot-<n>.sock` is a
+relative symbolic link to one of those sockets.
+
+A switch of slot n to container C: a new link `slot-<n>.sock.tmp` -> `C.sock`, renamed over
+`slot-<n>.sock` (atomic), the folder fsynced. nginx's next connection for that slot reaches C;
+requests in flight on the old container finish there; no client connection is touched, because
+nginx is not reloaded. Then a request through each slot and one through the proxy prove the new
+version serves, and the slots are recorded (applied.json) as the last completed switch.
+
+nginx.conf is rendered, tested (`nginx -t`) and reloaded only when it changes: the slot count
+(first deploy, another replica count) or the TLS / rate-limit settings.
+
+Symbolic rather than hard links: a hard link names the socket inode of one run of the container,
+so a container the engine restarts after a crash (a new socket at the same path) would be
+unreachable through its slot; a relative symbolic link follows the path. Reading which container
+a slot points to is a readlink.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from flashfit_ops.config.model import Config
 from flashfit_ops.errors import OperationFailed
 from flashfit_ops.fileio import atomic_write_text, fsync_dir
-from flashfit_ops.plan.common import BACKEND_PORT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE, proxy_dir, proxy_name
-from flashfit_ops.plan.observed import name_of_upstream, upstream_of
+from flashfit_ops.plan.common import (
+    PROXY_CONFIG_DIR,
+    PROXY_CONFIG_FILE,
+    SOCKET_DIR,
+    backend_socket,
+    proxy_dir,
+    proxy_name,
+    slot_socket,
+    sockets_dir,
+)
 
 APPLIED_FILE = "applied.json"
 # How many container names applied.json remembers as having served.
@@ -31,13 +56,14 @@ SERVED_KEPT = 200
 CANDIDATE_FILE = "nginx.conf.next"
 WORKER = "nginx: worker process"
 SHUTTING_DOWN = "nginx: worker process is shutting down"
-_SERVER_LINE = re.compile(r"^\s*server\s+([A-Za-z0-9][A-Za-z0-9_.-]*):(\d+)\b")
+SOCKETS_MODE = 0o777  # backends (uid 1000) create their sockets in it; nginx (another uid) connects
+_SLOT_LINE = re.compile(r"^\s*server\s+unix:\S*/slot-(\d+)\.sock\b")
+_TCP_LINE = re.compile(r"^\s*server\s+([A-Za-z0-9][A-Za-z0-9_.-]*):(\d+)\b")
+_SLOT_FILE = re.compile(r"^slot-(\d+)\.sock$")
 
 
-def parse_upstreams(text: str) -> tuple[str, ...]:
-    """Container names in the upstream block of a rendered nginx.conf."""
-    names = []
-    inside = False
+def _upstream_lines(text: str) -> list[str]:
+    lines, inside = [], False
     for line in text.splitlines():
         stripped = line.strip()
         if stripped.startswith("upstream "):
@@ -47,36 +73,84 @@ def parse_upstreams(text: str) -> tuple[str, ...]:
             inside = False
             continue
         if inside:
-            match = _SERVER_LINE.match(line)
+            lines.append(line)
+    return lines
+
+
+def parse_slot_count(text: str) -> int:
+    """How many replica slots the upstream block of a rendered nginx.conf lists."""
+    return sum(1 for line in _upstream_lines(text) if _SLOT_LINE.match(line))
+
+
+def parse_upstreams(text: str) -> tuple[str, ...]:
+    """Container names of an nginx.conf written before slots existed (`server <name>:8080`)."""
+    return tuple(m.group(1) for line in _upstream_lines(text) if (m := _TCP_LINE.match(line)))
+
+
+def slot_address(slot: int) -> str:
+    return f"unix:{SOCKET_DIR}/{slot_socket(slot)}"
+
+
+def slot_target(sockets: Path, slot: int) -> str | None:
+    """The container slot `slot` points to; None when there is no such link."""
+    try:
+        target = os.readlink(Path(sockets) / slot_socket(slot))
+    except FileNotFoundError:
+        return None
+    except OSError:  # not a link
+        return ""
+    name = Path(target).name
+    return name[: -len(".sock")] if name.endswith(".sock") else ""
+
+
+def read_slots(sockets: Path, count: int) -> tuple[str, ...]:
+    """What slots 1..count point to ("" for a missing link)."""
+    return tuple(slot_target(sockets, n) or "" for n in range(1, count + 1))
+
+
+def slot_links(sockets: Path) -> dict[int, str]:
+    """Every slot link in the sockets folder: {slot: container}."""
+    found: dict[int, str] = {}
+    if Path(sockets).is_dir():
+        for entry in Path(sockets).iterdir():
+            match = _SLOT_FILE.match(entry.name)
             if match:
-                names.append(match.group(1))
-    return tuple(names)
+                found[int(match.group(1))] = slot_target(sockets, int(match.group(1))) or ""
+    return dict(sorted(found.items()))
 
 
 @dataclass(frozen=True)
 class ProxyFiles:
+    # What the slot links point to now, slot 1..the count nginx.conf lists (a crash mid-switch
+    # can leave them different from `applied`); for an nginx.conf older than slots, its servers.
     config: tuple[str, ...]
     config_present: bool
+    # The slots of the last completed switch (applied.json).
     applied: tuple[str, ...]
     applied_present: bool
     stray: tuple[str, ...]
     served: tuple[str, ...] | None = None
 
 
-def read_files(folder: Path) -> ProxyFiles:
+def read_files(folder: Path, sockets: Path | None = None) -> ProxyFiles:
+    """The proxy folder (`folder`) and the sockets folder beside it."""
     folder = Path(folder)
-    config_path = folder / PROXY_CONFIG_FILE
+    sockets = Path(sockets) if sockets is not None else folder.parent / "sockets"
+    config: tuple[str, ...] = ()
+    present = False
     try:
-        config = parse_upstreams(config_path.read_text(encoding="utf-8"))
+        text = (folder / PROXY_CONFIG_FILE).read_text(encoding="utf-8")
         present = True
+        count = parse_slot_count(text)
+        config = read_slots(sockets, count) if count else parse_upstreams(text)
     except (FileNotFoundError, UnicodeDecodeError):
-        config, present = (), False
+        pass
     applied: tuple[str, ...] = ()
     applied_present = False
     served: tuple[str, ...] | None = None
     try:
         data = json.loads((folder / APPLIED_FILE).read_text(encoding="utf-8"))
-        applied = tuple(str(n) for n in data.get("upstreams", []))
+        applied = tuple(str(n) for n in data.get("slots", data.get("upstreams", [])))
         applied_present = True
         if isinstance(data.get("served"), list):
             served = tuple(str(n) for n in data["served"])
@@ -87,25 +161,36 @@ def read_files(folder: Path) -> ProxyFiles:
         for entry in sorted(folder.iterdir()):
             if entry.name == CANDIDATE_FILE or (entry.name.startswith(".") and entry.name.endswith(".tmp")):
                 stray.append(entry.name)
+    if sockets.is_dir():
+        for entry in sorted(sockets.iterdir()):
+            if entry.name.startswith("slot-") and entry.name.endswith(".tmp"):
+                stray.append(entry.name)
     return ProxyFiles(config, present, applied, applied_present, tuple(stray), served)
 
 
-def _established_on(tcp_tables: str, port: int) -> int:
-    """Established TCP connections whose local port is `port`, from /proc/net/tcp{,6} text."""
-    count = 0
-    wanted = f"{port:04X}"
-    for line in tcp_tables.splitlines():
-        fields = line.split()
-        if len(fields) < 4 or ":" not in fields[1]:
-            continue
-        local_port = fields[1].rsplit(":", 1)[1]
-        if local_port == wanted and fields[3] == "01":
-            count += 1
-    return count
+@contextlib.contextmanager
+def short_folder(folder: Path) -> Iterator[str]:
+    """A name for `folder` short enough for a Unix socket address (at most 107 bytes in all): the
+    folder itself, or /proc/self/fd/<n> of an open handle on it when its path is long."""
+    if len(os.fsencode(str(folder))) <= 70:
+        yield str(folder)
+        return
+    fd = os.open(folder, os.O_PATH | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}"
+    finally:
+        os.close(fd)
+
+
+def _is_socket(path: Path) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 class ProxyController:
-    """Switches the proxy's upstreams. `backend` is the DockerBackend (or a fake in tests)."""
+    """Switches the proxy's slots. `backend` is the DockerBackend (or a fake in tests)."""
 
     def __init__(
         self,
@@ -119,29 +204,56 @@ class ProxyController:
         self.backend = backend
         self.config = config
         self.folder = proxy_dir(config)
+        self.sockets = sockets_dir(config)
         self.name = proxy_name(config.project)
         self.clock = clock
         self.sleep = sleep
         self.verify_url = verify_url or f"http://127.0.0.1:{config.ports.http}{config.healthcheck.liveness_path}"
-        # Worker pids of the generation the last switch retired; the drain waits for them.
-        self.retired_workers: set[int] = set()
+        # How many times this controller reloaded nginx (only slot-count or config changes do).
+        self.reloads = 0
 
     # -- files ---------------------------------------------------------------------------------
-    def render(self, names: tuple[str, ...]) -> str:
+    def ensure_folders(self) -> None:
+        """The proxy folder, and the sockets folder writable by the backends' user (uid 1000):
+        created here, before a container bind-mounts it (the engine would create it root-owned)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.sockets.mkdir(parents=True, exist_ok=True)
+        if stat.S_IMODE(self.sockets.stat().st_mode) != SOCKETS_MODE:
+            os.chmod(self.sockets, SOCKETS_MODE)
+
+    def render(self, count: int) -> str:
         from flashfit_ops.render import render_nginx
 
-        return render_nginx(self.config, [upstream_of(n, BACKEND_PORT) for n in names], tls=self.config.tls.enabled)
+        return render_nginx(self.config, [slot_address(n) for n in range(1, count + 1)], tls=self.config.tls.enabled, keepalive=False)
 
-    def write_live(self, names: tuple[str, ...]) -> None:
-        """Write nginx.conf directly (the proxy is not running yet: nothing to test it in)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.folder / PROXY_CONFIG_FILE, self.render(names))
+    def slots(self) -> tuple[str, ...]:
+        """What the slots nginx.conf lists point to now."""
+        return read_files(self.folder, self.sockets).config
 
-    def record_applied(self, names: tuple[str, ...]) -> None:
+    def link(self, slot: int, name: str) -> None:
+        """Point `slot` at container `name`: a new link renamed over the old one (atomic)."""
+        path = self.sockets / slot_socket(slot)
+        tmp = self.sockets / f"{slot_socket(slot)}.tmp"
+        tmp.unlink(missing_ok=True)
+        os.symlink(backend_socket(name), tmp)
+        os.replace(tmp, path)
+
+    def write_live(self, slots: tuple[str, ...]) -> None:
+        """Link the slots and write nginx.conf directly (the proxy is not running yet)."""
+        if not slots:
+            raise OperationFailed("refusing to start the proxy with no replica slots")
+        self.ensure_folders()
+        for n, name in enumerate(slots, start=1):
+            self.link(n, name)
+        self._drop_slots_after(len(slots))
+        fsync_dir(self.sockets)
+        atomic_write_text(self.folder / PROXY_CONFIG_FILE, self.render(len(slots)))
+
+    def record_applied(self, slots: tuple[str, ...]) -> None:
         text = (self.folder / PROXY_CONFIG_FILE).read_bytes()
-        served = [n for n in (read_files(self.folder).served or ()) if n not in names] + list(names)
+        served = [n for n in (read_files(self.folder, self.sockets).served or ()) if n not in slots] + list(slots)
         record = {
-            "upstreams": list(names),
+            "slots": list(slots),
             "served": served[-SERVED_KEPT:],
             "config_sha256": hashlib.sha256(text).hexdigest(),
             "applied_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -150,10 +262,23 @@ class ProxyController:
 
     def clean(self, files: tuple[str, ...]) -> None:
         for name in files:
+            folder = self.sockets if name.startswith("slot-") else self.folder
             try:
-                (self.folder / name).unlink()
+                (folder / name).unlink()
             except FileNotFoundError:
                 pass
+
+    def forget(self, container: str) -> None:
+        """Remove a removed container's socket file (a clean exit removes it already)."""
+        try:
+            (self.sockets / backend_socket(container)).unlink()
+        except FileNotFoundError:
+            pass
+
+    def _drop_slots_after(self, count: int) -> None:
+        for slot in slot_links(self.sockets):
+            if slot > count:
+                (self.sockets / slot_socket(slot)).unlink(missing_ok=True)
 
     # -- nginx -----------------------------------------------------------------------------------
     def test_config(self, file_name: str) -> None:
@@ -172,28 +297,51 @@ class ProxyController:
     def workers(self) -> dict[int, str]:
         return {pid: cmd.strip() for pid, cmd in self.backend.processes(self.name) if cmd.strip().startswith(WORKER)}
 
-    def switch(self, names: tuple[str, ...]) -> None:
-        """Send traffic to `names`. Returns once a new worker generation serves them."""
-        if not names:
-            raise OperationFailed("refusing to switch the proxy to an empty set of upstreams")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        candidate = self.folder / CANDIDATE_FILE
-        atomic_write_text(candidate, self.render(names))
+    def switch(self, slots: tuple[str, ...], versions: dict[str, str] | None = None, *, force_reload: bool = False) -> None:
+        """Point slot n at slots[n-1]. nginx is reloaded only when nginx.conf must change, or with
+        `force_reload` (a restore, after every backend was down: new workers forget the slots
+        that max_fails marked as failed, instead of answering 502 until fail_timeout passes).
+        `versions` ({container: version}) are checked through each slot and the proxy."""
+        if not slots:
+            raise OperationFailed("refusing to switch the proxy to no replica slots")
+        self.ensure_folders()
+        missing = [n for n in dict.fromkeys(slots) if not _is_socket(self.sockets / backend_socket(n))]
+        if missing:
+            raise OperationFailed(
+                f"{', '.join(missing)} does not listen on {SOCKET_DIR}/<container>.sock; traffic stays where it was",
+                hint="the image must serve on $FLASHFIT_SOCKET as well as on port 8080 (images built before the socket "
+                "switch do not): deploy a newer build",
+            )
         try:
-            self.test_config(CANDIDATE_FILE)
-        except BaseException:
-            candidate.unlink(missing_ok=True)
-            raise
-        before = {pid for pid, cmd in self.workers().items() if cmd == WORKER}
-        os.replace(candidate, self.folder / PROXY_CONFIG_FILE)
-        fsync_dir(self.folder)
-        code, output = self.backend.exec(self.name, ["nginx", "-s", "reload", "-c", f"{PROXY_CONFIG_DIR}/{PROXY_CONFIG_FILE}"])
-        if code != 0:
-            raise OperationFailed("nginx refused to reload", details={"nginx": output.strip()[-2000:]})
-        self._wait_new_generation(before)
-        self.retired_workers = before
-        self.verify()
-        self.record_applied(names)
+            live_text: str | None = (self.folder / PROXY_CONFIG_FILE).read_text(encoding="utf-8")
+        except (FileNotFoundError, UnicodeDecodeError):
+            live_text = None
+        wanted = self.render(len(slots))
+        reload = force_reload or live_text != wanted
+        candidate = self.folder / CANDIDATE_FILE
+        if reload:
+            atomic_write_text(candidate, wanted)
+            try:
+                self.test_config(CANDIDATE_FILE)
+            except BaseException:
+                candidate.unlink(missing_ok=True)
+                raise
+        for n, name in enumerate(slots, start=1):
+            if slot_target(self.sockets, n) != name:
+                self.link(n, name)
+        fsync_dir(self.sockets)
+        if reload:
+            before = {pid for pid, cmd in self.workers().items() if cmd == WORKER}
+            os.replace(candidate, self.folder / PROXY_CONFIG_FILE)
+            fsync_dir(self.folder)
+            code, output = self.backend.exec(self.name, ["nginx", "-s", "reload", "-c", f"{PROXY_CONFIG_DIR}/{PROXY_CONFIG_FILE}"])
+            if code != 0:
+                raise OperationFailed("nginx refused to reload", details={"nginx": output.strip()[-2000:]})
+            self._wait_new_generation(before)
+            self.reloads += 1
+        self._drop_slots_after(len(slots))
+        self.verify(slots, versions or {})
+        self.record_applied(slots)
 
     def _wait_new_generation(self, before: set[int], timeout: float = 15.0) -> None:
         deadline = self.clock() + timeout
@@ -211,66 +359,70 @@ class ProxyController:
             self.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    def verify(self, timeout: float = 10.0) -> None:
-        """A request through the proxy on a fresh connection: served by the new generation, since
-        the old one closed its listening sockets when it began shutting down."""
+    def verify(self, slots: tuple[str, ...], versions: dict[str, str], timeout: float = 10.0) -> None:
+        """A request through every slot link (it reaches the container it should, which answers
+        with its version), then one through the proxy on a fresh connection."""
         import httpx
 
+        path = self.config.healthcheck.liveness_path
         deadline = self.clock() + timeout
+        pending = list(enumerate(slots, start=1))
         last = ""
         while True:
-            try:
-                response = httpx.get(self.verify_url, timeout=2.0, headers={"Connection": "close"})
-                if 200 <= response.status_code < 300:
+            while pending:
+                n, name = pending[0]
+                with short_folder(self.sockets) as folder:
+                    problem = _check(
+                        lambda: httpx.Client(transport=httpx.HTTPTransport(uds=f"{folder}/{slot_socket(n)}"), timeout=2.0),
+                        f"http://slot-{n}{path}",
+                        versions.get(name),
+                    )
+                if problem:
+                    last = f"slot-{n} -> {name}: {problem}"
+                    break
+                pending.pop(0)
+            if not pending:
+                only = versions.get(slots[0]) if len(set(slots)) == 1 else None
+                problem = _check(lambda: httpx.Client(timeout=2.0, headers={"Connection": "close"}), self.verify_url, only)
+                if not problem:
                     return
-                last = f"HTTP {response.status_code}"
-            except httpx.HTTPError as error:
-                last = type(error).__name__
+                last = f"{self.verify_url}: {problem}"
             if self.clock() >= deadline:
-                raise OperationFailed(f"the proxy does not serve {self.verify_url} after the switch ({last})")
+                raise OperationFailed(f"the proxy does not serve the new slots after the switch ({last})")
             self.sleep(0.05)
 
     def wait_serving(self, timeout: float = 20.0) -> None:
-        self.verify(timeout)
+        self.verify_proxy(timeout)
 
-    # -- drain -----------------------------------------------------------------------------------
-    def connections(self, container: str) -> int | None:
-        """Established connections to the backend port inside `container`; None when unknown."""
-        try:
-            code, output = self.backend.exec(container, ["cat", "/proc/net/tcp", "/proc/net/tcp6"])
-        except Exception:
-            return None
-        if code not in (0, 1) or "sl" not in output:
-            return None
-        return _established_on(output, BACKEND_PORT)
+    def verify_proxy(self, timeout: float) -> None:
+        import httpx
 
-    def drain(self, names: tuple[str, ...], timeout: float, on_status: Callable[[str], None] | None = None) -> dict:
-        """Wait until the retired nginx workers exited and `names` have no connections, or timeout."""
-        start = self.clock()
-        retired = set(self.retired_workers)
-        delay = 0.02
+        deadline = self.clock() + timeout
         while True:
-            waiting_for = []
-            if retired:
-                alive = retired & set(self.workers())
-                if alive:
-                    waiting_for.append(f"{len(alive)} old nginx worker(s)")
-                else:
-                    retired = set()
-            if not retired:
-                busy = {n: c for n in names if (c := self.connections(n))}
-                if busy:
-                    waiting_for.append(", ".join(f"{n}: {c} connection(s)" for n, c in busy.items()))
-            elapsed = self.clock() - start
-            if not waiting_for:
-                return {"drained": True, "seconds": round(elapsed, 3)}
-            if elapsed >= timeout:
-                return {"drained": False, "seconds": round(elapsed, 3), "waiting_for": waiting_for}
-            if on_status:
-                on_status(f"draining: {'; '.join(waiting_for)}")
-            self.sleep(min(delay, max(0.0, timeout - elapsed)))
-            delay = min(delay * 2, 0.2)
+            problem = _check(lambda: httpx.Client(timeout=2.0, headers={"Connection": "close"}), self.verify_url, None)
+            if not problem:
+                return
+            if self.clock() >= deadline:
+                raise OperationFailed(f"the proxy does not serve {self.verify_url} ({problem})")
+            self.sleep(0.05)
 
 
-def upstream_names(upstreams: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(name_of_upstream(u) for u in upstreams)
+def _check(make_client: Callable, url: str, version: str | None) -> str | None:
+    """None when `url` answers 2xx (with `version`, when given); else what was wrong."""
+    import httpx
+
+    try:
+        with make_client() as client:
+            response = client.get(url)
+    except httpx.HTTPError as error:
+        return type(error).__name__
+    if not 200 <= response.status_code < 300:
+        return f"HTTP {response.status_code}"
+    if version is not None:
+        try:
+            served = response.json().get("version")
+        except (ValueError, AttributeError):
+            served = None
+        if served != version:
+            return f"serves version {served!r}, not {version!r}"
+    return None

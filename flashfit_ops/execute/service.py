@@ -458,6 +458,8 @@ def status(config: Config, *, repair: bool = True) -> dict[str, Any]:
         "proxy": {
             "name": observed.proxy.name,
             "state": observed.proxy.state,
+            # What each replica slot links to now, and the slots of the last completed switch.
+            "slots": {f"slot-{n}": name for n, name in enumerate(observed.proxy.config, start=1)},
             "upstreams": list(observed.proxy.applied),
             "config_consistent": observed.proxy.consistent,
         },

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from flashfit_ops.config.model import Config
 from flashfit_ops.plan.common import (
-    STOP_TIMEOUT,
     Target,
     backend_spec,
     base_steps,
@@ -15,7 +14,7 @@ from flashfit_ops.plan.common import (
     traffic_step,
 )
 from flashfit_ops.plan.observed import Observed
-from flashfit_ops.plan.steps import Drain, Monitor, RemoveContainer, StartContainer, Step, StopContainer, WaitReady
+from flashfit_ops.plan.steps import Drain, Monitor, RemoveContainer, StartContainer, Step, WaitReady
 
 
 def idle_color(observed: Observed) -> str:
@@ -42,7 +41,6 @@ def replace_all(config: Config, observed: Observed, target: Target, *, keep_old:
     steps.append(traffic_step(config, view.proxy.running and bool(old), new, old))
     if old:
         steps.append(Drain(names=old, timeout=config.deploy.drain_timeout))
-        steps += [StopContainer(name, timeout=STOP_TIMEOUT) for name in old]
     if config.deploy.monitor_window > 0:
         steps.append(Monitor(names=new, window=config.deploy.monitor_window))
     steps += retention_cleanup(view, keep=set(old) if keep_old else set())

@@ -21,7 +21,6 @@ from flashfit_ops.plan.steps import (
     ProxySpec,
     RemoveContainer,
     Step,
-    StopContainer,
     SwitchUpstreams,
 )
 
@@ -39,6 +38,10 @@ BACKEND_PORT = 8080
 # rename of that file is seen (a single-file bind mount would keep the old inode).
 PROXY_CONFIG_DIR = "/etc/flashfit"
 PROXY_CONFIG_FILE = "nginx.conf"
+# The folder shared by the backends and the proxy (.flashfit/sockets on the host). Each backend
+# listens on <container>.sock in it; nginx's upstream lists slot-<n>.sock, links to those sockets:
+# a switch renames a link (no nginx reload), see flashfit_ops/execute/proxy.py.
+SOCKET_DIR = "/run/flashfit"
 STATE_DIR = ".flashfit"
 # How long `docker stop` waits for a graceful exit before SIGKILL.
 STOP_TIMEOUT = 10.0
@@ -84,6 +87,20 @@ def proxy_dir(config: Config) -> Path:
     return state_dir(config) / "proxy"
 
 
+def sockets_dir(config: Config) -> Path:
+    return state_dir(config) / "sockets"
+
+
+def backend_socket(name: str) -> str:
+    """The file name of a backend container's Unix socket in the sockets folder."""
+    return f"{name}.sock"
+
+
+def slot_socket(slot: int) -> str:
+    """The file name of replica slot `slot` (1-based) in the sockets folder."""
+    return f"slot-{slot}.sock"
+
+
 def is_host_path(source: str) -> bool:
     return source.startswith(("/", "."))
 
@@ -118,11 +135,13 @@ def backend_spec(config: Config, target: Target, color: str, replica: int) -> Co
             LABEL_DEPLOY: target.deploy_id,
         }
     )
+    name = backend_name(config.project, color, replica, target.deploy_id)
     env = config.server.environment.as_env()
     env["APP_VERSION"] = target.version
+    env["FLASHFIT_SOCKET"] = f"{SOCKET_DIR}/{backend_socket(name)}"
     limits = config.resources.limits
     return ContainerSpec(
-        name=backend_name(config.project, color, replica, target.deploy_id),
+        name=name,
         image=image_ref(config, target.version),
         color=color,
         version=target.version,
@@ -131,7 +150,7 @@ def backend_spec(config: Config, target: Target, color: str, replica: int) -> Co
         network=config.network_name,
         labels=dict(sorted(labels.items())),
         env=dict(sorted(env.items())),
-        mounts=backend_mounts(config),
+        mounts=(*backend_mounts(config), Mount(str(sockets_dir(config)), SOCKET_DIR, "bind")),
         memory=limits.memory,
         cpus=limits.cpus,
         port=BACKEND_PORT,
@@ -152,6 +171,7 @@ def proxy_spec(config: Config) -> ProxySpec:
         image=config.services.nginx.image,
         network=config.network_name,
         config_dir=str(proxy_dir(config)),
+        sockets_dir=str(sockets_dir(config)),
         http_port=config.ports.http,
         https_port=config.ports.https if config.tls.enabled else None,
         tls_files=tuple(tls_files),
@@ -172,19 +192,19 @@ def upstreams(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
 
 
 def traffic_step(config: Config, proxy_running: bool, new: tuple[str, ...], previous: tuple[str, ...]) -> Step:
-    """Send traffic to `new`: a switch when the proxy runs, else start the proxy on `new`."""
+    """Point slot n at new[n-1]: a switch when the proxy runs, else start the proxy on `new`."""
     if proxy_running:
-        return SwitchUpstreams(upstreams=new, previous=previous)
-    return EnsureProxy(spec=proxy_spec(config), upstreams=new)
+        return SwitchUpstreams(slots=new, previous=previous)
+    return EnsureProxy(spec=proxy_spec(config), slots=new)
 
 
 def leftovers(config: Config, observed: Observed) -> tuple[list[Step], Observed]:
     """Steps that repair what an interrupted deploy left, and the state as it will be after them.
 
-    - temporary files in the proxy folder: removed;
-    - nginx.conf differs from what nginx last applied (a crash mid-switch): back to the applied
-      upstreams while they run (else forward to the ones in nginx.conf); live containers that died
-      are dropped from the upstreams; nothing is stopped before that switch;
+    - temporary files in the proxy and sockets folders: removed;
+    - the slot links differ from the last completed switch (applied.json; a crash mid-switch):
+      back to the applied containers while they run (else forward to the ones the links name);
+      live containers that died are dropped from the slots; nothing is stopped before that switch;
     - containers of a deploy that never switched (newer than everything live): removed;
     - containers of an older generation still running (a crash while draining): drained, stopped
       and kept, as a finished deploy would have done.
@@ -204,7 +224,7 @@ def leftovers(config: Config, observed: Observed) -> tuple[list[Step], Observed]
     if proxy.config != proxy.applied and not applied_running and config_running:
         live = config_running
     if proxy.running and live and (live != proxy.applied or proxy.config != proxy.applied):
-        steps.append(SwitchUpstreams(upstreams=live, previous=live))
+        steps.append(SwitchUpstreams(slots=live, previous=live))
     known = [observed.by_name(n) for n in (*proxy.applied, *live)]
     newest_live = max((c.deploy_id for c in known if c is not None), default="")
     served = set(proxy.served or ()) | set(live)
@@ -230,7 +250,6 @@ def leftovers(config: Config, observed: Observed) -> tuple[list[Step], Observed]
             remaining.append(container)
     if lingering:
         steps.append(Drain(names=tuple(lingering), timeout=config.deploy.drain_timeout))
-        steps.extend(StopContainer(name, timeout=STOP_TIMEOUT) for name in lingering)
     view = dataclasses.replace(
         observed,
         containers=tuple(remaining),

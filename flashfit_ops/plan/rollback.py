@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flashfit_ops.config.model import Config
-from flashfit_ops.plan.common import STOP_TIMEOUT, base_steps, leftovers, retained_generations, retention_cleanup, traffic_step
+from flashfit_ops.plan.common import base_steps, leftovers, retained_generations, retention_cleanup, traffic_step
 from flashfit_ops.plan.observed import Observed
-from flashfit_ops.plan.steps import Drain, Monitor, RestartContainer, Step, StopContainer, WaitReady
+from flashfit_ops.plan.steps import Drain, Monitor, RestartContainer, Step, WaitReady
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,6 @@ def plan_restart(config: Config, observed: Observed, version: str) -> list[Step]
     steps.append(traffic_step(config, view.proxy.running and bool(old), names, old))
     if old:
         steps.append(Drain(names=old, timeout=config.deploy.drain_timeout))
-        steps += [StopContainer(name, timeout=STOP_TIMEOUT) for name in old]
     if config.deploy.monitor_window > 0:
         steps.append(Monitor(names=names, window=config.deploy.monitor_window))
     steps += retention_cleanup(view, keep=set(old) | set(names))

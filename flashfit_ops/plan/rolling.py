@@ -1,13 +1,12 @@
 """Rolling: N replicas behind nginx, replaced `parallelism` at a time. Each batch of new replicas
-is started, gated and added to the upstreams in the same switch that takes the old ones out; the
-old ones are then drained and stopped. They are removed after the monitor window. Pure."""
+is started, gated, and takes over the old ones' slots in one switch; the old ones are then drained
+(and stopped). They are removed after the monitor window. Pure."""
 
 from __future__ import annotations
 
 from flashfit_ops.config.model import Config
 from flashfit_ops.plan.blue_green import idle_color
 from flashfit_ops.plan.common import (
-    STOP_TIMEOUT,
     Target,
     backend_spec,
     base_steps,
@@ -16,18 +15,18 @@ from flashfit_ops.plan.common import (
     traffic_step,
 )
 from flashfit_ops.plan.observed import Observed
-from flashfit_ops.plan.steps import Drain, Monitor, RemoveContainer, StartContainer, Step, StopContainer, WaitReady
+from flashfit_ops.plan.steps import Drain, Monitor, RemoveContainer, StartContainer, Step, WaitReady
 
 
 def plan(config: Config, observed: Observed, target: Target) -> list[Step]:
     steps, view = leftovers(config, observed)
     steps += base_steps(config, view)
     color = idle_color(view)
-    old = list(view.live)  # sorted by replica index
+    old = list(view.live)  # sorted by replica index: slot n serves old[n-1]
     count = target.replicas
     batch = config.deploy.parallelism
     proxy_running = view.proxy.running and bool(old)
-    current = tuple(c.name for c in old)
+    current = [c.name for c in old]
     new_all: list[str] = []
     if not old:
         # Nothing serves yet: no traffic to protect, so everything comes up at once.
@@ -41,14 +40,21 @@ def plan(config: Config, observed: Observed, target: Target) -> list[Step]:
         steps += [StartContainer(spec) for spec in specs]
         if names:
             steps.append(WaitReady(names=names, deadline=config.deploy.deadline))
-        upstreams = tuple(n for n in current if n not in out) + names
-        steps.append(traffic_step(config, proxy_running, upstreams, current))
+        previous = tuple(current)
+        # Slot i+1 goes to the new replica i+1 (a new slot past the old count); slots past the
+        # target count are the last ones, and are dropped.
+        for i in indices:
+            if i < count:
+                if i < len(current):
+                    current[i] = backend_spec(config, target, color, i + 1).name
+                else:
+                    current.append(backend_spec(config, target, color, i + 1).name)
+        current = [n for n in current if n not in out]
+        steps.append(traffic_step(config, proxy_running, tuple(current), previous))
         proxy_running = True
-        current = upstreams
         new_all += names
         if out:
             steps.append(Drain(names=out, timeout=config.deploy.drain_timeout))
-            steps += [StopContainer(name, timeout=STOP_TIMEOUT) for name in out]
     if config.deploy.monitor_window > 0 and new_all:
         steps.append(Monitor(names=tuple(new_all), window=config.deploy.monitor_window))
     steps += retention_cleanup(view, keep=set())

@@ -44,6 +44,7 @@ class ProxySpec:
     network: str
     config_dir: str  # host folder mounted at /etc/flashfit in the proxy
     http_port: int
+    sockets_dir: str = ""  # host folder of the backends' and slots' Unix sockets, at /run/flashfit
     https_port: int | None = None
     tls_files: tuple[Mount, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
@@ -136,46 +137,55 @@ class WaitReady(Step):
         return f"wait until ready (deadline {self.deadline:g}s): {', '.join(self.names)}"
 
 
+def describe_slots(slots: tuple[str, ...]) -> str:
+    return ", ".join(f"slot-{i} -> {name}" for i, name in enumerate(slots, start=1)) or "nothing"
+
+
 @dataclass(frozen=True)
 class EnsureProxy(Step):
-    """Create (or start) the proxy serving `upstreams`; a no-op when it already runs."""
+    """Create (or start) the proxy with one replica slot per entry of `slots` (slot n -> the
+    container slots[n-1]); when it already runs, the same as a switch to `slots`."""
 
     kind: ClassVar[str] = "ensure_proxy"
     spec: ProxySpec
-    upstreams: tuple[str, ...]
+    slots: tuple[str, ...]
 
     def describe(self) -> str:
-        return f"start proxy {self.spec.name} on port {self.spec.http_port} -> {', '.join(self.upstreams)}"
+        return f"start proxy {self.spec.name} on port {self.spec.http_port}: {describe_slots(self.slots)}"
 
 
 @dataclass(frozen=True)
 class SwitchUpstreams(Step):
-    """Render nginx.conf for `upstreams`, write it atomically, nginx -t, reload, verify.
-    Undone by switching back to `previous`."""
+    """Point replica slot n at the container slots[n-1]: an atomic rename of the slot's link in the
+    sockets folder (nginx is reloaded only when the slot count or its config changes), then a
+    request through the proxy. Undone by switching back to `previous`."""
 
     kind: ClassVar[str] = "switch_upstreams"
-    upstreams: tuple[str, ...]
+    slots: tuple[str, ...]
     previous: tuple[str, ...]
 
     def describe(self) -> str:
-        return f"switch traffic to {', '.join(self.upstreams)} (from {', '.join(self.previous) or 'nothing'})"
+        return f"switch traffic: {describe_slots(self.slots)} (from {', '.join(self.previous) or 'nothing'})"
 
 
 @dataclass(frozen=True)
 class Drain(Step):
-    """Wait until the old containers have no connections left (or the timeout)."""
+    """The old containers no longer get new connections (no slot points at them): SIGTERM each,
+    let it finish its in-flight requests for up to `timeout` seconds (then it is killed), and keep
+    it, stopped. Undone by starting it again and gating it."""
 
     kind: ClassVar[str] = "drain"
     names: tuple[str, ...]
     timeout: float
 
     def describe(self) -> str:
-        return f"drain {', '.join(self.names)} (up to {self.timeout:g}s)"
+        return f"drain and stop {', '.join(self.names)} (grace up to {self.timeout:g}s)"
 
 
 @dataclass(frozen=True)
 class StopContainer(Step):
-    """Stop a container (kept, so it can be started again). Undone by starting it and gating it."""
+    """Stop a container (kept, so it can be started again). Undone by starting it and gating it.
+    Plans stop containers that served through Drain; this is for anything else."""
 
     kind: ClassVar[str] = "stop_container"
     name: str

@@ -7,7 +7,7 @@ from typing import Any
 
 from flashfit_ops.doctor import nginxconf
 from flashfit_ops.doctor.context import DoctorContext, attrs_of, labels_of, state_of, LABEL_COLOR
-from flashfit_ops.doctor.observed import deploy_observed, match_backend, proxy_config_text
+from flashfit_ops.doctor.observed import deploy_observed, match_backend, proxy_config_text, slot_links
 from flashfit_ops.doctor.registry import check
 from flashfit_ops.doctor.result import FAILURE, OK, WARNING, Finding, combine, failure, ok
 
@@ -62,9 +62,11 @@ def evaluate_upstream(
     servers: dict[str, list[str]],
     backends: list[Any],
     applied: tuple[str, ...] | None,
+    slots: dict[str, str] | None = None,
 ) -> Finding:
     """Every upstream server must be a running backend of the project; every running backend
-    should be in the upstream; the upstream should be what the deploy engine last applied."""
+    should be in the upstream; the upstream should be what the deploy engine last applied.
+    `slots`: {unix:/run/flashfit/slot-<n>.sock: container} for a deploy's replica slots."""
     parts: list[tuple[str, str, str | None]] = []
     routed: list[str] = []
     colors: set[str] = set()
@@ -73,11 +75,17 @@ def evaluate_upstream(
         return failure("the proxy config has no upstream servers", "`flashfit deploy` re-renders the proxy config")
     for upstream, addresses in servers.items():
         for address in addresses:
-            container = match_backend(address, backends)
+            container = match_backend(address, backends, slots)
             if container is None:
                 rows.append({"upstream": upstream, "server": address, "backend": None})
-                parts.append((FAILURE, f"upstream {address} is not a backend of this project",
-                              "`flashfit deploy` re-renders nginx.conf for the live backends"))
+                if slots is not None and address.startswith("unix:"):
+                    target = slots.get(address)
+                    what = f"points at {target}, which is not a backend of this project" if target else "is not linked to a backend"
+                    parts.append((FAILURE, f"slot {address.rsplit('/', 1)[-1]} {what}",
+                                  "`flashfit deploy` (or `flashfit status`, which repairs) links every slot to a live backend"))
+                else:
+                    parts.append((FAILURE, f"upstream {address} is not a backend of this project",
+                                  "`flashfit deploy` re-renders nginx.conf for the live backends"))
                 continue
             rows.append({"upstream": upstream, "server": address, "backend": container.name,
                          "state": state_of(container)})
@@ -95,7 +103,12 @@ def evaluate_upstream(
                       f"{', '.join(applied)}", "a switch was interrupted: `flashfit deploy` repairs it"))
     color = ", ".join(sorted(colors)) or "?"
     details = {"servers": rows, "live_color": color, "idle_running": idle, "applied": list(applied or [])}
-    return combine(parts, f"routes to {', '.join(routed)} (color {color})", **details)
+    routes = [
+        f"{row['server'].rsplit('/', 1)[-1].removesuffix('.sock')} -> {row['backend']}" if row["server"].startswith("unix:") else row["backend"]
+        for row in rows
+        if row["backend"]
+    ]
+    return combine(parts, f"routes to {', '.join(routes)} (color {color})", **details)
 
 
 def running_upstreams(ctx: DoctorContext, proxy: Any) -> tuple[dict[str, list[str]], str]:
@@ -118,6 +131,6 @@ def upstream(ctx: DoctorContext) -> Finding:
     servers, source = running_upstreams(ctx, proxy)
     observed = deploy_observed(ctx)
     applied = tuple(getattr(getattr(observed, "proxy", None), "applied", ()) or ()) if observed is not None else None
-    finding = evaluate_upstream(servers, ctx.backends(), applied)
+    finding = evaluate_upstream(servers, ctx.backends(), applied, slot_links(ctx))
     finding.details["source"] = source
     return finding

@@ -33,11 +33,14 @@ def test_blue_green_deploy_rollback_status_history(project) -> None:
     assert project.served_version() == "v1"
     assert project.get("/ready").status_code == 200
 
-    with Load(project.url + "/health", threads=4, keep_alive=False) as load:
+    with Load(project.url + "/health", threads=4) as load:  # keep-alive clients
         second = project.flashfit("deploy", "--version", "v2", "--json")
     assert second.code == 0, second.stderr
     assert load.errors == [] and load.non_2xx == 0 and load.ok > 0
     assert second.json()["live_color"] == "green"
+    assert second.json()["execution"]["reloads"] == 0  # the switch renamed a slot link; nginx kept running
+    slot = project.root / ".flashfit" / "sockets" / "slot-1.sock"
+    assert slot.is_symlink() and slot.readlink().name == f"{second.json()['live'][0]}.sock"
     assert project.served_version() == "v2"
     # blue is kept, stopped, for a fast rollback
     assert [c.status for c in project.backends(color="blue")] == ["exited"]
@@ -48,7 +51,7 @@ def test_blue_green_deploy_rollback_status_history(project) -> None:
     assert [v["version"] for v in listed.json()["versions"]] == ["v1"]
     assert listed.json()["versions"][0]["how"] == "restart retained containers"
 
-    with Load(project.url + "/health", threads=4, keep_alive=False) as load:
+    with Load(project.url + "/health", threads=4) as load:  # keep-alive clients
         back = project.flashfit("rollback", "v1", "--json")
     assert back.code == 0, back.stderr
     assert load.errors == [] and load.non_2xx == 0
@@ -63,6 +66,7 @@ def test_blue_green_deploy_rollback_status_history(project) -> None:
     assert doc["serving"] and doc["live_version"] == "v1" and doc["live_color"] == "blue"
     assert doc["url"] == f"http://127.0.0.1:{project.http_port}/"
     assert doc["proxy"]["state"] == "running" and doc["proxy"]["config_consistent"]
+    assert doc["proxy"]["slots"] == {"slot-1": project.backends(version="v1")[0].name}
     assert {c["version"]: c["ready"] for c in doc["containers"]} == {"v1": True, "v2": False}
     assert doc["leftovers"] == [] and doc["lock"]["held"] is False
 

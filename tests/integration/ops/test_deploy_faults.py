@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from flashfit_ops.execute.proxy import parse_upstreams
+import os
+
+from flashfit_ops.execute.proxy import read_files, slot_target
 from tests.integration.ops.fake_backend.harness import Load, fake_image, make_project, wait_on_condition
 
 pytestmark = pytest.mark.integration
@@ -51,7 +53,7 @@ def deploy_v1(project) -> None:
 
 def test_never_ready_version_is_rolled_back_and_old_keeps_serving(project) -> None:
     deploy_v1(project)
-    with Load(project.url + "/health", keep_alive=False) as load:
+    with Load(project.url + "/health") as load:  # keep-alive clients
         result = project.flashfit("deploy", "--version", "never")
     assert result.code == 1
     assert "did not become ready" in result.stderr
@@ -144,21 +146,24 @@ def test_sigkill_after_the_switch_leaves_the_new_version_serving(project) -> Non
     assert project.served_version() == "v2"
 
 
-def test_sigkill_between_rename_and_reload_is_repaired(project) -> None:
-    """Simulate the narrowest crash: nginx.conf already names a new container that never took
-    traffic (the process died before the reload). Status goes back to what nginx applied."""
+def test_sigkill_between_link_rename_and_record_is_repaired(project) -> None:
+    """Simulate the narrowest crash: slot-1 already links to a new container that is not recorded
+    as applied (the process died before the record), and a half-made link is left. Status goes
+    back to what applied.json records."""
     deploy_v1(project)
-    proxy_dir = project.root / ".flashfit" / "proxy"
-    applied = (proxy_dir / "nginx.conf").read_text()
-    live = parse_upstreams(applied)[0]
-    (proxy_dir / "nginx.conf").write_text(applied.replace(live, f"{project.name}-backend-green-1-29990101000000000aa"))
-    (proxy_dir / ".nginx.conf.crash.tmp").write_text("half")
+    sockets = project.root / ".flashfit" / "sockets"
+    live = slot_target(sockets, 1)
+    assert live and live.startswith(f"{project.name}-backend-blue-1-")
+    (sockets / "slot-1.sock").unlink()
+    os.symlink(f"{project.name}-backend-green-1-29990101000000000aa.sock", sockets / "slot-1.sock")
+    os.symlink(f"{live}.sock", sockets / "slot-1.sock.tmp")
     status = project.flashfit("status", "--json")
     assert status.code == 0, status.stderr
     doc = status.json()
     assert doc["repaired"] and doc["proxy"]["config_consistent"] and doc["serving"]
-    assert parse_upstreams((proxy_dir / "nginx.conf").read_text()) == (live,)
-    assert not (proxy_dir / ".nginx.conf.crash.tmp").exists()
+    assert slot_target(sockets, 1) == live and doc["proxy"]["slots"] == {"slot-1": live}
+    assert not (sockets / "slot-1.sock.tmp").exists() and read_files(project.root / ".flashfit" / "proxy").stray == ()
+    assert project.served_version() == "v1"
 
 
 def test_invalid_proxy_config_is_rewritten(project) -> None:

@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[3]
 NGINX_IMAGE = "flashfit/nginx:bookworm"
-BACKEND_REPOSITORY = "flashfit/backend"
 
 
 def free_port_block(count: int, start: int = 19080) -> list[int]:
@@ -87,7 +85,7 @@ class DoctorStack:
         self.http_port, self.https_port, self.extra_port = free_port_block(3)
         self.volume_name = f"{self.project}_data"
         self.created_volumes: list[str] = []
-        self.tag = real_server_image().split(":", 1)[1]
+        self.repository, self.tag = real_server_image().rsplit(":", 1)
         require_image(NGINX_IMAGE)
 
     @property
@@ -98,7 +96,7 @@ class DoctorStack:
         config = {
             "project": self.project,
             "ports": {"http": self.http_port, "https": self.https_port, "prometheus": self.extra_port},
-            "server": {"environment": {"ENVIRONMENT": "development"}},
+            "server": {"image": self.repository, "environment": {"ENVIRONMENT": "development"}},
             "resources": {"limits": {"memory": "2G", "cpus": 1}, "reservations": {"memory": "512M", "cpus": 0.5}},
             "volumes": {"models": "./models", "data": "data"},
             "services": {"nginx": {"image": NGINX_IMAGE}, "prometheus": {"enabled": True}, "grafana": {"enabled": False}},
@@ -200,6 +198,8 @@ def test_a_healthy_deployment_is_all_ok(stack: DoctorStack):
     assert exit_code(results.values()) == 0
     assert "clip 3" in results["stores"].summary
     assert results["upstream"].details["live_color"] == "blue"
+    # nginx routes through replica slots; doctor names the container each slot links to
+    assert f"slot-1 -> {stack.backend().name}" in results["upstream"].summary
     assert results["ports"].details["ports"]["ports.http"]["state"] == "ours"
 
 
@@ -237,7 +237,7 @@ def test_a_broken_upstream_in_the_proxy_config(stack: DoctorStack):
     original = conf.read_text()
     import re
 
-    broken = re.sub(r"server \S+:8080", "server nosuchbackend-doctor:8080", original, count=1)
+    broken = re.sub(r"server unix:\S+", "server nosuchbackend-doctor:8080", original, count=1)
     assert broken != original
     conf.write_text(broken)
     try:

@@ -169,3 +169,25 @@ def test_bench_store_and_clear_cache_cli(tmp_path: Path, tiny_models: Path) -> N
     reopened = DataStore(tmp_path)
     reopened.open({"clip": 16, "blip": 16, "fashion": 8})
     assert reopened.sizes() == {"clip": 50, "blip": 50, "fashion": 50}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serves_on_tcp_and_on_the_flashfit_socket(tmp_path: Path, tiny_models: Path, workers: int) -> None:
+    """A deploy's proxy reaches the server through FLASHFIT_SOCKET; the health gate over TCP. A
+    stale file is replaced and the socket is connectable by any uid."""
+    import stat
+
+    path = tmp_path / "backend.sock"
+    path.write_text("stale")
+    server = start_server(tmp_path, tiny_models, workers=workers, env={"FLASHFIT_SOCKET": str(path), "APP_VERSION": "v9"})
+    try:
+        assert stat.S_ISSOCK(path.stat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o666
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(path)), timeout=10) as client:
+            assert client.get("http://backend/health").json()["version"] == "v9"
+            assert client.get("http://backend/ready").status_code == 200
+        assert httpx.get(server.url + "/health", timeout=10).json()["version"] == "v9"
+    finally:
+        code = server.stop()
+    # Outside a container uvicorn re-raises the SIGTERM it handled, so the process ends by the
+    # signal (as PID 1 in a container it exits 0 and removes the socket file).
+    assert code in (0, -15)

@@ -364,6 +364,19 @@ def test_upstream_matches_running_backends_by_name_or_ip():
     assert drift.status == WARNING and "last applied switch" in drift.summary
 
 
+def test_upstream_slots_resolve_through_their_links():
+    b1 = container("demo-backend-blue-1-a", ip="172.30.0.5")
+    b2 = container("demo-backend-green-1-b", ip="172.30.0.7")
+    servers = {"backend_servers": ["unix:/run/flashfit/slot-1.sock"]}
+    slots = {"unix:/run/flashfit/slot-1.sock": "demo-backend-green-1-b"}
+    found = nginx.evaluate_upstream(servers, [b2], ("demo-backend-green-1-b",), slots)
+    assert found.status == OK and "slot-1 -> demo-backend-green-1-b" in found.summary
+    stale = nginx.evaluate_upstream(servers, [b1], None, {"unix:/run/flashfit/slot-1.sock": "gone"})
+    assert stale.status == FAILURE and "slot slot-1.sock points at gone" in stale.summary
+    unlinked = nginx.evaluate_upstream(servers, [b1], None, {})
+    assert unlinked.status == FAILURE and "is not linked to a backend" in unlinked.summary
+
+
 def test_nginx_t_output():
     good = nginx.evaluate_test(0, "nginx: the configuration file /etc/flashfit/nginx.conf syntax is ok\n", "p")
     assert good.status == OK

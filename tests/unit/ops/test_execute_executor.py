@@ -83,17 +83,20 @@ class FakeProxy:
     def __init__(self, backend: FakeBackend, fail_switch_to: tuple | None = None):
         self.backend = backend
         self.folder = Path("/nonexistent")
-        self.retired_workers: set[int] = set()
+        self.sockets = Path("/nonexistent")
         self.fail_switch_to = fail_switch_to
+        self.reloads = 0
 
-    def switch(self, names):
+    def switch(self, names, versions=None):
         self.backend.calls.append(("switch", tuple(names)))
         if self.fail_switch_to == tuple(names):
             raise OperationFailed("nginx rejected the new configuration")
 
-    def drain(self, names, timeout, on_status=None):
-        self.backend.calls.append(("drain", tuple(names)))
-        return {"drained": True, "seconds": 0.0}
+    def ensure_folders(self):
+        pass
+
+    def forget(self, name):
+        self.backend.calls.append(("forget", name))
 
     def write_live(self, names):
         self.backend.calls.append(("write_proxy_config", tuple(names)))
@@ -157,14 +160,14 @@ def test_blue_green_success_calls_in_plan_order(tmp_path: Path) -> None:
         ("create_backend", green, ("JWT_SECRET_KEY",)),
         ("start", green),
         ("switch", (green,)),
-        ("drain", (blue.name,)),
-        ("stop", blue.name),
+        ("stop", blue.name),  # the drain: SIGTERM, in-flight requests finish, it exits
     ]
     assert not execution.rolled_back
     assert [o.status for o in execution.outcomes] == ["done"] * (len(steps) + 1)
-    # The old container stops in the background; the plan ends by waiting for it.
+    # The old container drains in the background; the plan ends by waiting for it.
     assert execution.outcomes[-1].kind == "stop_wait"
     assert green in execution.ready_seconds
+    assert set(execution.drain_seconds) == {blue.name} and execution.reloads == 0
 
 
 def test_never_ready_version_is_removed_and_never_switched_to(tmp_path: Path) -> None:
@@ -178,7 +181,7 @@ def test_never_ready_version_is_removed_and_never_switched_to(tmp_path: Path) ->
         executor.run(steps)
     assert ("logs", green) in fake.calls
     assert not any(call[0] == "switch" for call in fake.calls)
-    assert fake.calls[-1] == ("remove", green)
+    assert fake.calls[-2:] == [("remove", green), ("forget", green)]
     assert fake.states == {blue.name: "running"}
     assert caught.value.details["logs"] == {green: f"log line of {green}"}
     assert "deadline" in caught.value.message
@@ -201,6 +204,7 @@ def test_death_after_the_switch_rolls_back_in_reverse_order(tmp_path: Path) -> N
         ("start", blue.name),  # undo stop: the old one runs again (and is gated)
         ("switch", (blue.name,)),  # undo switch: traffic back to it
         ("remove", green),  # undo start: the dead one goes
+        ("forget", green),
     ]
     assert fake.states == {blue.name: "running"}
 
@@ -215,7 +219,7 @@ def test_failed_switch_leaves_old_serving(tmp_path: Path) -> None:
     steps = plan_deploy("blue-green", config, observed([blue], live=[blue]), Target("v2", NEW, 1))
     with pytest.raises(OperationFailed):
         executor.run(steps)
-    assert fake.calls[-3:] == [("switch", (green,)), ("switch", (blue.name,)), ("remove", green)]
+    assert fake.calls[-4:] == [("switch", (green,)), ("switch", (blue.name,)), ("remove", green), ("forget", green)]
     assert fake.states == {blue.name: "running"}
 
 
@@ -232,9 +236,11 @@ def test_rolling_failure_in_second_batch_restores_the_first(tmp_path: Path) -> N
     undo = fake.calls[fake.calls.index(("logs", g2)) + 1 :]
     assert undo == [
         ("remove", g2),
+        ("forget", g2),
         ("start", b[0]),
         ("switch", (b[0], b[1], b[2])),
         ("remove", g1),
+        ("forget", g1),
     ]
     assert set(fake.states) == set(b) and all(s == "running" for s in fake.states.values())
 
@@ -252,7 +258,7 @@ def test_interrupt_during_the_gate_rolls_back_and_reraises(tmp_path: Path) -> No
     steps = plan_deploy("blue-green", config, observed([blue], live=[blue]), Target("v2", NEW, 1))
     with pytest.raises(KeyboardInterrupt):
         executor.run(steps)
-    assert fake.calls[-1] == ("remove", green)
+    assert fake.calls[-2:] == [("remove", green), ("forget", green)]
     assert executor.execution.outcomes[-2].status == "failed" or executor.execution.rolled_back
     assert executor.execution.error == "interrupted"
 

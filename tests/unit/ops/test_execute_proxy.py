@@ -1,9 +1,12 @@
-"""Proxy helpers: upstream names read back from a rendered nginx.conf, leftover files, the
-connection count used by the drain, and the switch sequence against a fake backend."""
+"""The proxy's slots: the rendered upstream, slot links read back, leftover files, and the switch
+sequence against a fake backend (a rename of a link; nginx is tested and reloaded only when the
+slot count changes)."""
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -13,43 +16,62 @@ from flashfit_ops.execute.proxy import (
     APPLIED_FILE,
     CANDIDATE_FILE,
     ProxyController,
-    _established_on,
+    parse_slot_count,
     parse_upstreams,
     read_files,
+    short_folder,
+    slot_links,
+    slot_target,
 )
 from flashfit_ops.render import render_nginx
 from tests.unit.ops.test_plan_strategies import make_config
 
-TCP = """  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
-   1: 020012AC:1F90 030012AC:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1
-   2: 020012AC:1F90 030012AC:C351 01 00000000:00000000 00:00000000 00000000     0        0 3 1
-   3: 020012AC:1F90 030012AC:C352 06 00000000:00000000 00:00000000 00000000     0        0 0 3
-   4: 020012AC:C353 030012AC:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4 1
-"""
 
-
-def test_parse_upstreams_of_a_rendered_config(tmp_path: Path) -> None:
+def test_slot_config_lists_slots_without_upstream_keepalive(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    text = render_nginx(config, ["shop-backend-blue-1-x:8080", "shop-backend-green-2-y:8080"])
-    assert parse_upstreams(text) == ("shop-backend-blue-1-x", "shop-backend-green-2-y")
-    assert parse_upstreams(render_nginx(config, ["a:8080"], tls=True)) == ("a",)
-    assert parse_upstreams("garbage {") == ()
+    proxy = ProxyController(None, config)
+    text = proxy.render(3)
+    assert "server unix:/run/flashfit/slot-1.sock max_fails" in text
+    assert "server unix:/run/flashfit/slot-3.sock max_fails" in text
+    assert parse_slot_count(text) == 3 and parse_upstreams(text) == ()
+    assert "keepalive 32" not in text
+    # the TCP form (compose) keeps its upstream keep-alive; an nginx.conf older than slots is read
+    legacy = render_nginx(config, ["shop-backend-blue-1-x:8080", "shop-backend-green-2-y:8080"])
+    assert "keepalive 32" in legacy and parse_slot_count(legacy) == 0
+    assert parse_upstreams(legacy) == ("shop-backend-blue-1-x", "shop-backend-green-2-y")
+    assert parse_slot_count("garbage {") == 0
 
 
-def test_established_counts_only_the_backend_port() -> None:
-    assert _established_on(TCP, 8080) == 2  # listen, TIME_WAIT and outgoing connections do not count
-
-
-def test_read_files_finds_leftovers(tmp_path: Path) -> None:
-    (tmp_path / "nginx.conf").write_text("upstream backend_servers {\n server a:8080;\n}\n")
-    (tmp_path / APPLIED_FILE).write_text(json.dumps({"upstreams": ["b"]}))
-    (tmp_path / CANDIDATE_FILE).write_text("x")
-    (tmp_path / ".nginx.conf.123.tmp").write_text("x")
-    files = read_files(tmp_path)
-    assert files.config == ("a",) and files.applied == ("b",)
-    assert files.stray == (".nginx.conf.123.tmp", CANDIDATE_FILE)
+def test_read_files_follows_slot_links_and_finds_leftovers(tmp_path: Path) -> None:
+    folder, sockets = tmp_path / "proxy", tmp_path / "sockets"
+    folder.mkdir()
+    sockets.mkdir()
+    config = make_config(tmp_path)
+    (folder / "nginx.conf").write_text(ProxyController(None, config).render(2))
+    os.symlink("a.sock", sockets / "slot-1.sock")
+    (folder / APPLIED_FILE).write_text(json.dumps({"slots": ["b", "c"]}))
+    (folder / CANDIDATE_FILE).write_text("x")
+    (folder / ".nginx.conf.123.tmp").write_text("x")
+    os.symlink("b.sock", sockets / "slot-2.sock.tmp")
+    files = read_files(folder)
+    assert files.config == ("a", "")  # slot 2 has no link
+    assert files.applied == ("b", "c")
+    assert files.stray == (".nginx.conf.123.tmp", CANDIDATE_FILE, "slot-2.sock.tmp")
+    assert slot_target(sockets, 1) == "a" and slot_target(sockets, 2) is None
+    assert slot_links(sockets) == {1: "a"}
     assert read_files(tmp_path / "missing").config_present is False
+    # an applied.json written before slots existed
+    (folder / APPLIED_FILE).write_text(json.dumps({"upstreams": ["old"]}))
+    assert read_files(folder).applied == ("old",)
+
+
+def test_short_folder_names_a_long_folder_through_proc(tmp_path: Path) -> None:
+    deep = tmp_path / ("x" * 60) / ("y" * 60)
+    deep.mkdir(parents=True)
+    with short_folder(deep) as name:
+        assert name.startswith("/proc/self/fd/") and os.path.samefile(name, deep)
+    with short_folder(Path("/tmp")) as name:
+        assert name == "/tmp"
 
 
 class FakeProxyBackend:
@@ -61,9 +83,10 @@ class FakeProxyBackend:
     def exec(self, name, command):
         self.calls.append(command)
         if command[:2] == ["nginx", "-t"]:
-            return (0, "") if self.nginx_t_ok else (1, "host not found in upstream")
+            return (0, "") if self.nginx_t_ok else (1, "unknown directive")
         if command[:3] == ["nginx", "-s", "reload"]:
-            self.generation = [(101, "nginx: worker process is shutting down"), (201, "nginx: worker process")]
+            old = self.generation[-1][0]
+            self.generation = [(old, "nginx: worker process is shutting down"), (old + 100, "nginx: worker process")]
             return 0, ""
         return 0, ""
 
@@ -71,64 +94,79 @@ class FakeProxyBackend:
         return [(1, "nginx: master process nginx -g daemon off;"), *self.generation]
 
 
-def controller(tmp_path: Path, backend) -> ProxyController:
+def controller(tmp_path: Path, backend, *names: str) -> ProxyController:
     config = make_config(tmp_path)
     proxy = ProxyController(backend, config, sleep=lambda s: None)
-    proxy.verify = lambda timeout=10.0: None  # no proxy to send a request through here
+    proxy.verified = []
+    proxy.verify = lambda slots, versions, timeout=10.0: proxy.verified.append((tuple(slots), dict(versions)))
+    proxy.ensure_folders()
+    for name in names:  # what each container's server creates when it starts
+        os.mknod(proxy.sockets / f"{name}.sock", 0o666 | stat.S_IFSOCK)
     return proxy
 
 
-def test_switch_tests_renames_reloads_and_records(tmp_path: Path) -> None:
+def test_first_switch_renders_tests_and_reloads_then_links_are_renamed_without_reload(tmp_path: Path) -> None:
     backend = FakeProxyBackend()
-    proxy = controller(tmp_path, backend)
-    proxy.switch(("shop-backend-green-1-x",))
-    assert backend.calls[0] == ["nginx", "-t", "-q", "-c", "/etc/flashfit/nginx.conf.next"]
-    assert backend.calls[1] == ["nginx", "-s", "reload", "-c", "/etc/flashfit/nginx.conf"]
+    proxy = controller(tmp_path, backend, "blue", "green")
+    assert stat.S_IMODE(proxy.sockets.stat().st_mode) == 0o777
+    proxy.switch(("blue",), {"blue": "v1"})
+    assert backend.calls == [
+        ["nginx", "-t", "-q", "-c", "/etc/flashfit/nginx.conf.next"],
+        ["nginx", "-s", "reload", "-c", "/etc/flashfit/nginx.conf"],
+    ]
+    assert os.readlink(proxy.sockets / "slot-1.sock") == "blue.sock"  # relative: same in every container
+    backend.calls.clear()
+    proxy.switch(("green",), {"green": "v2"})
+    assert backend.calls == []  # no nginx -t, no reload: one rename
     files = read_files(proxy.folder)
-    assert files.config == files.applied == ("shop-backend-green-1-x",) and files.stray == ()
-    assert proxy.retired_workers == {101, 102}
+    assert files.config == files.applied == ("green",) and files.stray == ()
+    assert proxy.verified[-1] == (("green",), {"green": "v2"})
+    assert proxy.reloads == 1
+    proxy.switch(("green",), force_reload=True)  # a restore: same slots, nginx reloaded anyway
+    assert backend.calls[-1] == ["nginx", "-s", "reload", "-c", "/etc/flashfit/nginx.conf"] and proxy.reloads == 2
+    assert json.loads((proxy.folder / APPLIED_FILE).read_text())["served"] == ["blue", "green"]
+
+
+def test_a_new_slot_count_reloads_and_drops_the_extra_links(tmp_path: Path) -> None:
+    backend = FakeProxyBackend()
+    proxy = controller(tmp_path, backend, "a", "b", "c")
+    proxy.switch(("a",))
+    proxy.switch(("a", "b", "c"))
+    assert parse_slot_count((proxy.folder / "nginx.conf").read_text()) == 3
+    assert slot_links(proxy.sockets) == {1: "a", 2: "b", 3: "c"}
+    proxy.switch(("c",))
+    assert slot_links(proxy.sockets) == {1: "c"}
+    assert proxy.reloads == 3
+    assert read_files(proxy.folder).config == ("c",)
+
+
+def test_a_container_without_a_socket_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    backend = FakeProxyBackend()
+    proxy = controller(tmp_path, backend, "a")
+    proxy.switch(("a",))
+    with pytest.raises(OperationFailed) as caught:
+        proxy.switch(("old-image",))
+    assert "FLASHFIT_SOCKET" in caught.value.hint
+    assert read_files(proxy.folder).config == ("a",)
 
 
 def test_a_rejected_config_changes_nothing(tmp_path: Path) -> None:
     backend = FakeProxyBackend()
-    proxy = controller(tmp_path, backend)
+    proxy = controller(tmp_path, backend, "a", "b")
     proxy.switch(("a",))
     backend.nginx_t_ok = False
     with pytest.raises(OperationFailed) as caught:
-        proxy.switch(("b",))
-    assert "host not found" in caught.value.details["nginx"]
+        proxy.switch(("a", "b"))
+    assert "unknown directive" in caught.value.details["nginx"]
     files = read_files(proxy.folder)
     assert files.config == files.applied == ("a",) and files.stray == ()
+    assert slot_links(proxy.sockets) == {1: "a"}
     assert not any(c[:2] == ["nginx", "-s"] for c in backend.calls[2:])
 
 
-def test_drain_waits_for_retired_workers_then_connections(tmp_path: Path) -> None:
-    backend = FakeProxyBackend()
-    proxy = controller(tmp_path, backend)
-    proxy.switch(("a",))
-    counts = iter([3, 1, 0])
-    proxy.connections = lambda name: next(counts)
-    ticks = iter(range(100))
-    proxy.clock = lambda: next(ticks) * 0.01
-    polls = []
-    original = backend.processes
-
-    def processes(name):
-        polls.append(1)
-        if len(polls) > 2:
-            backend.generation = [(201, "nginx: worker process")]
-        return original(name)
-
-    backend.processes = processes
-    result = proxy.drain(("old",), timeout=30)
-    assert result["drained"]
-    assert len(polls) >= 3
-
-
-def test_drain_gives_up_at_the_timeout(tmp_path: Path) -> None:
+def test_clean_removes_leftovers_in_both_folders(tmp_path: Path) -> None:
     proxy = controller(tmp_path, FakeProxyBackend())
-    proxy.connections = lambda name: 1
-    ticks = iter(range(1000))
-    proxy.clock = lambda: next(ticks) * 0.5
-    result = proxy.drain(("old",), timeout=2)
-    assert not result["drained"] and "old: 1 connection(s)" in result["waiting_for"][0]
+    (proxy.folder / CANDIDATE_FILE).write_text("x")
+    os.symlink("b.sock", proxy.sockets / "slot-1.sock.tmp")
+    proxy.clean(read_files(proxy.folder).stray)
+    assert read_files(proxy.folder).stray == ()

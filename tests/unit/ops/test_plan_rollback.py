@@ -8,7 +8,7 @@ import pytest
 
 from flashfit_ops.plan.observed import Observed
 from flashfit_ops.plan.rollback import plan_restart, retained_versions
-from flashfit_ops.plan.steps import Drain, Monitor, RestartContainer, StopContainer, SwitchUpstreams, WaitReady
+from flashfit_ops.plan.steps import Drain, Monitor, RestartContainer, SwitchUpstreams, WaitReady
 from tests.unit.ops.test_plan_strategies import OLD, OLDER, backend, make_config, observed
 
 
@@ -31,7 +31,6 @@ def test_restart_plan_starts_gates_switches_and_keeps_the_current(tmp_path: Path
         WaitReady((v1.name,), 60.0),
         SwitchUpstreams((v1.name,), (v2.name,)),
         Drain((v2.name,), 5.0),
-        StopContainer(v2.name, 10.0),
         Monitor((v1.name,), 3.0),
     ]
 

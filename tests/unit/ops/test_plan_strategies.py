@@ -20,7 +20,6 @@ from flashfit_ops.plan.steps import (
     Monitor,
     RemoveContainer,
     StartContainer,
-    StopContainer,
     SwitchUpstreams,
     WaitReady,
 )
@@ -105,11 +104,16 @@ def test_fresh_install_starts_gates_then_starts_the_proxy(tmp_path: Path, strate
         "io.flashfit.version": "v1",
     }
     assert spec.env["APP_VERSION"] == "v1"
+    # it serves on its own socket in the folder shared with the proxy, too
+    assert spec.env["FLASHFIT_SOCKET"] == f"/run/flashfit/{name('blue', 1)}.sock"
     assert "JWT_SECRET_KEY" not in spec.env  # secrets are added by the executor at run time only
-    assert {m.target for m in spec.mounts} == {"/app/models", "/app/data"}
+    assert {m.target for m in spec.mounts} == {"/app/models", "/app/data", "/run/flashfit"}
+    sockets = next(m for m in spec.mounts if m.target == "/run/flashfit")
+    assert (sockets.kind, sockets.source) == ("bind", str(tmp_path.resolve() / ".flashfit" / "sockets"))
     assert steps[4] == WaitReady((name("blue", 1),), 60.0)
     assert isinstance(steps[5], EnsureProxy)
-    assert steps[5].upstreams == (name("blue", 1),)
+    assert steps[5].slots == (name("blue", 1),)
+    assert steps[5].spec.sockets_dir == str(tmp_path.resolve() / ".flashfit" / "sockets")
     assert steps[5].spec.http_port == 18080 and steps[5].spec.image == "flashfit/nginx:bookworm"
     assert steps[5].spec.config_dir == str(tmp_path.resolve() / ".flashfit" / "proxy")
     assert steps[6] == Monitor((name("blue", 1),), 3.0)
@@ -129,7 +133,7 @@ def test_fresh_rolling_brings_every_replica_up_at_once(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     steps = plan_deploy("rolling", config, observed(), Target("v1", NEW, 3))
     assert kinds(steps)[3:] == ["start_container"] * 3 + ["wait_ready", "ensure_proxy", "monitor"]
-    assert steps[7].upstreams == (name("blue", 1), name("blue", 2), name("blue", 3))
+    assert steps[7].slots == (name("blue", 1), name("blue", 2), name("blue", 3))
 
 
 # -- live blue ------------------------------------------------------------------------------------------
@@ -140,9 +144,8 @@ def test_blue_green_with_blue_live_brings_up_green_and_keeps_blue_stopped(tmp_pa
     assert steps[3:] == [
         StartContainer(steps[3].spec),
         WaitReady((name("green", 1),), 60.0),
-        SwitchUpstreams(upstreams=(name("green", 1),), previous=(blue.name,)),
+        SwitchUpstreams(slots=(name("green", 1),), previous=(blue.name,)),
         Drain((blue.name,), 5.0),
-        StopContainer(blue.name, 10.0),
         Monitor((name("green", 1),), 3.0),
     ]
     assert steps[3].spec.color == "green" and steps[3].spec.version == "v2"
@@ -163,7 +166,7 @@ def test_blue_green_with_replicas(tmp_path: Path) -> None:
     blues = [backend("blue", i) for i in (1, 2)]
     steps = plan_deploy("blue-green", config, observed(blues, live=blues), Target("v2", NEW, 2))
     switch = next(s for s in steps if isinstance(s, SwitchUpstreams))
-    assert switch.upstreams == (name("green", 1), name("green", 2))
+    assert switch.slots == (name("green", 1), name("green", 2))
     assert switch.previous == (blues[0].name, blues[1].name)
     assert kinds(steps).index("wait_ready") < kinds(steps).index("switch_upstreams") < kinds(steps).index("drain")
 
@@ -172,7 +175,7 @@ def test_single_with_blue_live_removes_the_old_one_after_the_monitor_window(tmp_
     config = make_config(tmp_path)
     blue = backend("blue", 1)
     steps = plan_deploy("single", config, observed([blue], live=[blue]), Target("v2", NEW, 3))
-    assert kinds(steps)[3:] == ["start_container", "wait_ready", "switch_upstreams", "drain", "stop_container", "monitor", "remove_container"]
+    assert kinds(steps)[3:] == ["start_container", "wait_ready", "switch_upstreams", "drain", "monitor", "remove_container"]
     assert steps[3].spec.replica == 1  # single is one container whatever replicas says
     assert steps[-1] == RemoveContainer(blue.name, reason="replaced")
 
@@ -187,7 +190,7 @@ def test_a_stopped_proxy_is_started_on_the_new_version(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     blue = backend("blue", 1)
     steps = plan_deploy("blue-green", config, observed([blue], live=[blue], proxy_state="exited"), Target("v2", NEW, 1))
-    assert isinstance(steps[5], EnsureProxy) and steps[5].upstreams == (name("green", 1),)
+    assert isinstance(steps[5], EnsureProxy) and steps[5].slots == (name("green", 1),)
 
 
 # -- rolling ------------------------------------------------------------------------------------------
@@ -200,18 +203,16 @@ def test_rolling_three_replicas_parallelism_one(tmp_path: Path) -> None:
     body = [s for s in steps[3:] if not isinstance(s, StartContainer)]
     assert [s.spec.name for s in steps if isinstance(s, StartContainer)] == g
     assert body == [
+        # slot n goes from blue n to green n; the other slots are untouched
         WaitReady((g[0],), 60.0),
-        SwitchUpstreams((b[1], b[2], g[0]), (b[0], b[1], b[2])),
+        SwitchUpstreams((g[0], b[1], b[2]), (b[0], b[1], b[2])),
         Drain((b[0],), 5.0),
-        StopContainer(b[0], 10.0),
         WaitReady((g[1],), 60.0),
-        SwitchUpstreams((b[2], g[0], g[1]), (b[1], b[2], g[0])),
+        SwitchUpstreams((g[0], g[1], b[2]), (g[0], b[1], b[2])),
         Drain((b[1],), 5.0),
-        StopContainer(b[1], 10.0),
         WaitReady((g[2],), 60.0),
-        SwitchUpstreams((g[0], g[1], g[2]), (b[2], g[0], g[1])),
+        SwitchUpstreams((g[0], g[1], g[2]), (g[0], g[1], b[2])),
         Drain((b[2],), 5.0),
-        StopContainer(b[2], 10.0),
         Monitor(tuple(g), 3.0),
         RemoveContainer(b[0], "replaced"),
         RemoveContainer(b[1], "replaced"),
@@ -220,7 +221,7 @@ def test_rolling_three_replicas_parallelism_one(tmp_path: Path) -> None:
     # Each new replica is started (and gated) before the old one it replaces leaves the upstreams.
     for index, old in enumerate(b):
         start = next(i for i, s in enumerate(steps) if isinstance(s, StartContainer) and s.spec.name == g[index])
-        leaves = next(i for i, s in enumerate(steps) if isinstance(s, SwitchUpstreams) and old not in s.upstreams)
+        leaves = next(i for i, s in enumerate(steps) if isinstance(s, SwitchUpstreams) and old not in s.slots)
         assert start < leaves
 
 
@@ -231,13 +232,13 @@ def test_rolling_three_replicas_parallelism_two(tmp_path: Path) -> None:
     g = [name("green", i) for i in (1, 2, 3)]
     steps = plan_deploy("rolling", config, observed(blues, live=blues), Target("v2", NEW, 3))
     assert kinds(steps)[3:] == [
-        "start_container", "start_container", "wait_ready", "switch_upstreams", "drain", "stop_container", "stop_container",
-        "start_container", "wait_ready", "switch_upstreams", "drain", "stop_container",
+        "start_container", "start_container", "wait_ready", "switch_upstreams", "drain",
+        "start_container", "wait_ready", "switch_upstreams", "drain",
         "monitor", "remove_container", "remove_container", "remove_container",
     ]  # fmt: skip
     switches = [s for s in steps if isinstance(s, SwitchUpstreams)]
-    assert switches[0] == SwitchUpstreams((b[2], g[0], g[1]), tuple(b))
-    assert switches[1] == SwitchUpstreams((g[0], g[1], g[2]), (b[2], g[0], g[1]))
+    assert switches[0] == SwitchUpstreams((g[0], g[1], b[2]), tuple(b))
+    assert switches[1] == SwitchUpstreams((g[0], g[1], g[2]), (g[0], g[1], b[2]))
     assert next(s for s in steps if isinstance(s, WaitReady)) == WaitReady((g[0], g[1]), 60.0)
 
 
@@ -245,12 +246,12 @@ def test_rolling_scale_down_and_up(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     blues = [backend("blue", i) for i in (1, 2, 3)]
     down = plan_deploy("rolling", config, observed(blues, live=blues), Target("v2", NEW, 1))
-    switches = [s.upstreams for s in down if isinstance(s, SwitchUpstreams)]
-    assert switches[-1] == (name("green", 1),)
+    switches = [s.slots for s in down if isinstance(s, SwitchUpstreams)]
+    assert switches == [(name("green", 1), blues[1].name, blues[2].name), (name("green", 1), blues[2].name), (name("green", 1),)]
     assert all(switches)  # never an empty upstream set
     one = [backend("blue", 1)]
     up = plan_deploy("rolling", config, observed(one, live=one), Target("v2", NEW, 2))
-    switches = [s.upstreams for s in up if isinstance(s, SwitchUpstreams)]
+    switches = [s.slots for s in up if isinstance(s, SwitchUpstreams)]
     assert switches == [(name("green", 1),), (name("green", 1), name("green", 2))]
 
 
@@ -268,12 +269,12 @@ def test_leftovers_of_a_deploy_that_never_switched_are_removed_first(tmp_path: P
     assert steps[0] == CleanProxyFiles(("nginx.conf.next", ".nginx.conf.abc.tmp"))
     assert steps[1] == RemoveContainer(orphan.name, reason="leftover of a deploy that never switched")
     assert kinds(steps)[2:] == ["ensure_network", "ensure_volume", "ensure_volume", "start_container", "wait_ready",
-                                "switch_upstreams", "drain", "stop_container", "monitor"]  # fmt: skip
+                                "switch_upstreams", "drain", "monitor"]  # fmt: skip
 
 
 def test_crash_between_rename_and_applied_switches_back_before_removing(tmp_path: Path) -> None:
-    """nginx.conf names the new container, applied.json the old one: the switch may or may not
-    have happened. Go back to the applied (old, still running) one, then remove the new one."""
+    """The slot link names the new container, applied.json the old one: the switch may or may not
+    have completed. Go back to the applied (old, still running) one, then remove the new one."""
     config = make_config(tmp_path)
     blue = backend("blue", 1, deploy_id=OLD)
     new = backend("green", 1, deploy_id="20291231000000000aa", version="v2")
@@ -288,7 +289,7 @@ def test_an_old_generation_left_running_is_drained_and_stopped(tmp_path: Path) -
     blue = backend("blue", 1, deploy_id=OLDER, version="v1")
     green = backend("green", 1, deploy_id=OLD, version="v2")
     steps = plan_deploy("blue-green", config, observed([blue, green], live=[green]), Target("v3", NEW, 1))
-    assert steps[:2] == [Drain((blue.name,), 5.0), StopContainer(blue.name, 10.0)]
+    assert steps[:2] == [Drain((blue.name,), 5.0), EnsureNetwork("shop_net")]
     new = next(s for s in steps if isinstance(s, StartContainer)).spec
     assert new.color == "blue"
     # The lingering old one becomes the older retained version, removed after the monitor.

@@ -1,6 +1,6 @@
 """A tiny stand-in for the server, for the faults the real one cannot produce on demand.
 
-Env: BOOT_DELAY (seconds before /ready turns 200), NEVER_READY=1 (/ready stays 503),
+Env: FLASHFIT_SOCKET (also serve on this Unix socket, as the real server does), BOOT_DELAY (seconds before /ready turns 200), NEVER_READY=1 (/ready stays 503),
 DIE_AFTER (seconds after becoming ready, the process exits with code 3), APP_VERSION.
 Endpoints: /health (200 while the process runs), /ready, and anything else -> 200 JSON with the
 version. HTTP/1.1 keep-alive, threaded; SIGTERM stops it cleanly (it runs as PID 1)."""
@@ -8,6 +8,7 @@ version. HTTP/1.1 keep-alive, threaded; SIGTERM stops it cleanly (it runs as PID
 import json
 import os
 import signal
+import socketserver
 import sys
 import threading
 import time
@@ -47,10 +48,28 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+
 def main() -> None:
     server = ThreadingHTTPServer(("0.0.0.0", 8080), Handler)
     server.daemon_threads = True
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    servers = [server]
+    path = os.environ.get("FLASHFIT_SOCKET")
+    if path:
+        if os.path.exists(path):
+            os.unlink(path)
+        unix = UnixHTTPServer(path, Handler)
+        os.chmod(path, 0o666)
+        servers.append(unix)
+        threading.Thread(target=unix.serve_forever, daemon=True).start()
+
+    def stop(*_args) -> None:
+        for each in servers:
+            threading.Thread(target=each.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
     print(f"fake backend {VERSION} listening on 8080 (boot delay {BOOT_DELAY}s)", flush=True)
     if DIE_AFTER:
         def die() -> None:
@@ -64,6 +83,8 @@ def main() -> None:
     if NEVER_READY:
         print("fake backend: will never be ready (NEVER_READY=1)", flush=True)
     server.serve_forever()
+    if path and os.path.exists(path):
+        os.unlink(path)
     print("fake backend: stopped", flush=True)
     sys.exit(0)
 

@@ -89,10 +89,15 @@ def require_image(reference: str) -> None:
 
 
 def fake_image(tag: str, **build_args: str) -> str:
-    """Build the fake backend with its fault switches baked in (idempotent; cached by Docker)."""
+    """Build the fake backend with its fault switches baked in (idempotent; cached by Docker).
+    The tag carries a digest of the sources, so checkouts with different fakes on one engine do
+    not re-tag each other's images."""
+    import hashlib
+
     require_image(BASE_IMAGE)
     client = docker_client()
-    reference = f"{FAKE_REPO}:{tag}"
+    digest = hashlib.sha256((HERE / "app.py").read_bytes() + (HERE / "Dockerfile").read_bytes()).hexdigest()[:8]
+    reference = f"{FAKE_REPO}:{tag}-{digest}"
     client.images.build(path=str(HERE), tag=reference, buildargs={k: str(v) for k, v in build_args.items()}, rm=True)
     return reference
 
@@ -102,9 +107,14 @@ _server_image: str | None = None
 
 def real_server_image() -> str:
     """The server image of this source tree, as `flashfit build` makes it (built once per
-    session; a code-only change rebuilds in seconds, an unchanged tree reuses its tag)."""
+    session; a code-only change rebuilds in seconds, an unchanged tree reuses its tag).
+    FLASHFIT_IT_SERVER_IMAGE names another one (a checkout testing its own build)."""
     global _server_image
     if _server_image:
+        return _server_image
+    if os.environ.get("FLASHFIT_IT_SERVER_IMAGE"):
+        _server_image = os.environ["FLASHFIT_IT_SERVER_IMAGE"]
+        require_image(_server_image)
         return _server_image
     from flashfit_ops.config.load import resolve
     from flashfit_ops.images.build import build_image, source_state, version_from_state
