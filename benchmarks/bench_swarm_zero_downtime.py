@@ -80,7 +80,6 @@ def main() -> int:
         if code != 0:
             raise SystemExit(f"setup deploy failed ({code}):\n{stderr}")
         with Load(f"http://127.0.0.1:{port}/health", args.clients) as load:
-            started = time.monotonic()
             code, doc, wall, stderr = run_flashfit(folder, "deploy", "--version", "v2")
         if code != 0:
             raise SystemExit(f"rolling update failed ({code}):\n{stderr}")

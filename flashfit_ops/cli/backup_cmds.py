@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from flashfit_ops import console
-from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, EnvOption, JsonOption, guarded
+from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, guarded
 from flashfit_ops.errors import IntegrityFailure, UsageError
 
 if TYPE_CHECKING:

@@ -268,7 +268,7 @@ def deploy(
             "replicas": replicas,
             "image": image_ref(config, version),
             "image_exists": backend.image_exists(image_ref(config, version)),
-            "previous_version": previous_version,
+            "previous_version": observed.live_version,
             "plan": [s.to_dict() for s in steps],
         }
     lock = _locked(config, lock_wait, message)

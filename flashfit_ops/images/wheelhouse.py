@@ -196,8 +196,8 @@ def server_pins() -> list[Pin]:
 
 def requirements_text(pins: list[Pin]) -> str:
     lines = [
-        f"# The server's dependencies, pinned to the versions installed where `flashfit build` ran.",
-        f"# Written by flashfit; installed in the image from the wheelhouse only (pip --no-index).",
+        "# The server's dependencies, pinned to the versions installed where `flashfit build` ran.",
+        "# Written by flashfit; installed in the image from the wheelhouse only (pip --no-index).",
     ]
     lines += [pin.line() for pin in pins]
     return "\n".join(lines) + "\n"

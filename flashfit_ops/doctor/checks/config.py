@@ -7,7 +7,7 @@ from typing import Any
 
 from flashfit_ops.doctor.context import DoctorContext
 from flashfit_ops.doctor.registry import check
-from flashfit_ops.doctor.result import FAILURE, OK, WARNING, Finding, combine
+from flashfit_ops.doctor.result import FAILURE, WARNING, Finding, combine
 from flashfit_ops.errors import ConfigError
 
 

@@ -12,7 +12,7 @@ from flashfit_ops.doctor import promtext
 from flashfit_ops.doctor.context import BACKEND_PORT, DoctorContext, container_ips
 from flashfit_ops.doctor.observed import live_backend_names
 from flashfit_ops.doctor.registry import check
-from flashfit_ops.doctor.result import FAILURE, OK, WARNING, Finding, combine, failure, ok, warning
+from flashfit_ops.doctor.result import FAILURE, WARNING, Finding, combine, failure, ok, warning
 from flashfit_server.metric_names import MODEL_INFERENCE_DURATION_SECONDS
 
 LATENCY_PATH = "/api/items?limit=1"

@@ -9,7 +9,7 @@ from flashfit_ops.doctor import nginxconf
 from flashfit_ops.doctor.context import DoctorContext, attrs_of, labels_of, state_of, LABEL_COLOR
 from flashfit_ops.doctor.observed import deploy_observed, match_backend, proxy_config_text, slot_links
 from flashfit_ops.doctor.registry import check
-from flashfit_ops.doctor.result import FAILURE, OK, WARNING, Finding, combine, failure, ok
+from flashfit_ops.doctor.result import FAILURE, WARNING, Finding, combine, failure, ok
 
 NO_PROXY_HINT = "`flashfit deploy` starts the proxy; `docker logs {name}` says why it stopped"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from flashfit_ops.doctor.context import DoctorContext
 from flashfit_ops.doctor.registry import check
-from flashfit_ops.doctor.result import FAILURE, OK, WARNING, Finding, combine, failure
+from flashfit_ops.doctor.result import FAILURE, WARNING, Finding, combine, failure
 from flashfit_server.slots import MODELS as STORE_NAMES
 
 SHA_BUDGET = 256 << 20

@@ -8,7 +8,7 @@ from typing import Any
 
 from flashfit_ops.doctor.context import DoctorContext
 from flashfit_ops.doctor.registry import check
-from flashfit_ops.doctor.result import FAILURE, OK, WARNING, Finding, combine, ok
+from flashfit_ops.doctor.result import FAILURE, WARNING, Finding, combine, ok
 
 RECENT = timedelta(minutes=15)
 FAILED_TASK_STATES = frozenset({"failed", "rejected", "orphaned"})
