@@ -30,6 +30,8 @@ class ContainerInfo:
     restart_count: int = 0
     started_at: str = ""
     created: str = ""
+    # Where the container's mounts land inside it.
+    mount_targets: tuple[str, ...] = ()
 
 
 def _engine_errors(func: F) -> F:
@@ -65,6 +67,7 @@ def _info(container: Any) -> ContainerInfo:
         restart_count=int(attrs.get("RestartCount") or 0),
         started_at=str(state.get("StartedAt", "")),
         created=str(attrs.get("Created", "")),
+        mount_targets=tuple(str(m.get("Destination", "")) for m in attrs.get("Mounts") or []),
     )
 
 

@@ -21,7 +21,7 @@ from flashfit_ops.config.model import Config
 from flashfit_ops.errors import FlashFitError, OperationFailed
 from flashfit_ops.execute.health import GateResult, GateSettings, Probe, http_probe, wait_ready
 from flashfit_ops.execute.proxy import ProxyController, read_files
-from flashfit_ops.plan.common import BACKEND_PORT, LABEL_VERSION
+from flashfit_ops.plan.common import BACKEND_PORT, LABEL_VERSION, SOCKET_DIR
 from flashfit_ops.plan.steps import (
     CleanProxyFiles,
     Drain,
@@ -352,7 +352,8 @@ class Executor:
     def _do_ensure_proxy(self, step: EnsureProxy) -> None:
         name = step.spec.name
         info = self.backend.container(name)
-        if info is not None and info.state == "running":
+        legacy = info is not None and SOCKET_DIR not in info.mount_targets
+        if info is not None and info.state == "running" and not legacy:
             applied = read_files(self.proxy.folder, self.proxy.sockets).applied
             if tuple(applied) != tuple(step.slots):
                 self._switch(step.slots, tuple(applied))

@@ -12,6 +12,7 @@ from flashfit_ops.plan.common import (
     LABEL_ROLE,
     LABEL_VERSION,
     ROLE_BACKEND,
+    SOCKET_DIR,
     proxy_dir,
     proxy_name,
 )
@@ -62,6 +63,7 @@ def observe(backend, config: Config, *, check_proxy_config: bool = True) -> Obse
         config_present=files.config_present and bool(config_names),
         stray_files=files.stray,
         served=files.served,
+        legacy=proxy_info is not None and SOCKET_DIR not in proxy_info.mount_targets,
     )
     containers.sort(key=lambda c: (c.deploy_id, c.replica, c.name))
     return Observed(

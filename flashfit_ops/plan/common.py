@@ -211,6 +211,10 @@ def leftovers(config: Config, observed: Observed) -> tuple[list[Step], Observed]
     """
     steps: list[Step] = []
     proxy = observed.proxy
+    if proxy.legacy:
+        # Its containers and config predate the slots: nothing to repair, and the deploy's own
+        # switch replaces the proxy (the strategies see it as absent).
+        return [], dataclasses.replace(observed, proxy=dataclasses.replace(proxy, state="replace"))
     if proxy.stray_files:
         steps.append(CleanProxyFiles(files=tuple(proxy.stray_files)))
 

@@ -50,6 +50,9 @@ class ProxyState:
     # Every container that ever took traffic (recent ones), when the proxy folder records it:
     # a container that is not live and never served is a leftover of a deploy that never switched.
     served: tuple[str, ...] | None = None
+    # A proxy created before traffic went through socket slots (no sockets folder mounted): the
+    # next deploy replaces it at its switch, a moment without a listener on the port, once.
+    legacy: bool = False
 
     @property
     def running(self) -> bool:

@@ -3,6 +3,7 @@ parallelism 1 and 2, and leftovers of an interrupted deploy. No engine involved.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -150,6 +151,19 @@ def test_blue_green_with_blue_live_brings_up_green_and_keeps_blue_stopped(tmp_pa
     ]
     assert steps[3].spec.color == "green" and steps[3].spec.version == "v2"
     assert not any(isinstance(s, RemoveContainer) for s in steps)  # blue is kept for rollback
+
+
+def test_a_proxy_from_before_socket_slots_is_replaced_at_the_switch(tmp_path: Path) -> None:
+    """Its nginx.conf names containers over TCP and it has no sockets folder: no repair switch
+    (its backends have no sockets), the new version is gated, then the proxy is recreated on it."""
+    config = make_config(tmp_path)
+    blue = backend("blue", 1)
+    state = observed([blue], live=[blue])
+    state = dataclasses.replace(state, proxy=dataclasses.replace(state.proxy, legacy=True, config=(), config_present=False))
+    steps = plan_deploy("blue-green", config, state, Target("v2", NEW, 1))
+    assert kinds(steps) == ["ensure_network", "ensure_volume", "ensure_volume", "start_container", "wait_ready", "ensure_proxy", "drain", "monitor"]
+    assert steps[5].slots == (name("green", 1),)
+    assert steps[6] == Drain((blue.name,), 5.0)
 
 
 def test_blue_green_replaces_the_older_retained_color_only_after_the_monitor(tmp_path: Path) -> None:
