@@ -27,6 +27,18 @@ from flashfit_ops.errors import LockHeld
 POLL_SECONDS = 0.25
 
 
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one we may not signal still counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
 @dataclass(frozen=True)
 class LockInfo:
     who: str

@@ -5,7 +5,6 @@ module never prints (progress goes through the executor's `say`, which is the co
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets as _random
 import signal
 import socket
@@ -23,7 +22,7 @@ from flashfit_ops.errors import FlashFitError, OperationFailed, UsageError
 from flashfit_ops.execute import history as hist
 from flashfit_ops.execute.executor import Executor
 from flashfit_ops.execute.health import http_probe
-from flashfit_ops.execute.lock import DeployLock, LockInfo, force_release, lock_status
+from flashfit_ops.execute.lock import DeployLock, LockInfo, force_release, lock_status, pid_alive
 from flashfit_ops.execute.observe import observe
 from flashfit_ops.plan import plan_deploy
 from flashfit_ops.plan.common import BACKEND_PORT, Target, image_ref, leftovers, state_dir, valid_version
@@ -538,7 +537,7 @@ def lock_info(config: Config) -> dict[str, Any]:
     status_ = lock_status(lock_path(config))
     out = status_.to_dict()
     if status_.info and status_.info.host == socket.gethostname() and status_.held:
-        out["owner_alive"] = _pid_alive(status_.info.pid)
+        out["owner_alive"] = pid_alive(status_.info.pid)
     return out
 
 
@@ -553,12 +552,3 @@ def lock_release(config: Config, *, force: bool = False) -> dict[str, Any]:
     before = force_release(lock_path(config))
     return {"released": before.info is not None or before.held, "was": before.to_dict()}
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -3,25 +3,15 @@ left behind by one that died."""
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import Any
 
 from flashfit_ops.doctor.context import DoctorContext
 from flashfit_ops.doctor.registry import check
 from flashfit_ops.doctor.result import Finding, ok, warning
+from flashfit_ops.execute.lock import pid_alive
 
 LOCK_FILE = "lock"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def evaluate(status: Any, this_host: str, alive: Any = pid_alive) -> Finding:
