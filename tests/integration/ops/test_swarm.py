@@ -1,5 +1,5 @@
 """Swarm end to end on a single-node swarm the tests create (and leave again): the real server
-image behind nginx as Swarm services, a rolling update of 3 replicas under keep-alive load with no
+image behind nginx as Swarm services, a rolling update of 2 replicas under keep-alive load with no
 failed request, a version that crashes rolled back by Swarm itself (non-zero exit),
 `flashfit rollback` through the service's rollback, status per task, and the rendered stack file
 describing exactly what was created.
@@ -27,6 +27,8 @@ from tests.integration.ops.fake_backend.harness import (
 
 pytestmark = pytest.mark.integration
 PROXY_IMAGE = "flashfit/nginx:bookworm"
+# Two replicas keep the suite quick; benchmarks/bench_swarm_zero_downtime.py rolls three.
+REPLICAS = 2
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +62,13 @@ def project(swarm, tmp_path: Path, tmp_path_factory):
     subprocess.run(["chown", "1000:1000", str(data)], check=True)
     project.write_config(
         target="swarm",
-        replicas=3,
+        replicas=REPLICAS,
         volumes__models=str(models),
         volumes__data=str(data),
         swarm={"endpoint_mode": "dnsrr", "publish_mode": "host", "proxy_replicas": 1},
         # A generous start period: on a busy 2-core host the server can take 40 s to load.
         healthcheck={"interval": "1s", "timeout": "3s", "retries": 3, "start_period": "120s"},
-        deploy={"deadline": "240s", "drain_timeout": "5s", "monitor_window": "5s", "parallelism": 1},
+        deploy={"deadline": "240s", "drain_timeout": "5s", "monitor_window": "2s", "parallelism": 1},
     )
     image = real_server_image()
     project.tag(image, "v1")
@@ -110,8 +112,9 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
     assert first.code == 0, first.stderr
     assert first.json()["target"] == "swarm"
     backend = f"{project.name}_backend"
-    assert task_images(swarm, backend) == [f"{project.repo}:v1"] * 3
+    assert task_images(swarm, backend) == [f"{project.repo}:v1"] * REPLICAS
     assert project.get("/ready").status_code == 200
+    assert_rendered_stack_matches(project, swarm)
 
     # Secrets are Swarm secrets mounted as files, never plain environment variables.
     spec = swarm.services.get(backend).attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
@@ -122,12 +125,12 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
         second = project.flashfit("deploy", "--version", "v2", "--json")
     assert second.code == 0, second.stderr
     assert load.errors == [] and load.non_2xx == 0 and load.ok > 0, (load.errors[:3], load.non_2xx)
-    assert task_images(swarm, backend) == [f"{project.repo}:v2"] * 3
+    assert task_images(swarm, backend) == [f"{project.repo}:v2"] * REPLICAS
 
     status = project.flashfit("status", "--json")
     assert status.code == 0, status.stderr
     services = {s["role"]: s for s in status.json()["services"]}
-    assert [t["health"] for t in services["backend"]["tasks"]] == ["healthy"] * 3
+    assert [t["health"] for t in services["backend"]["tasks"]] == ["healthy"] * REPLICAS
     assert {t["node"] for t in services["backend"]["tasks"]} and services["nginx"]["replicas"] == 1
 
     # A version whose tasks crash: Swarm rolls it back, flashfit exits non-zero, v2 keeps serving.
@@ -135,7 +138,7 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
         broken = project.flashfit("deploy", "--version", "broken", "--json")
     assert broken.code == 1, broken.stdout + broken.stderr
     assert "rolled" in (broken.stdout + broken.stderr)
-    assert task_images(swarm, backend) == [f"{project.repo}:v2"] * 3
+    assert task_images(swarm, backend) == [f"{project.repo}:v2"] * REPLICAS
     assert load.errors == [] and load.non_2xx == 0
 
     # Swarm's automatic rollback left the failed spec as the previous one: `flashfit rollback`
@@ -148,7 +151,7 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
         back = project.flashfit("rollback", "v1", "--json")
     assert back.code == 0, back.stderr
     assert back.json()["how"] == "rolling update"
-    assert task_images(swarm, backend) == [f"{project.repo}:v1"] * 3
+    assert task_images(swarm, backend) == [f"{project.repo}:v1"] * REPLICAS
     assert load.errors == [] and load.non_2xx == 0
 
     # After a normal update the previous spec is the version before: Swarm's own rollback.
@@ -159,7 +162,7 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
         back = project.flashfit("rollback", "v1", "--json")
     assert back.code == 0, back.stderr
     assert back.json()["how"] == "swarm rollback"
-    assert task_images(swarm, backend) == [f"{project.repo}:v1"] * 3
+    assert task_images(swarm, backend) == [f"{project.repo}:v1"] * REPLICAS
     assert load.errors == [] and load.non_2xx == 0
 
     history = project.flashfit("history", "--json").json()["history"]
@@ -173,12 +176,12 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
     ]
 
 
-def test_rendered_stack_matches_what_deploy_created(project, swarm) -> None:
-    assert project.flashfit("deploy", "--version", "v1").code == 0
-    out = project.root / "rendered"
-    assert project.flashfit("render", "--out", str(out)).code == 0
+def assert_rendered_stack_matches(project, swarm) -> None:
+    """`flashfit render`'s docker-stack.yml describes exactly the service deploy created."""
     import yaml
 
+    out = project.root / "rendered"
+    assert project.flashfit("render", "--out", str(out)).code == 0
     stack = yaml.safe_load((out / "docker-stack.yml").read_text())["services"]["backend"]
     service = swarm.services.get(f"{project.name}_backend").attrs["Spec"]
     task = service["TaskTemplate"]
