@@ -16,7 +16,7 @@ if ((${#missing[@]})); then
   echo "setup-host: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+  apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 
 # The nginx and prometheus packages start daemons on ports 80 and 9090 where systemd exists;
