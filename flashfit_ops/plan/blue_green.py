@@ -8,13 +8,13 @@ from flashfit_ops.plan.common import (
     Target,
     backend_spec,
     base_steps,
+    cutover,
     leftovers,
     other_color,
     retention_cleanup,
-    traffic_step,
 )
 from flashfit_ops.plan.observed import Observed
-from flashfit_ops.plan.steps import Drain, Monitor, RemoveContainer, StartContainer, Step, WaitReady
+from flashfit_ops.plan.steps import RemoveContainer, StartContainer, Step
 
 
 def idle_color(observed: Observed) -> str:
@@ -37,12 +37,7 @@ def replace_all(config: Config, observed: Observed, target: Target, *, keep_old:
     new = tuple(s.name for s in specs)
     old = view.live_names
     steps += [StartContainer(spec) for spec in specs]
-    steps.append(WaitReady(names=new, deadline=config.deploy.deadline))
-    steps.append(traffic_step(config, view.proxy.running and bool(old), new, old))
-    if old:
-        steps.append(Drain(names=old, timeout=config.deploy.drain_timeout))
-    if config.deploy.monitor_window > 0:
-        steps.append(Monitor(names=new, window=config.deploy.monitor_window))
+    steps += cutover(config, view.proxy.running, new, old)
     steps += retention_cleanup(view, keep=set(old) if keep_old else set())
     if not keep_old:
         steps += [RemoveContainer(name, reason="replaced") for name in old]

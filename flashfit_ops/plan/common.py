@@ -17,11 +17,13 @@ from flashfit_ops.plan.steps import (
     EnsureNetwork,
     EnsureProxy,
     EnsureVolume,
+    Monitor,
     Mount,
     ProxySpec,
     RemoveContainer,
     Step,
     SwitchUpstreams,
+    WaitReady,
 )
 
 LABEL_PROJECT = "io.flashfit.project"
@@ -196,6 +198,16 @@ def traffic_step(config: Config, proxy_running: bool, new: tuple[str, ...], prev
     if proxy_running:
         return SwitchUpstreams(slots=new, previous=previous)
     return EnsureProxy(spec=proxy_spec(config), slots=new)
+
+
+def cutover(config: Config, proxy_running: bool, new: tuple[str, ...], old: tuple[str, ...]) -> list[Step]:
+    """Gate the new containers, move every slot to them, drain the old ones, watch the new."""
+    steps = [WaitReady(names=new, deadline=config.deploy.deadline), traffic_step(config, proxy_running and bool(old), new, old)]
+    if old:
+        steps.append(Drain(names=old, timeout=config.deploy.drain_timeout))
+    if config.deploy.monitor_window > 0:
+        steps.append(Monitor(names=new, window=config.deploy.monitor_window))
+    return steps
 
 
 def leftovers(config: Config, observed: Observed) -> tuple[list[Step], Observed]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flashfit_ops.config.model import Config
-from flashfit_ops.plan.common import base_steps, leftovers, retained_generations, retention_cleanup, traffic_step
+from flashfit_ops.plan.common import base_steps, cutover, leftovers, retained_generations, retention_cleanup
 from flashfit_ops.plan.observed import Observed
-from flashfit_ops.plan.steps import Drain, Monitor, RestartContainer, Step, WaitReady
+from flashfit_ops.plan.steps import RestartContainer, Step
 
 
 @dataclass(frozen=True)
@@ -54,11 +54,6 @@ def plan_restart(config: Config, observed: Observed, version: str) -> list[Step]
     names = tuple(c.name for c in generation)
     old = view.live_names
     steps += [RestartContainer(name) for name in names]
-    steps.append(WaitReady(names=names, deadline=config.deploy.deadline))
-    steps.append(traffic_step(config, view.proxy.running and bool(old), names, old))
-    if old:
-        steps.append(Drain(names=old, timeout=config.deploy.drain_timeout))
-    if config.deploy.monitor_window > 0:
-        steps.append(Monitor(names=names, window=config.deploy.monitor_window))
+    steps += cutover(config, view.proxy.running, names, old)
     steps += retention_cleanup(view, keep=set(old) | set(names))
     return steps
