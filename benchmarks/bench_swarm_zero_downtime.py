@@ -105,7 +105,7 @@ def main() -> int:
         for service in client.services.list(filters=label):
             service.remove()
         deadline = time.monotonic() + 60
-        while client.containers.list(all=True, filters=label) and time.monotonic() < deadline:
+        while client.containers.list(all=True, ignore_removed=True, filters=label) and time.monotonic() < deadline:
             time.sleep(0.5)
         for obj in [*client.secrets.list(filters=label), *client.configs.list(filters=label)]:
             obj.remove()

@@ -281,7 +281,7 @@ def main() -> int:
             print(f"goal wall <= boot-to-ready + 3 s: {'met' if not slow else 'missed in ' + ', '.join(slow)}")
         return 0
     finally:
-        for container in client.containers.list(all=True, filters={"label": f"io.flashfit.project={project}"}):
+        for container in client.containers.list(all=True, ignore_removed=True, filters={"label": f"io.flashfit.project={project}"}):
             container.remove(force=True)
         for network in client.networks.list(names=[f"{project}_net"]):
             network.remove()

@@ -133,7 +133,7 @@ class DoctorContext:
             if self._containers is None:
                 client = self.docker()
                 self._containers = client.containers.list(
-                    all=True, filters={"label": f"{LABEL_PROJECT}={self.project}"}
+                    all=True, ignore_removed=True, filters={"label": f"{LABEL_PROJECT}={self.project}"}
                 )
             return list(self._containers)
 

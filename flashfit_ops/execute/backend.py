@@ -85,7 +85,10 @@ class DockerBackend:
     # -- observe ---------------------------------------------------------------------------
     @_engine_errors
     def list_containers(self, project: str) -> list[ContainerInfo]:
-        found = self.client.containers.list(all=True, filters={"label": f"{LABEL_PROJECT}={project}"})
+        # ignore_removed: a container removed between listing and inspecting is simply gone
+        found = self.client.containers.list(
+            all=True, ignore_removed=True, filters={"label": f"{LABEL_PROJECT}={project}"}
+        )
         return [_info(c) for c in found]
 
     @_engine_errors

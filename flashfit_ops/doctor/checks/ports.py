@@ -133,5 +133,5 @@ def needed_ports(ctx: DoctorContext) -> dict[str, int]:
 @check("ports", "Host ports the config needs: free, or held by this project's containers", timeout=10.0)
 def ports_check(ctx: DoctorContext) -> Finding:
     client = ctx.docker()
-    everyone = client.containers.list()  # running containers of every project
+    everyone = client.containers.list(ignore_removed=True)  # running containers of every project
     return evaluate(needed_ports(ctx), ctx.project, published_by(everyone), probe_port, process_holding)

@@ -133,7 +133,7 @@ class DoctorStack:
 
     def backend(self) -> Any:
         found = self.client.containers.list(
-            filters={"label": [f"io.flashfit.project={self.project}", "io.flashfit.role=backend"]})
+            ignore_removed=True, filters={"label": [f"io.flashfit.project={self.project}", "io.flashfit.role=backend"]})
         assert found, "no running backend"
         return found[0]
 
@@ -163,7 +163,7 @@ class DoctorStack:
 
     def close(self) -> None:
         label = f"io.flashfit.project={self.project}"
-        for container in self.client.containers.list(all=True, filters={"label": label}):
+        for container in self.client.containers.list(all=True, ignore_removed=True, filters={"label": label}):
             container.remove(force=True)
         for network in self.client.networks.list(names=[f"{self.project}_net"]):
             network.remove()

@@ -83,7 +83,7 @@ def remove_stack(client, name: str) -> None:
     label = {"label": f"com.docker.stack.namespace={name}"}
     for service in client.services.list(filters=label):
         service.remove()
-    wait_on_condition(lambda: not client.containers.list(all=True, filters=label), 60, 0.5, "the stack's containers to go")
+    wait_on_condition(lambda: not client.containers.list(all=True, ignore_removed=True, filters=label), 60, 0.5, "the stack's containers to go")
     for obj in [*client.secrets.list(filters=label), *client.configs.list(filters=label)]:
         obj.remove()
     for network in client.networks.list(filters=label):

@@ -239,7 +239,7 @@ class Project:
 
     def containers(self, **labels: str) -> list[Any]:
         filters = [f"io.flashfit.project={self.name}"] + [f"io.flashfit.{k}={v}" for k, v in labels.items()]
-        return docker_client().containers.list(all=True, filters={"label": filters})
+        return docker_client().containers.list(all=True, ignore_removed=True, filters={"label": filters})
 
     def backends(self, state: str | None = None, **labels: str) -> list[Any]:
         found = self.containers(role="backend", **labels)
@@ -247,7 +247,7 @@ class Project:
 
     def cleanup(self) -> None:
         client = docker_client()
-        for container in client.containers.list(all=True, filters={"label": f"io.flashfit.project={self.name}"}):
+        for container in client.containers.list(all=True, ignore_removed=True, filters={"label": f"io.flashfit.project={self.name}"}):
             container.remove(force=True)
         for network in client.networks.list(names=[f"{self.name}_net"]):
             network.remove()
