@@ -20,6 +20,11 @@ EnvOption = Annotated[
     typer.Option("--env", "-e", help="Environment overlay to apply: dev or prod."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout (for CI).")]
+DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")]
+LockWaitOption = Annotated[
+    float | None,
+    typer.Option("--lock-wait", help="Seconds to wait for another deploy's lock (default: deploy.lock_wait).", show_default=False),
+]
 DEFAULT_CONFIG = Path("flashfit.yml")
 
 F = TypeVar("F", bound=Callable[..., Any])

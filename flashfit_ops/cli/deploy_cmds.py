@@ -9,17 +9,20 @@ import typer
 from rich.markup import escape
 
 from flashfit_ops import console
-from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, EnvOption, JsonOption, guarded
+from flashfit_ops.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    DryRunOption,
+    EnvOption,
+    JsonOption,
+    LockWaitOption,
+    guarded,
+)
 from flashfit_ops.errors import FlashFitError
 
 StrategyOption = Annotated[
     Optional[str],
     typer.Option("--strategy", "-s", help="single | blue-green | rolling (default: deploy.strategy).", show_default=False),
-]
-DryRunOption = Annotated[bool, typer.Option("--dry-run", help="Print the plan and change nothing.")]
-LockWaitOption = Annotated[
-    Optional[float],
-    typer.Option("--lock-wait", help="Seconds to wait for another deploy's lock (default: deploy.lock_wait).", show_default=False),
 ]
 MessageOption = Annotated[str, typer.Option("--message", "-m", help="Why: recorded in the lock and the history.")]
 

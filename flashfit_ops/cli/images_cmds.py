@@ -1,4 +1,4 @@
-"""`flashfit build` and `flashfit images bootstrap`."""
+"""`flashfit build`, `flashfit images bootstrap` and `flashfit images prune`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,17 @@ from typing import Annotated
 import typer
 
 from flashfit_ops import console
-from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, EnvOption, JsonOption, guarded
+from flashfit_ops.cli.common import (
+    DEFAULT_CONFIG,
+    ConfigOption,
+    DryRunOption,
+    EnvOption,
+    JsonOption,
+    LockWaitOption,
+    guarded,
+)
 
-images_app = typer.Typer(help="Base images without a registry.", no_args_is_help=True)
+images_app = typer.Typer(help="Base images without a registry, and pruning old backend images.", no_args_is_help=True)
 
 
 @guarded
@@ -61,7 +69,45 @@ def build(
         console.emit_json(result.to_dict())
 
 
+@guarded
+def prune(
+    keep: Annotated[
+        int | None,
+        typer.Option("--keep", min=1, help="Versions to keep (default: deploy.keep_versions).", show_default=False),
+    ] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    env: EnvOption = None,
+    dry_run: DryRunOption = False,
+    lock_wait: LockWaitOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Remove old <server.image> tags. Kept: tags any container or Swarm service uses, the last
+    --keep successful deploys (rollback targets) and the --keep newest builds."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.images.prune import prune_images
+
+    loaded = load_config(config, env=env)
+    result = prune_images(loaded, keep=keep, dry_run=dry_run, lock_wait=lock_wait)
+    if json_output:
+        console.emit_json({"dry_run": dry_run, **result.to_dict()})
+        return
+    image = loaded.server.image
+    for version, reason in result.plan.keep.items():
+        console.print_data(f"keep    {image}:{version}  ({reason})")
+    for tag in result.plan.remove:
+        if dry_run:
+            console.print_data(f"remove  {image}:{tag.version}  (created {tag.created[:19]})")
+        elif tag.version in result.removed:
+            console.print_data(f"removed {image}:{tag.version}")
+        else:
+            console.warn(f"kept {image}:{tag.version}: the engine refused: {result.refused[tag.version]}")
+    verb = "would remove" if dry_run else "removed"
+    count = len(result.plan.remove) if dry_run else len(result.removed)
+    console.success(f"{verb} {count} of {len(result.plan.keep) + len(result.plan.remove)} {image} tags")
+
+
 def register(app: typer.Typer) -> None:
     app.command("build")(build)
     images_app.command("bootstrap")(bootstrap)
+    images_app.command("prune")(prune)
     app.add_typer(images_app, name="images")

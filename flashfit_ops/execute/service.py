@@ -148,7 +148,7 @@ def _history_finish(config: Config, deploy_id: str, started: float, result: str,
     )
 
 
-def _locked(config: Config, lock_wait: float | None, message: str = "") -> DeployLock:
+def acquire_lock(config: Config, lock_wait: float | None, message: str = "") -> DeployLock:
     lock = DeployLock(lock_path(config))
     wait = config.deploy.lock_wait if lock_wait is None else lock_wait
     with console.status("waiting for the deploy lock") as live:
@@ -247,7 +247,7 @@ def deploy(
     if config.target == "swarm":
         if dry_run:
             return _swarm_deploy(backend, config, version, dry_run=True)
-        lock = _locked(config, lock_wait, message)
+        lock = acquire_lock(config, lock_wait, message)
         try:
             with sigterm_as_interrupt():
                 ensure_image(backend, config, version)
@@ -270,7 +270,7 @@ def deploy(
             "previous_version": observed.live_version,
             "plan": [s.to_dict() for s in steps],
         }
-    lock = _locked(config, lock_wait, message)
+    lock = acquire_lock(config, lock_wait, message)
     try:
         with sigterm_as_interrupt():
             ensure_image(backend, config, version)
@@ -361,7 +361,7 @@ def rollback(
         observed = observe(backend, config)
         steps = make_plan(observed)
         return {"result": "planned", "dry_run": True, "version": version, "plan": [s.to_dict() for s in steps]}
-    lock = _locked(config, lock_wait, message or f"rollback to {version}")
+    lock = acquire_lock(config, lock_wait, message or f"rollback to {version}")
     try:
         return _execute(config, backend, Run("rollback", strategy, version, replicas, message), make_plan)
     finally:
@@ -382,7 +382,7 @@ def _swarm_rollback(
         raise UsageError(f"there is no image for version {version}", hint="`flashfit rollback` lists the versions")
     if dry_run:
         return _swarm_deploy(backend, config, version, dry_run=True)
-    lock = _locked(config, lock_wait, message or f"rollback to {version}")
+    lock = acquire_lock(config, lock_wait, message or f"rollback to {version}")
     try:
         with sigterm_as_interrupt():
             run = Run("rollback", "swarm-rolling", version, config.replicas, message)

@@ -153,10 +153,8 @@ def test_bootstrap_builds_from_the_cached_root_filesystem_then_finds_the_image(c
     cache = boot.cache_dir(REPO_ROOT)
     recipe = dataclasses.replace(boot.BASE, image=made.tag(f"flashfit-test/debian-python:{TOKEN}"))
     boot.ensure_image(client, recipe, cache, pull=False)  # fills the cache on a first run
-    started = time.monotonic()
     rebuilt = boot.ensure_image(client, recipe, cache, force=True)
     assert rebuilt.path == boot.BUILT and rebuilt.detail == "root filesystem from the cache"
-    assert time.monotonic() - started < 60
     assert boot.ensure_image(client, recipe, cache).path == boot.FOUND
 
     image = client.images.get(recipe.image)

@@ -65,7 +65,6 @@ def test_an_item_added_through_one_worker_is_seen_by_both_within_a_second(two_wo
         )
         assert response.status_code == 201, response.text
         item_id = response.json()["id"]
-    added_at = time.monotonic()
     time.sleep(1.0)
     after = _per_worker_counts(two_workers)
     assert len(after) == 2 and set(after.values()) == {max(before.values()) + 1}, (before, after)
@@ -74,7 +73,6 @@ def test_an_item_added_through_one_worker_is_seen_by_both_within_a_second(two_wo
         with httpx.Client(base_url=two_workers.url, timeout=10) as client:
             assert client.get(f"/api/items/{item_id}").status_code == 200
             assert client.post("/api/fusion/recommend", json={"item_id": item_id}).status_code == 200
-    assert time.monotonic() - added_at < 30
 
 
 def test_deletes_propagate_too(two_workers: LiveServer) -> None:

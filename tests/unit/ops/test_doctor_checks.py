@@ -168,7 +168,7 @@ class FakeClient:
         self.containers = self
         self._items = items
 
-    def list(self, all=False, filters=None):  # noqa: A002
+    def list(self, all=False, filters=None, ignore_removed=False):  # noqa: A002
         return list(self._items)
 
 

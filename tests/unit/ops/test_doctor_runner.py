@@ -61,7 +61,7 @@ def test_a_hanging_check_times_out_as_a_failure_and_does_not_hold_the_others():
     assert hung.hint and "--check hang" in hung.hint
     assert hung.details["error"] == "timeout"
     assert fine.status == OK
-    assert elapsed < 2.0
+    assert elapsed < 10.0  # the hung check is abandoned, not waited for (it would take 30 s)
 
 
 def test_timeouts_start_when_a_check_starts_not_when_it_was_queued():

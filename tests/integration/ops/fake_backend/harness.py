@@ -16,9 +16,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -51,8 +52,18 @@ def docker_client():
     return docker.from_env(version="auto", timeout=60)
 
 
+def _worker_ports(start: int, end: int) -> tuple[int, int]:
+    """Parallel test workers (pytest-xdist's gw0, gw1, ...) each pick from their own slice, so two
+    workers never choose the same port before either has bound it."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index, count = int(worker.removeprefix("gw") or 0), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    size = (end - start) // max(count, 1)
+    return start + index * size, start + (index + 1) * size
+
+
 def free_port(start: int = 18080, end: int = 18999) -> int:
     """A free high port: tests never use the well-known ones."""
+    start, end = _worker_ports(start, end)
     for port in range(start + secrets.randbelow(end - start), end):
         with socket.socket() as s:
             try:
@@ -107,8 +118,9 @@ _server_image: str | None = None
 
 def real_server_image() -> str:
     """The server image of this source tree, as `flashfit build` makes it (built once per
-    session; a code-only change rebuilds in seconds, an unchanged tree reuses its tag).
-    FLASHFIT_IT_SERVER_IMAGE names another one (a checkout testing its own build)."""
+    session, by whichever parallel worker comes first; a code-only change rebuilds in seconds, an
+    unchanged tree reuses its tag). FLASHFIT_IT_SERVER_IMAGE names another one (a checkout
+    testing its own build)."""
     global _server_image
     if _server_image:
         return _server_image
@@ -124,12 +136,25 @@ def real_server_image() -> str:
     config = resolve({"server": {"build": {"base_image": BASE_IMAGE}}}, base_dir=REPO_ROOT, environ={})
     state = source_state(REPO_ROOT)
     tag = f"{SERVER_REPO}:{version_from_state(state)}" if state else None
-    try:
-        client.images.get(tag)
-        _server_image = tag
-    except Exception:
-        _server_image = build_image(client, config).image
+    with _cross_process_lock("server-image"):
+        try:
+            client.images.get(tag)
+            _server_image = tag
+        except Exception:
+            _server_image = build_image(client, config).image
     return _server_image
+
+
+@contextmanager
+def _cross_process_lock(name: str) -> Iterator[None]:
+    """Held by one test process at a time (parallel workers share one engine and one cache)."""
+    import fcntl
+
+    folder = REPO_ROOT / ".cache"
+    folder.mkdir(exist_ok=True)
+    with open(folder / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 _tiny_models: Path | None = None

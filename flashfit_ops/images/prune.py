@@ -1,0 +1,135 @@
+"""`flashfit images prune`: drop old backend image tags, keeping everything a deploy or a rollback
+may still need. Deciding is a pure function of what the engine and the history say (unit-tested);
+the engine part only gathers those facts and removes tags.
+
+Kept, with the reason shown:
+- a tag whose image a container uses (running, or stopped and retained for a fast rollback), or
+  that a Swarm service runs or would roll back to;
+- the newest `keep` successful deploys in the history (the versions `flashfit rollback` offers);
+- the newest `keep` images by creation time (a build made for the next deploy is not lost).
+Removing a tag lets the engine drop the image's unshared layers; a tag still in use is refused by
+the engine (409) and reported, never forced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+IN_USE = "used by a container or service"
+ROLLBACK = "rollback target"
+NEWEST = "newest build"
+
+
+@dataclass(frozen=True)
+class ImageTag:
+    version: str
+    image_id: str
+    created: str  # ISO 8601 from the engine; sorts chronologically
+    size: int = 0
+
+
+@dataclass
+class PrunePlan:
+    keep: dict[str, str] = field(default_factory=dict)  # version -> why
+    remove: list[ImageTag] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "keep": [{"version": v, "reason": r} for v, r in self.keep.items()],
+            "remove": [{"version": t.version, "image_id": t.image_id[:19], "created": t.created} for t in self.remove],
+        }
+
+
+def plan_prune(tags: list[ImageTag], *, used_ids: set[str], used_versions: set[str], deployed: list[str], keep: int) -> PrunePlan:
+    """What to keep and what to remove. `deployed` is newest first; `keep` >= 1."""
+    reasons: dict[str, str] = {}
+    for tag in tags:
+        if tag.image_id in used_ids or tag.version in used_versions:
+            reasons.setdefault(tag.version, IN_USE)
+    present = {t.version for t in tags}
+    for version in [v for v in deployed if v in present][:keep]:
+        reasons.setdefault(version, ROLLBACK)
+    for tag in sorted(tags, key=lambda t: t.created, reverse=True)[:keep]:
+        reasons.setdefault(tag.version, NEWEST)
+    ordered = sorted(tags, key=lambda t: t.created, reverse=True)
+    return PrunePlan(
+        keep={t.version: reasons[t.version] for t in ordered if t.version in reasons},
+        remove=[t for t in ordered if t.version not in reasons],
+    )
+
+
+# -- engine -----------------------------------------------------------------------------------
+def list_tags(client: Any, repository: str) -> list[ImageTag]:
+    found = []
+    for image in client.images.list(name=repository):
+        for reference in image.tags:
+            repo, _, version = reference.rpartition(":")
+            if repo == repository:
+                found.append(ImageTag(version, image.id, image.attrs.get("Created", ""), image.attrs.get("Size", 0)))
+    return found
+
+
+def usage(client: Any, repository: str, project: str, swarm: bool) -> tuple[set[str], set[str]]:
+    """Image ids any container on the engine uses (any project: the engine would refuse anyway),
+    and the versions the project's Swarm services run or would roll back to."""
+    used_ids = {c.attrs.get("Image", "") for c in client.containers.list(all=True, ignore_removed=True)}
+    versions: set[str] = set()
+    if swarm:
+        from flashfit_ops.swarm.engine import STACK_LABEL
+
+        for service in client.services.list(filters={"label": f"{STACK_LABEL}={project}"}):
+            for spec in (service.attrs.get("Spec"), service.attrs.get("PreviousSpec")):
+                image = ((spec or {}).get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image") or "").split("@")[0]
+                repo, _, version = image.rpartition(":")
+                if repo == repository:
+                    versions.add(version)
+    return used_ids, versions
+
+
+@dataclass
+class PruneResult:
+    plan: PrunePlan
+    removed: list[str] = field(default_factory=list)
+    refused: dict[str, str] = field(default_factory=dict)  # version -> the engine's reason
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.plan.to_dict(), "removed": self.removed, "refused": self.refused}
+
+
+def remove_tags(client: Any, repository: str, plan: PrunePlan) -> PruneResult:
+    from docker.errors import APIError, NotFound
+
+    result = PruneResult(plan)
+    for tag in plan.remove:
+        try:
+            client.images.remove(f"{repository}:{tag.version}")
+        except NotFound:
+            result.removed.append(tag.version)  # gone already: the goal is met
+        except APIError as error:
+            result.refused[tag.version] = str(error.explanation or error)
+        else:
+            result.removed.append(tag.version)
+    return result
+
+
+def prune_images(config: Any, *, keep: int | None = None, dry_run: bool = False, lock_wait: float | None = None) -> PruneResult:
+    """Under the deploy lock, so no deploy starts a version while its tag is being removed."""
+    from flashfit_ops.execute import history as hist
+    from flashfit_ops.execute.service import _backend, acquire_lock, history_path
+
+    client = _backend().client
+    keep = keep or config.deploy.keep_versions
+    repository = config.server.image
+
+    def decide() -> PrunePlan:
+        used_ids, used_versions = usage(client, repository, config.project, swarm=config.target == "swarm")
+        deployed = hist.successful_versions(history_path(config))
+        return plan_prune(list_tags(client, repository), used_ids=used_ids, used_versions=used_versions, deployed=deployed, keep=keep)
+
+    if dry_run:
+        return PruneResult(decide())
+    lock = acquire_lock(config, lock_wait, "prune images")
+    try:
+        return remove_tags(client, repository, decide())
+    finally:
+        lock.release()
