@@ -5,6 +5,10 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# `make test` runs test files in parallel, one file per worker (a file's module fixtures stay
+# shared). Integration tests spend most of their time waiting on containers and servers, so more
+# workers than the 2 cores here still pays; TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 3
 
 .PHONY: help venv host test unit integration demo bench clean
 
@@ -23,7 +27,7 @@ host:
 	scripts/setup-host.sh
 
 test: venv host
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest tests -m "not integration" $(PYTEST_ARGS)

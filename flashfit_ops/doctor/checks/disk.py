@@ -12,7 +12,8 @@ from flashfit_ops.doctor.result import FAILURE, OK, WARNING, Finding, combine
 
 USED_WARN = 0.85
 USED_FAIL = 0.95
-DISK_HINT = ("free space on {path} (old backups, `flashfit-server clear-cache` for index debris) "
+DISK_HINT = ("free space on {path} (old backups, `flashfit-server clear-cache` for index debris, "
+             "`flashfit images prune` when it shares a disk with the engine's images) "
              "or move {key} to a larger disk")
 
 
