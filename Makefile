@@ -27,7 +27,7 @@ host:
 	scripts/setup-host.sh
 
 test: venv host
-	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 unit: venv
 	$(PY) -m pytest tests -m "not integration" $(PYTEST_ARGS)

@@ -26,3 +26,26 @@ def example_config(tmp_path: Path) -> Path:
     path = tmp_path / "flashfit.yml"
     write_example(path)
     return path
+
+
+# The files that take longest, started first: `make test` hands whole files to parallel workers
+# (pytest-xdist --dist loadfile --no-loadscope-reorder), and a long file picked up last would
+# leave the other workers idle at the end. Every other file keeps its collection order.
+LONGEST_FIRST = (
+    "tests/integration/ops/test_swarm.py",
+    "tests/integration/ops/test_deploy_faults.py",
+    "tests/integration/ops/test_deploy_single_rolling.py",
+    "tests/integration/ops/test_images_build.py",
+    "tests/server/integration/test_schemathesis.py",
+    "tests/integration/ops/test_backup_deployed.py",
+    "tests/integration/ops/test_doctor_live.py",
+    "tests/integration/ops/test_deploy_blue_green.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: tests inside a file keep their order

@@ -6,12 +6,11 @@ mid-deploy (SIGKILL) and recovered, SIGTERM, a broken proxy config, an unreachab
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
 import pytest
-
-import os
 
 from flashfit_ops.execute.proxy import read_files, slot_target
 from tests.integration.ops.fake_backend.harness import Load, fake_image, make_project, wait_on_condition
@@ -135,10 +134,11 @@ def switch_recorded_for(project, version: str) -> bool:
 
 
 def test_sigkill_after_the_switch_leaves_the_new_version_serving(project) -> None:
+    deploy_v1(project)
+    # A long monitor window keeps the deploy of v2 alive after its switch, for the kill to land in.
     project.write_config(
         healthcheck__start_period="2s", deploy__deadline="8s", deploy__monitor_window="60s", deploy__strategy="blue-green"
     )
-    deploy_v1(project)
     deploy = project.popen("deploy", "--version", "v2")
     # After the switch completed (recorded in applied.json): a kill between the relink and that
     # record is the mid-switch crash the next test covers, which goes back to v1 by design.

@@ -29,7 +29,10 @@ def test_no_generated_request_causes_a_server_error(tmp_path: Path, tiny_models:
             "--header", f"Authorization: {token}",
             "--max-examples", "25",
             "--max-time", "60",
-            "--workers", "2",
+            # One worker: in CPython 3.11 ast.parse can fail spuriously ("AST constructor recursion
+            # depth mismatch", python/cpython#106905) when threads parse at once, and hypothesis
+            # parses lambdas while it generates. Seen here once with two workers on a loaded host.
+            "--workers", "1",
             "--seed", "20250101",
             "--phases", "examples,coverage,fuzzing,stateful",
             "--request-timeout", "30",
