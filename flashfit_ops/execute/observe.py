@@ -50,8 +50,9 @@ def observe(backend, config: Config, *, check_proxy_config: bool = True) -> Obse
     files = read_files(proxy_dir(config))
     config_names = files.config
     if proxy_info is not None and proxy_info.state == "running" and files.config_present and check_proxy_config:
-        # An invalid nginx.conf (edited by hand, or a bug) counts as absent: the next switch rewrites it.
-        if not ProxyController(backend, config).config_is_valid():
+        # An invalid nginx.conf (edited by hand, or a bug) counts as absent: the next switch
+        # rewrites it. The file the last switch left needs no `nginx -t`: nginx runs it.
+        if not files.config_unchanged and not ProxyController(backend, config).config_is_valid():
             config_names = ()
     applied = files.applied if files.applied_present else config_names
     proxy = ProxyState(

@@ -130,6 +130,14 @@ class ProxyFiles:
     applied_present: bool
     stray: tuple[str, ...]
     served: tuple[str, ...] | None = None
+    # nginx.conf as it is now, and as the last completed switch left it (applied.json): equal
+    # means nginx has run this very file since, so it need not be tested again.
+    config_sha256: str | None = None
+    applied_config_sha256: str | None = None
+
+    @property
+    def config_unchanged(self) -> bool:
+        return self.config_sha256 is not None and self.config_sha256 == self.applied_config_sha256
 
 
 def read_files(folder: Path, sockets: Path | None = None) -> ProxyFiles:
@@ -138,8 +146,11 @@ def read_files(folder: Path, sockets: Path | None = None) -> ProxyFiles:
     sockets = Path(sockets) if sockets is not None else folder.parent / "sockets"
     config: tuple[str, ...] = ()
     present = False
+    digest: str | None = None
     try:
-        text = (folder / PROXY_CONFIG_FILE).read_text(encoding="utf-8")
+        raw = (folder / PROXY_CONFIG_FILE).read_bytes()
+        digest = hashlib.sha256(raw).hexdigest()
+        text = raw.decode("utf-8")
         present = True
         count = parse_slot_count(text)
         config = read_slots(sockets, count) if count else parse_upstreams(text)
@@ -148,12 +159,15 @@ def read_files(folder: Path, sockets: Path | None = None) -> ProxyFiles:
     applied: tuple[str, ...] = ()
     applied_present = False
     served: tuple[str, ...] | None = None
+    applied_digest: str | None = None
     try:
         data = json.loads((folder / APPLIED_FILE).read_text(encoding="utf-8"))
         applied = tuple(str(n) for n in data.get("slots", data.get("upstreams", [])))
         applied_present = True
         if isinstance(data.get("served"), list):
             served = tuple(str(n) for n in data["served"])
+        if isinstance(data.get("config_sha256"), str):
+            applied_digest = data["config_sha256"]
     except (FileNotFoundError, ValueError, AttributeError):
         pass
     stray = []
@@ -165,7 +179,7 @@ def read_files(folder: Path, sockets: Path | None = None) -> ProxyFiles:
         for entry in sorted(sockets.iterdir()):
             if entry.name.startswith("slot-") and entry.name.endswith(".tmp"):
                 stray.append(entry.name)
-    return ProxyFiles(config, present, applied, applied_present, tuple(stray), served)
+    return ProxyFiles(config, present, applied, applied_present, tuple(stray), served, digest, applied_digest)
 
 
 @contextlib.contextmanager

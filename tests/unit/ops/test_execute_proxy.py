@@ -127,6 +127,16 @@ def test_first_switch_renders_tests_and_reloads_then_links_are_renamed_without_r
     assert json.loads((proxy.folder / APPLIED_FILE).read_text())["served"] == ["blue", "green"]
 
 
+def test_the_config_a_switch_left_is_known_unchanged_until_edited(tmp_path: Path) -> None:
+    proxy = controller(tmp_path, FakeProxyBackend(), "blue")
+    assert read_files(proxy.folder).config_unchanged is False  # nothing applied yet
+    proxy.switch(("blue",), {"blue": "v1"})
+    assert read_files(proxy.folder).config_unchanged is True  # observe skips `nginx -t`
+    config = proxy.folder / "nginx.conf"
+    config.write_text(config.read_text() + "# edited by hand\n")
+    assert read_files(proxy.folder).config_unchanged is False  # observe tests it again
+
+
 def test_a_new_slot_count_reloads_and_drops_the_extra_links(tmp_path: Path) -> None:
     backend = FakeProxyBackend()
     proxy = controller(tmp_path, backend, "a", "b", "c")
