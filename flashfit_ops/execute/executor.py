@@ -146,33 +146,34 @@ class Executor:
         self._stops = {}
         pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop")
         self._stop_pool = pool
+        # One try around the whole loop: an interrupt between two steps (while printing the next
+        # one, say) must roll back as surely as one inside a step.
+        kind, description, started = "start", "start", self.clock()
         try:
             for step in [*steps, None]:
-                description = step.describe() if step is not None else "wait until the stopped containers exited"
-                kind = step.kind if step is not None else "stop_wait"
                 if step is None and not self._stops:
                     break
+                description = step.describe() if step is not None else "wait until the stopped containers exited"
+                kind = step.kind if step is not None else "stop_wait"
                 started = self.clock()
-                if step is not None:
+                if step is None:
+                    with self.status("waiting for the old containers to exit"):
+                        self._join_stops()
+                else:
                     self.say("step", description)
-                try:
-                    if step is None:
-                        with self.status("waiting for the old containers to exit"):
-                            self._join_stops()
-                    else:
-                        getattr(self, f"_do_{step.kind}")(step)
-                except BaseException as error:
-                    seconds = self.clock() - started
-                    message = error.message if isinstance(error, FlashFitError) else (str(error) or type(error).__name__)
-                    if isinstance(error, KeyboardInterrupt):
-                        message = "interrupted"
-                    self.execution.outcomes.append(StepOutcome(kind, description, "failed", round(seconds, 3), message))
-                    self.execution.error = message
-                    self._rollback()
-                    if isinstance(error, FlashFitError):
-                        error.details = {**error.details, "execution": self.execution.to_dict()}
-                    raise
+                    getattr(self, f"_do_{step.kind}")(step)
                 self.execution.outcomes.append(StepOutcome(kind, description, "done", round(self.clock() - started, 3)))
+        except BaseException as error:
+            seconds = self.clock() - started
+            message = error.message if isinstance(error, FlashFitError) else (str(error) or type(error).__name__)
+            if isinstance(error, KeyboardInterrupt):
+                message = "interrupted"
+            self.execution.outcomes.append(StepOutcome(kind, description, "failed", round(seconds, 3), message))
+            self.execution.error = message
+            self._rollback()
+            if isinstance(error, FlashFitError):
+                error.details = {**error.details, "execution": self.execution.to_dict()}
+            raise
         finally:
             pool.shutdown(wait=True)
         return self.execution

@@ -46,8 +46,12 @@ def _wait_both_ready(server: LiveServer) -> None:
         pids = set()
         for _ in range(20):
             with httpx.Client(base_url=server.url, timeout=10) as client:
-                response = client.get("/api/fusion/stats")
-                if client.get("/ready").status_code == 200 and response.status_code == 200:
+                try:
+                    response = client.get("/api/fusion/stats")
+                    ready = client.get("/ready").status_code == 200
+                except httpx.TransportError:
+                    continue  # as in _per_worker_counts: ask again until the deadline
+                if ready and response.status_code == 200:
                     pids.add(response.json()["worker"]["pid"])
         if len(pids) == 2:
             return

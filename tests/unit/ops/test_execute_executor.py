@@ -295,3 +295,26 @@ def test_undo_failures_do_not_stop_the_rest_of_the_rollback(tmp_path: Path) -> N
         executor.run(steps)
     assert calls == [green]
     assert any("engine hiccup" in w for w in executor.execution.warnings)
+
+
+def test_an_interrupt_between_two_steps_rolls_back_too(tmp_path: Path) -> None:
+    """Ctrl-C or SIGTERM while the next step is being announced (after the container started,
+    before the gate) still undoes what was done."""
+    clock = FakeClock()
+    blue = backend("blue", 1)
+    fake = FakeBackend(clock, running={blue.name})
+    executor, config = make_executor(tmp_path, fake, clock)
+    green = name("green", 1)
+
+    def say(kind: str, message: str) -> None:
+        if message.startswith("wait until ready"):
+            raise KeyboardInterrupt
+
+    executor.say = say
+    steps = plan_deploy("blue-green", config, observed([blue], live=[blue]), Target("v2", NEW, 1))
+    with pytest.raises(KeyboardInterrupt):
+        executor.run(steps)
+    assert fake.calls[-2:] == [("remove", green), ("forget", green)]
+    assert fake.states == {blue.name: "running"}
+    assert executor.execution.rolled_back
+    assert executor.execution.outcomes[-1].status == "undone"
