@@ -3,7 +3,8 @@
 For flat (exact inner product) and HNSW stores of d=512 synthetic unit vectors, prints single
 query p50/p95, single-query and 64-query-batch QPS, HNSW recall@10 against flat, and the effect
 of faiss' `distance_compute_blas_threshold` on 64-query batches (faiss-cpu 1.15's default,
-128000, keeps every realistic batch off BLAS; the server lowers it to 4).
+128000, keeps every realistic batch off BLAS; the server lowers it to 4). Single queries on a
+flat store of at least 4k x 512 floats are scanned by torch's matrix-vector product, not faiss.
 
   .venv/bin/python benchmarks/bench_store.py           # 1k, 10k, 100k
   .venv/bin/python benchmarks/bench_store.py --quick   # 1k, 10k

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flashfit_server import atomic
+from flashfit_server import atomic, vector_store
 from flashfit_server.storebench import random_unit_vectors
 from flashfit_server.vector_store import StoreError, VectorStore
 
@@ -114,3 +114,25 @@ def test_a_crash_at_any_step_leaves_the_previous_matching_pair(tmp_path: Path, s
 def test_empty_store_search_returns_nothing() -> None:
     store = VectorStore("blip", 8)
     assert len(store.search(np.ones(8, np.float32), 5)[0].ids) == 0
+
+
+@pytest.mark.parametrize("count", [2, 9, 10, 11, 300])
+def test_flat_single_queries_match_faiss_exactly(count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer than FEW_QUERIES queries take torch's path: same ids, order and scores as faiss."""
+    monkeypatch.setattr(vector_store, "TORCH_SCAN_FLOATS", 0)  # every size, not only large stores
+    store, ids, vectors = _filled("flat", n=count)
+    store.remove([int(ids[0])])  # a removal compacts the storage and the id map together
+    queries = random_unit_vectors(3, 16, seed=11)
+    for k in (1, 5, 10, 50):
+        expected_scores, expected_ids = store.index.search(queries, min(k, len(store)))  # faiss itself
+        for row, hits in enumerate(store.search(queries, k)):
+            assert hits.ids.tolist() == expected_ids[row].tolist()
+            np.testing.assert_allclose(hits.scores, expected_scores[row], rtol=1e-5, atol=1e-6)
+
+
+def test_flat_ties_keep_storage_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(vector_store, "TORCH_SCAN_FLOATS", 0)
+    store = VectorStore("clip", 4)
+    same = np.array([[1.0, 0.0, 0.0, 0.0]] * 3 + [[0.0, 1.0, 0.0, 0.0]], dtype=np.float32)
+    store.add(np.array([30, 10, 20, 40]), same)
+    assert store.search(same[0], 3)[0].ids.tolist() == [30, 10, 20]
