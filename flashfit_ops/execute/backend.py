@@ -116,13 +116,9 @@ class DockerBackend:
 
     @_engine_errors
     def image_tags(self, repository: str) -> list[str]:
-        tags = []
-        for image in self.client.images.list(name=repository):
-            for tag in image.tags:
-                repo, _, version = tag.rpartition(":")
-                if repo == repository:
-                    tags.append(version)
-        return sorted(set(tags))
+        from flashfit_ops.images.prune import list_tags
+
+        return sorted({tag.version for tag in list_tags(self.client, repository)})
 
     # -- networks and volumes ----------------------------------------------------------------
     @_engine_errors

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from flashfit_ops.images.bootstrap import split_reference
+
 IN_USE = "used by a container or service"
 ROLLBACK = "rollback target"
 NEWEST = "newest build"
@@ -25,7 +27,6 @@ class ImageTag:
     version: str
     image_id: str
     created: str  # ISO 8601 from the engine; sorts chronologically
-    size: int = 0
 
 
 @dataclass
@@ -49,9 +50,9 @@ def plan_prune(tags: list[ImageTag], *, used_ids: set[str], used_versions: set[s
     present = {t.version for t in tags}
     for version in [v for v in deployed if v in present][:keep]:
         reasons.setdefault(version, ROLLBACK)
-    for tag in sorted(tags, key=lambda t: t.created, reverse=True)[:keep]:
-        reasons.setdefault(tag.version, NEWEST)
     ordered = sorted(tags, key=lambda t: t.created, reverse=True)
+    for tag in ordered[:keep]:
+        reasons.setdefault(tag.version, NEWEST)
     return PrunePlan(
         keep={t.version: reasons[t.version] for t in ordered if t.version in reasons},
         remove=[t for t in ordered if t.version not in reasons],
@@ -60,12 +61,13 @@ def plan_prune(tags: list[ImageTag], *, used_ids: set[str], used_versions: set[s
 
 # -- engine -----------------------------------------------------------------------------------
 def list_tags(client: Any, repository: str) -> list[ImageTag]:
+    """Every `repository:<version>` tag on the engine, one entry per tag."""
     found = []
     for image in client.images.list(name=repository):
         for reference in image.tags:
-            repo, _, version = reference.rpartition(":")
+            repo, version = split_reference(reference)
             if repo == repository:
-                found.append(ImageTag(version, image.id, image.attrs.get("Created", ""), image.attrs.get("Size", 0)))
+                found.append(ImageTag(version, image.id, image.attrs.get("Created", "")))
     return found
 
 
@@ -80,7 +82,7 @@ def usage(client: Any, repository: str, project: str, swarm: bool) -> tuple[set[
         for service in client.services.list(filters={"label": f"{STACK_LABEL}={project}"}):
             for spec in (service.attrs.get("Spec"), service.attrs.get("PreviousSpec")):
                 image = ((spec or {}).get("TaskTemplate", {}).get("ContainerSpec", {}).get("Image") or "").split("@")[0]
-                repo, _, version = image.rpartition(":")
+                repo, version = split_reference(image)
                 if repo == repository:
                     versions.add(version)
     return used_ids, versions
@@ -114,10 +116,11 @@ def remove_tags(client: Any, repository: str, plan: PrunePlan) -> PruneResult:
 
 def prune_images(config: Any, *, keep: int | None = None, dry_run: bool = False, lock_wait: float | None = None) -> PruneResult:
     """Under the deploy lock, so no deploy starts a version while its tag is being removed."""
+    from flashfit_ops.docker_client import connect
     from flashfit_ops.execute import history as hist
-    from flashfit_ops.execute.service import _backend, acquire_lock, history_path
+    from flashfit_ops.execute.service import acquire_lock, history_path
 
-    client = _backend().client
+    client = connect()
     keep = keep or config.deploy.keep_versions
     repository = config.server.image
 
