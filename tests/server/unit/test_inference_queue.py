@@ -67,6 +67,21 @@ def test_a_deadline_raises_and_cancels_waiting_jobs_without_wedging_the_worker()
     assert ["clip", "image", ["never-run"]] not in recorder.batches
 
 
+def test_a_result_that_lands_after_the_deadline_is_still_a_timeout() -> None:
+    """The loop can wake late (a loaded host): the result and the timer then arrive together."""
+    from concurrent.futures import Future
+
+    async def scenario() -> None:
+        future: Future = Future()
+        threading.Timer(0.08, future.set_result, args=["late"]).start()
+        loop = asyncio.get_running_loop()
+        loop.call_soon(time.sleep, 0.2)  # stall the loop past the deadline and the result
+        with pytest.raises(InferenceTimeout):
+            await Deadline(0.05).wait([future])
+
+    asyncio.run(scenario())
+
+
 def test_observer_sees_each_batch() -> None:
     seen: list[tuple[str, float]] = []
     queue = InferenceQueue(Recorder().resolve, max_batch_size=8, observe=lambda s, t: seen.append((s, t)))
