@@ -18,6 +18,7 @@ from flashfit_server.log import configure_logging
 from flashfit_server.metrics import Metrics, MetricsMiddleware
 from flashfit_server.middleware import AllowedHosts, BodySizeLimit
 from flashfit_server.models.registry import ModelNames, ModelRegistry
+from flashfit_server.readiness import WorkerReadiness
 from flashfit_server.routers import admin, fusion, health, items
 from flashfit_server.service import Service
 from flashfit_server.settings import Settings
@@ -42,6 +43,7 @@ def _load_in_background(app: FastAPI) -> None:
             log.error("cannot open vector stores: %s", exc)
             app.state.startup_error = f"vector stores: {exc}"
             return
+        app.state.readiness.mark_ready()
         log.info("ready: stores %s", service.datastore.sizes())
 
     service.registry.start_loading(then=open_stores)
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service.registry.queue.start()
         _load_in_background(app)
         yield
+        app.state.readiness.withdraw()
         app.state.service.registry.queue.close()
 
     app = FastAPI(
@@ -89,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.service = Service(settings, registry, datastore)
     app.state.startup_error = None
+    app.state.readiness = WorkerReadiness.from_env(settings.workers)
 
     install_error_handlers(app)
     for router in (health.router, items.router, fusion.router, admin.router):

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -45,6 +46,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flashfit-metrics-")
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _clear_metrics_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    ready_dir = None
+    if workers > 1:  # /ready answers for all workers at once (see flashfit_server.readiness)
+        import tempfile
+
+        from flashfit_server.readiness import READY_DIR_ENV
+
+        ready_dir = tempfile.mkdtemp(prefix="flashfit-ready-")
+        os.environ[READY_DIR_ENV] = ready_dir
     import uvicorn
 
     from flashfit_server.log import uvicorn_log_config
@@ -80,6 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if socket_path:
             with contextlib.suppress(OSError):
                 os.unlink(socket_path)
+        if ready_dir:
+            shutil.rmtree(ready_dir, ignore_errors=True)
     # uvicorn has drained every request and run the lifespan shutdown (stores are written at
     # write time, never at exit). Skip the interpreter's teardown: joining torch's and faiss's
     # thread pools there kept a stopped container alive for seconds, which a deploy waits on.
@@ -271,8 +282,6 @@ def cmd_bench_store(args: argparse.Namespace) -> int:
 def cmd_clear_cache(args: argparse.Namespace) -> int:
     """Delete what can be regenerated: temp files and unreferenced index files left by interrupted
     writes, stale multiprocess metric files, and (with --models) the model checkpoints."""
-    import shutil
-
     from flashfit_server.atomic import file_lock, read_json
     from flashfit_server.datastore import STORE_NAMES
 

@@ -252,7 +252,9 @@ class Service:
             "learning_rate": LEARNING_RATE,
             "feedback": {"liked": fusion.liked, "disliked": fusion.disliked},
             "catalogue": {"items": item_count, "vector_stores": self.datastore.sizes()},
-            "worker": {"pid": os.getpid(), "recommendations_served": self.recommendations_served},
+            "worker": {
+                "pid": os.getpid(), "ready": self.ready, "recommendations_served": self.recommendations_served,
+            },
         }
 
     def get_item(self, item_id: int) -> Item:

@@ -1,5 +1,6 @@
 """Liveness (/health: always 200 while the process runs), readiness (/ready: 200 only when
-every model is loaded and the stores are open) and the Prometheus exposition (/metrics)."""
+every model is loaded and the stores are open, in every worker) and the Prometheus exposition
+(/metrics)."""
 
 from __future__ import annotations
 
@@ -43,12 +44,16 @@ def ready(request: Request) -> JSONResponse:
         "models_loaded": registry.all_loaded,
         "vector_stores_ready": service.datastore.is_open,
     }
+    readiness = request.app.state.readiness
+    if readiness.shared:
+        checks["workers_ready"] = f"{readiness.ready_workers()}/{readiness.expected}"
     problems = {slot: s.error for slot, s in registry.slots.items() if s.status == "failed"}
     if request.app.state.startup_error:
         problems["startup"] = request.app.state.startup_error
     if problems:
         checks["errors"] = problems
     is_ready = bool(checks["models_loaded"] and checks["vector_stores_ready"]) and not problems
+    is_ready = is_ready and readiness.all_ready()
     return JSONResponse(
         {"status": "ready" if is_ready else "not_ready", "checks": checks}, status_code=200 if is_ready else 503
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,3 +104,31 @@ def test_metrics_are_summed_across_workers(two_workers: LiveServer) -> None:
         if l.startswith("http_requests_total") and 'endpoint="/health"' in l and 'status="200"' in l
     )
     assert float(line.rsplit(" ", 1)[1]) >= 30  # one worker alone would show only its share
+
+
+def test_ready_means_every_worker_and_a_killed_one_makes_it_wait(two_workers: LiveServer) -> None:
+    _wait_both_ready(two_workers)
+    ready = httpx.get(two_workers.url + "/ready", timeout=10)
+    assert ready.status_code == 200 and ready.json()["checks"]["workers_ready"] == "2/2"
+    victim = _per_worker_counts(two_workers)
+    os.kill(next(iter(victim)), signal.SIGKILL)
+    # Until the supervisor's replacement has loaded, no worker may call the server ready.
+    seen_waiting = False
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(two_workers.url + "/ready", timeout=10)
+        except httpx.TransportError:
+            continue
+        if response.status_code == 503:
+            assert response.json()["checks"]["workers_ready"] in {"0/2", "1/2"}, response.text
+            seen_waiting = True
+        elif seen_waiting:
+            break
+        time.sleep(0.05)
+    assert seen_waiting, "a killed worker never made /ready wait"
+    assert response.status_code == 200, two_workers.log()
+    # And once ready, every worker that answers is ready.
+    for _ in range(20):
+        with httpx.Client(base_url=two_workers.url, timeout=10) as client:
+            assert client.get("/api/fusion/stats").json()["worker"]["ready"] is True
