@@ -4,7 +4,6 @@ import http.server
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -13,17 +12,14 @@ from flashfit_server.auth import verify_token
 from flashfit_server.cli import main
 
 
-def test_help_is_fast_and_imports_nothing_heavy() -> None:
+def test_help_imports_nothing_heavy() -> None:
     code = (
-        "import sys, time; t = time.perf_counter(); from flashfit_server import cli\n"
+        "import sys; from flashfit_server import cli\n"
         "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'faiss', 'fastapi', 'numpy') if m in sys.modules]\n"
-        "print(heavy, time.perf_counter() - t)"
+        "print([m for m in ('torch', 'transformers', 'faiss', 'fastapi', 'numpy') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    heavy, seconds = out.strip().rsplit("] ", 1)
-    assert heavy.endswith("[") and heavy.count("'") == 0, heavy
-    assert float(seconds) < 1.0
+    assert out.strip().splitlines()[-1] == "[]", out
 
 
 def test_app_import_does_not_load_models() -> None:
@@ -58,12 +54,16 @@ def test_probe_exit_codes(status_server: tuple[str, list[int]]) -> None:
     assert main(["probe", "--url", "http://127.0.0.1:9/ready", "--timeout", "0.5"]) == 1
 
 
-def test_probe_as_a_process_is_quick(status_server: tuple[str, list[int]]) -> None:
+def test_probe_as_a_process_imports_nothing_heavy(status_server: tuple[str, list[int]]) -> None:
+    """The container HEALTHCHECK runs it every few seconds."""
     url, _ = status_server
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "flashfit_server.cli", "probe", "--url", url], capture_output=True)
-    assert result.returncode == 0
-    assert time.perf_counter() - started < 2.0
+    code = (
+        "import sys; from flashfit_server import cli\n"
+        f"code = cli.main(['probe', '--url', {url!r}])\n"
+        "print(code, [m for m in ('torch', 'transformers', 'faiss', 'fastapi', 'numpy') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "0 []", out
 
 
 def test_token_is_signed_with_the_configured_secret(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:

@@ -38,22 +38,22 @@ def test_checks_run_concurrently():
         barrier.wait()  # only passes if all five run at the same time
         return ok("met")
 
-    started = time.perf_counter()
     results = run_checks([make(f"c{i}", meet) for i in range(5)], ctx=None)
     assert [r.status for r in results] == [OK] * 5
-    assert time.perf_counter() - started < 1.5
 
 
 def test_a_hanging_check_times_out_as_a_failure_and_does_not_hold_the_others():
     release = threading.Event()
 
+    finished = threading.Event()
+
     def hang(_ctx):
         release.wait(30)
+        finished.set()
         return ok("never reported")
 
-    started = time.perf_counter()
     results = run_checks([make("hang", hang, timeout=0.3), make("fine", lambda _c: ok("fine"))], ctx=None)
-    elapsed = time.perf_counter() - started
+    abandoned = not finished.is_set()  # run_checks returned while the check still hung
     release.set()
     hung, fine = results
     assert hung.status == FAILURE
@@ -61,7 +61,7 @@ def test_a_hanging_check_times_out_as_a_failure_and_does_not_hold_the_others():
     assert hung.hint and "--check hang" in hung.hint
     assert hung.details["error"] == "timeout"
     assert fine.status == OK
-    assert elapsed < 10.0  # the hung check is abandoned, not waited for (it would take 30 s)
+    assert abandoned
 
 
 def test_timeouts_start_when_a_check_starts_not_when_it_was_queued():
