@@ -129,17 +129,43 @@ class Deadline:
         self.seconds = seconds
 
     async def wait(self, futures: list[Future]) -> list[Any]:
+        """The jobs' results in order; their first error is raised as gather would."""
+        finished = _all_done(asyncio.get_running_loop(), futures)
         remaining = self.expires - time.monotonic()
-        wrapped = [asyncio.wrap_future(f) for f in futures]
-        results: list[Any] | None = None
         try:
-            if remaining > 0:
-                results = list(await asyncio.wait_for(asyncio.gather(*wrapped), timeout=remaining))
-        except asyncio.TimeoutError:
+            if remaining <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(remaining):
+                await finished
+        except TimeoutError:
             pass
         # A loop that wakes late sees the timer and a late result together; the budget decides.
-        if results is None or time.monotonic() > self.expires:
+        if not finished.done() or time.monotonic() > self.expires:
             for future in futures:
                 future.cancel()
             raise InferenceTimeout(f"model inference took longer than {self.seconds:g} s")
-        return results
+        return [future.result() for future in futures]
+
+
+def _all_done(loop: asyncio.AbstractEventLoop, futures: list[Future]) -> asyncio.Future:
+    """One loop future for many thread futures: the loop is woken once, when the last is done."""
+    finished = loop.create_future()
+    pending = [len(futures)]
+    lock = threading.Lock()
+
+    def mark(future: asyncio.Future) -> None:
+        if not future.done():
+            future.set_result(None)
+
+    def one_done(_: Future) -> None:
+        with lock:
+            pending[0] -= 1
+            last = pending[0] == 0
+        if last:
+            loop.call_soon_threadsafe(mark, finished)
+
+    if not futures:
+        finished.set_result(None)
+    for future in futures:
+        future.add_done_callback(one_done)
+    return finished

@@ -110,8 +110,8 @@ def test_ready_means_every_worker_and_a_killed_one_makes_it_wait(two_workers: Li
     _wait_both_ready(two_workers)
     ready = httpx.get(two_workers.url + "/ready", timeout=10)
     assert ready.status_code == 200 and ready.json()["checks"]["workers_ready"] == "2/2"
-    victim = _per_worker_counts(two_workers)
-    os.kill(next(iter(victim)), signal.SIGKILL)
+    victim, _ = _per_worker_counts(two_workers).popitem()
+    os.kill(victim, signal.SIGKILL)
     # Until the supervisor's replacement has loaded, no worker may call the server ready.
     seen_waiting = False
     deadline = time.monotonic() + 90

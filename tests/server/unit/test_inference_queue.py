@@ -67,6 +67,19 @@ def test_a_deadline_raises_and_cancels_waiting_jobs_without_wedging_the_worker()
     assert ["clip", "image", ["never-run"]] not in recorder.batches
 
 
+def test_waiting_returns_results_in_order_and_raises_a_failed_jobs_error() -> None:
+    queue = InferenceQueue(Recorder().resolve, max_batch_size=8)
+
+    async def scenario() -> None:
+        jobs = queue.submit("clip", "text", ["a", "b"]) + queue.submit("fashion", "image", ["c"])
+        assert await Deadline(5).wait(jobs) == ["clip:text:a", "clip:text:b", "fashion:image:c"]
+        assert await Deadline(5).wait([]) == []
+        with pytest.raises(RuntimeError, match="exploded"):
+            await Deadline(5).wait(queue.submit("clip", "text", ["ok"]) + queue.submit("clip", "boom", ["x"]))
+
+    asyncio.run(scenario())
+
+
 def test_a_result_that_lands_after_the_deadline_is_still_a_timeout() -> None:
     """The loop can wake late (a loaded host): the result and the timer then arrive together."""
     from concurrent.futures import Future
