@@ -65,6 +65,3 @@ class WorkerReadiness:
         except OSError:
             return 0
         return sum(1 for name in names if name.isdigit() and _alive(int(name)))
-
-    def all_ready(self) -> bool:
-        return self.folder is None or self.ready_workers() >= self.expected

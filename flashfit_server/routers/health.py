@@ -44,16 +44,18 @@ def ready(request: Request) -> JSONResponse:
         "models_loaded": registry.all_loaded,
         "vector_stores_ready": service.datastore.is_open,
     }
-    readiness = request.app.state.readiness
-    if readiness.shared:
-        checks["workers_ready"] = f"{readiness.ready_workers()}/{readiness.expected}"
+    readiness, workers_ready = request.app.state.readiness, True
+    if readiness.shared:  # several workers: each must have loaded, not just the one asked
+        count = readiness.ready_workers()
+        checks["workers_ready"] = f"{count}/{readiness.expected}"
+        workers_ready = count >= readiness.expected
     problems = {slot: s.error for slot, s in registry.slots.items() if s.status == "failed"}
     if request.app.state.startup_error:
         problems["startup"] = request.app.state.startup_error
     if problems:
         checks["errors"] = problems
     is_ready = bool(checks["models_loaded"] and checks["vector_stores_ready"]) and not problems
-    is_ready = is_ready and readiness.all_ready()
+    is_ready = is_ready and workers_ready
     return JSONResponse(
         {"status": "ready" if is_ready else "not_ready", "checks": checks}, status_code=200 if is_ready else 503
     )
