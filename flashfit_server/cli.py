@@ -2,7 +2,7 @@
 
 Only the standard library is imported at parse time (so `--help` and `probe`, which the
 container HEALTHCHECK runs every few seconds, stay fast); each command imports what it needs.
-Exit codes: 0 ok, 1 failed (probe: not ready), 2 bad configuration or usage.
+Exit codes: 0 ok, 1 failed (probe: not ready), 2 bad configuration or usage, 3 the app failed to start.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_START_FAILED = 0, 1, 2, 3
 
 
 def _settings():  # noqa: ANN202
@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             server = uvicorn.Server(config)
             server.run(sockets=sockets)
             if not server.started:  # the app failed to start (as uvicorn.run reports it)
-                return 3
+                return EXIT_START_FAILED
     finally:
         if socket_path:
             with contextlib.suppress(OSError):

@@ -41,3 +41,28 @@ def test_every_command_has_a_readme_section_with_an_example() -> None:
 def test_every_exit_code_is_documented() -> None:
     for code in EXIT_CODES:
         assert re.search(rf"^\| {code} \|", README, re.MULTILINE), f"exit code {code} missing from README"
+
+
+def test_every_server_command_and_variable_is_in_the_servers_section() -> None:
+    import argparse
+
+    from flashfit_server.cli import build_parser
+    from flashfit_server.settings import __doc__ as settings_doc
+
+    section = README[README.index("## The server: `flashfit-server`") : README.index("## Exit codes")]
+    commands = []
+
+    def walk(parser: argparse.ArgumentParser, prefix: str) -> None:
+        subparsers = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
+        if not subparsers:
+            commands.append(prefix)
+        for action in subparsers:
+            for name, sub in action.choices.items():
+                walk(sub, f"{prefix} {name}")
+
+    walk(build_parser(), "flashfit-server")
+    assert "flashfit-server models make-tiny" in commands
+    assert not [c for c in commands if f"\n{c} " not in section], "server commands without an example"
+    variables = set(re.findall(r"\b[A-Z][A-Z_]{3,}\b", settings_doc or ""))
+    assert "INFERENCE_TIMEOUT" in variables
+    assert not [v for v in variables if f"`{v}`" not in section], "server variables not in the table"
