@@ -10,6 +10,7 @@ finishes and its result is dropped, so the worker never wedges and the next requ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -139,12 +140,15 @@ class Deadline:
                 await finished
         except TimeoutError:
             pass
-        # A loop that wakes late sees the timer and a late result together; the budget decides.
-        if not finished.done() or time.monotonic() > self.expires:
+        # Ask the jobs themselves, not `finished` (a timeout cancels it, which also makes it done):
+        # uvloop rounds timers to whole milliseconds, so one may fire before the budget is spent;
+        # and a loop that wakes late sees the timer and a late result together.
+        complete = all(future.done() and not future.cancelled() for future in futures)
+        if not complete or time.monotonic() > self.expires:
             for future in futures:
                 future.cancel()
             raise InferenceTimeout(f"model inference took longer than {self.seconds:g} s")
-        return [future.result() for future in futures]
+        return [future.result() for future in futures]  # all done: none of these blocks
 
 
 def _all_done(loop: asyncio.AbstractEventLoop, futures: list[Future]) -> asyncio.Future:
@@ -161,8 +165,9 @@ def _all_done(loop: asyncio.AbstractEventLoop, futures: list[Future]) -> asyncio
         with lock:
             pending[0] -= 1
             last = pending[0] == 0
-        if last:
-            loop.call_soon_threadsafe(mark, finished)
+        if last and not loop.is_closed():  # closed: the request gave up and its loop has ended
+            with contextlib.suppress(RuntimeError):  # closed in between
+                loop.call_soon_threadsafe(mark, finished)
 
     if not futures:
         finished.set_result(None)

@@ -3,8 +3,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import Future
 
 import pytest
+import uvloop
 
 from flashfit_server.inference import Deadline, InferenceQueue, InferenceTimeout
 
@@ -80,9 +82,13 @@ def test_waiting_returns_results_in_order_and_raises_a_failed_jobs_error() -> No
     asyncio.run(scenario())
 
 
-def test_a_result_that_lands_after_the_deadline_is_still_a_timeout() -> None:
+# The server runs on uvloop (uvicorn[standard]); the tests run on both loops.
+LOOPS = pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+
+
+@LOOPS
+def test_a_result_that_lands_after_the_deadline_is_still_a_timeout(run) -> None:  # noqa: ANN001
     """The loop can wake late (a loaded host): the result and the timer then arrive together."""
-    from concurrent.futures import Future
 
     async def scenario() -> None:
         future: Future = Future()
@@ -92,7 +98,24 @@ def test_a_result_that_lands_after_the_deadline_is_still_a_timeout() -> None:
         with pytest.raises(InferenceTimeout):
             await Deadline(0.05).wait([future])
 
-    asyncio.run(scenario())
+    run(scenario())
+
+
+@LOOPS
+def test_a_timer_that_fires_early_is_a_timeout_and_never_blocks_the_loop(run) -> None:  # noqa: ANN001
+    """uvloop rounds a 0.4 ms timer down to 0 ms: it fires while the job still runs."""
+
+    async def scenario() -> None:
+        future: Future = Future()
+        future.set_running_or_notify_cancel()  # a job the inference thread has started
+        threading.Timer(0.3, future.set_result, args=["slow"]).start()
+        started = time.monotonic()
+        with pytest.raises(InferenceTimeout):
+            await Deadline(0.0004).wait([future])
+        assert not future.done()
+        assert time.monotonic() - started < 0.3  # did not sit on the job's result
+
+    run(scenario())
 
 
 def test_observer_sees_each_batch() -> None:
