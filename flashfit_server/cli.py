@@ -40,20 +40,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     workers = args.workers or settings.workers
     os.environ["WORKERS"] = str(workers)  # workers read it to split CPU threads between them
-    if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        import tempfile
-
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flashfit-metrics-")
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        _clear_metrics_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     ready_dir = None
-    if workers > 1:  # /ready answers for all workers at once (see flashfit_server.readiness)
+    if workers > 1:  # shared by the workers: metric files, and readiness (flashfit_server.readiness)
         import tempfile
 
         from flashfit_server.readiness import READY_DIR_ENV
 
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flashfit-metrics-")
         ready_dir = tempfile.mkdtemp(prefix="flashfit-ready-")
         os.environ[READY_DIR_ENV] = ready_dir
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _clear_metrics_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
     import uvicorn
 
     from flashfit_server.log import uvicorn_log_config
