@@ -17,6 +17,7 @@ from flashfit_server.fusion import initial_weights
 from flashfit_server.log import configure_logging
 from flashfit_server.metrics import Metrics, MetricsMiddleware
 from flashfit_server.middleware import AllowedHosts, BodySizeLimit
+from flashfit_server.models.device import DeviceUnavailable
 from flashfit_server.models.registry import ModelNames, ModelRegistry
 from flashfit_server.readiness import WorkerReadiness
 from flashfit_server.routers import admin, fusion, health, items
@@ -61,6 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 log.error("refusing to start in production: %s", problem)
             raise StartupRefused("refusing to start: " + "; ".join(problems))
         configure_faiss(settings.threads_per_worker)
+        try:
+            app.state.service.registry.select_device()
+        except DeviceUnavailable as exc:
+            log.error("refusing to start: %s", exc)
+            raise StartupRefused(f"refusing to start: {exc}") from None
         app.state.service.registry.queue.start()
         _load_in_background(app)
         yield
@@ -87,7 +93,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         threads=settings.threads_per_worker,
         caption_max_tokens=settings.caption_max_tokens,
         observe=metrics.observe_inference,
+        device=settings.device,
+        precision=settings.precision,
+        max_batch_size_cuda=settings.max_batch_size_cuda,
     )
+    metrics.watch_device(registry.device_info)
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.service = Service(settings, registry, datastore)

@@ -38,6 +38,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"error: refusing to start with ENVIRONMENT={settings.environment}: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    if settings.device == "cuda":  # before uvicorn, so the refusal is one line, not a lifespan traceback
+        from flashfit_server.models.device import DeviceUnavailable, choose_device
+
+        try:
+            choose_device("cuda", settings.precision, {"cpu": 1, "cuda": 1})
+        except DeviceUnavailable as exc:
+            print(f"error: refusing to start: {exc}", file=sys.stderr)
+            return EXIT_START_FAILED
     workers = args.workers or settings.workers
     os.environ["WORKERS"] = str(workers)  # workers read it to split CPU threads between them
     ready_dir = None
@@ -200,6 +208,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from flashfit_server.errors import ApiError
     from flashfit_server.fusion import initial_weights
     from flashfit_server.images import decode_image
+    from flashfit_server.models.device import DeviceUnavailable
     from flashfit_server.models.registry import ModelNames, ModelRegistry
     from flashfit_server.service import embed_catalogue_sync
     from flashfit_server.vector_store import configure_faiss
@@ -214,8 +223,14 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     registry = ModelRegistry(
         settings.model_cache_dir, ModelNames(settings.clip_model, settings.blip_model, settings.fashion_model),
         max_batch_size=batch_size, threads=settings.torch_threads or (os.cpu_count() or 1),
-        caption_max_tokens=settings.caption_max_tokens,
+        caption_max_tokens=settings.caption_max_tokens, device=settings.device, precision=settings.precision,
+        max_batch_size_cuda=args.batch_size or settings.max_batch_size_cuda,
     )
+    try:
+        batch_size = registry.select_device().max_batch_size
+    except DeviceUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if not registry.load_all():
         for slot, state in registry.slots.items():
             if state.error:

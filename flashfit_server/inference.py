@@ -46,7 +46,7 @@ class InferenceQueue:
         on_start: Callable[[], None] | None = None,
     ):
         self._resolve = resolve
-        self._max_batch = max(1, max_batch_size)
+        self.max_batch = max(1, max_batch_size)
         self._observe = observe
         self._on_start = on_start
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
@@ -82,9 +82,9 @@ class InferenceQueue:
         batch = [first]
         keep: list[_Job] = []
         for job in self._held:
-            (batch if job.key == first.key and len(batch) < self._max_batch else keep).append(job)
+            (batch if job.key == first.key and len(batch) < self.max_batch else keep).append(job)
         self._held = keep
-        while len(batch) < self._max_batch:
+        while len(batch) < self.max_batch:
             try:
                 job = self._jobs.get_nowait()
             except queue.Empty:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -45,6 +46,28 @@ class _StoreSizes(Collector):
         yield gauge
 
 
+class _Device(Collector):
+    """The inference device and this worker's GPU memory, read live at scrape time."""
+
+    def __init__(self, info: Callable[[], dict[str, Any]]):
+        self._info = info
+
+    def collect(self) -> Iterator[Metric]:
+        info = self._info()
+        device = GaugeMetricFamily(
+            names.INFERENCE_DEVICE_INFO, "Device the models run on", labels=["device", "precision"]
+        )
+        device.add_metric([info.get("type") or "pending", info.get("precision", {}).get("clip", "pending")], 1)
+        yield device
+        memory = info.get("gpu_memory", {})
+        for name, key, text in (
+            (names.GPU_MEMORY_ALLOCATED_BYTES, "allocated_bytes", "GPU memory held by tensors"),
+            (names.GPU_MEMORY_RESERVED_BYTES, "reserved_bytes", "GPU memory reserved by torch's allocator"),
+            (names.GPU_MEMORY_TOTAL_BYTES, "total_bytes", "GPU memory of the device"),
+        ):
+            yield GaugeMetricFamily(name, text, value=memory.get(key, 0))
+
+
 class Metrics:
     def __init__(self, store_sizes: Callable[[], dict[str, int]]):
         self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -63,8 +86,14 @@ class Metrics:
             buckets=MODEL_BUCKETS, registry=target,
         )
         self._sizes = _StoreSizes(store_sizes)
+        self._device: _Device | None = None
         if not self.multiprocess:
             self.registry.register(self._sizes)
+
+    def watch_device(self, info: Callable[[], dict[str, Any]]) -> None:
+        self._device = _Device(info)
+        if not self.multiprocess:
+            self.registry.register(self._device)
 
     def observe_inference(self, model_name: str, seconds: float) -> None:
         self.inference_seconds.labels(model_name=model_name).observe(seconds)
@@ -77,6 +106,8 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         registry.register(self._sizes)
+        if self._device is not None:
+            registry.register(self._device)
         return generate_latest(registry), CONTENT_TYPE_LATEST
 
 

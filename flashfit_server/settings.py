@@ -5,7 +5,9 @@ VECTOR_STORE_DIR, MAX_BATCH_SIZE, INFERENCE_TIMEOUT (seconds of model time per r
 CORS_ORIGINS and ALLOWED_HOSTS (comma separated), JWT_SECRET_KEY, SECRET_KEY, APP_VERSION,
 CLIP_MODEL, BLIP_MODEL, FASHION_MODEL (checkpoint names under MODEL_CACHE_DIR), VECTOR_INDEX
 (flat|hnsw), MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, CAPTION_MAX_TOKENS, TORCH_THREADS (0 = cores
-divided among workers), FUSION_WEIGHTS (clip,blip,fashion, e.g. "0.4,0.3,0.3").
+divided among workers), FUSION_WEIGHTS (clip,blip,fashion, e.g. "0.4,0.3,0.3"), DEVICE
+(auto|cpu|cuda), PRECISION (auto|fp32|fp16; the CPU always runs fp32), MAX_BATCH_SIZE_CUDA (the
+batch limit when the models run on the GPU; MAX_BATCH_SIZE is the CPU's).
 """
 
 from __future__ import annotations
@@ -72,6 +74,9 @@ class Settings:
     torch_threads: int = 0
     fusion_weights: tuple[float, float, float] = (0.4, 0.3, 0.3)
     refresh_interval: float = 0.2
+    device: str = "auto"
+    precision: str = "auto"
+    max_batch_size_cuda: int = 64
 
     @property
     def is_production(self) -> bool:
@@ -163,6 +168,9 @@ class Settings:
             caption_max_tokens=int(number("CAPTION_MAX_TOKENS", defaults.caption_max_tokens, int, 1)),
             torch_threads=int(number("TORCH_THREADS", defaults.torch_threads, int, 0)),
             fusion_weights=weights,
+            device=choice("DEVICE", defaults.device, {"auto", "cpu", "cuda"}),
+            precision=choice("PRECISION", defaults.precision, {"auto", "fp32", "fp16"}),
+            max_batch_size_cuda=int(number("MAX_BATCH_SIZE_CUDA", defaults.max_batch_size_cuda, int, 1)),
         )
 
     def __repr__(self) -> str:  # never let a secret reach a log line or a traceback

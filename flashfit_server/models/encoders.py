@@ -2,7 +2,8 @@
 
 Every checkpoint is read from MODEL_CACHE_DIR/<checkpoint name> with local_files_only=True, so a
 tiny test checkpoint and a real one go through the same code. Embeddings come back as float32
-numpy arrays, L2-normalised, one row per input.
+numpy arrays, L2-normalised, one row per input. A model is moved to its device once, at load;
+each batch's inputs follow it there and only the embeddings come back to the CPU.
 """
 
 from __future__ import annotations
@@ -47,6 +48,31 @@ def l2_normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, 1e-12)
 
 
+def _dtype(precision: str):  # noqa: ANN202
+    import torch
+
+    return torch.float16 if precision == "fp16" else torch.float32
+
+
+class _OnDevice:
+    """Where the model lives and at which precision; fp16 only through `set_precision`."""
+
+    model: Any
+    device: str
+    precision: str
+
+    def _place(self) -> None:
+        self.model.to(device=self.device, dtype=_dtype(self.precision))
+
+    def set_precision(self, precision: str) -> None:
+        self.precision = precision
+        self._place()
+
+    def _pixels(self, images: list[Image.Image]):  # noqa: ANN202
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]  # type: ignore[attr-defined]
+        return pixels.to(device=self.device, dtype=_dtype(self.precision))
+
+
 def _as_tensor(output: Any):  # noqa: ANN202
     # transformers 5 returns an output object from get_*_features; older versions a tensor.
     if hasattr(output, "pooler_output") and output.pooler_output is not None:
@@ -55,15 +81,17 @@ def _as_tensor(output: Any):  # noqa: ANN202
 
 
 @dataclass
-class ClipEncoder:
+class ClipEncoder(_OnDevice):
     """A CLIP-architecture model: images and texts into one normalised space."""
 
     name: str
     model: Any
     processor: Any
+    device: str = "cpu"
+    precision: str = "fp32"
 
     @classmethod
-    def load(cls, cache_dir: Path, name: str) -> ClipEncoder:
+    def load(cls, cache_dir: Path, name: str, device: str = "cpu") -> ClipEncoder:
         _offline()
         from transformers import CLIPModel, CLIPProcessor
 
@@ -74,7 +102,9 @@ class ClipEncoder:
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load CLIP checkpoint {path}: {exc}") from exc
         model.eval()
-        return cls(name=name, model=model, processor=processor)
+        encoder = cls(name=name, model=model, processor=processor, device=device)
+        encoder._place()
+        return encoder
 
     @property
     def dim(self) -> int:
@@ -87,10 +117,13 @@ class ClipEncoder:
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         import torch
 
-        inputs = self.processor(images=images, return_tensors="pt")
         with torch.inference_mode():
-            features = _as_tensor(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
-        return l2_normalise(features.float().numpy())
+            features = _as_tensor(self.model.get_image_features(pixel_values=self._pixels(images)))
+        return l2_normalise(features.float().cpu().numpy())
+
+    def probe(self, images: list[Image.Image]) -> np.ndarray:
+        """What the fp16 tolerance check compares: the image embeddings and a few text ones."""
+        return np.concatenate([self.embed_images(images), self.embed_texts(["a red dress", "blue jeans"])])
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -101,23 +134,26 @@ class ClipEncoder:
         with torch.inference_mode():
             features = _as_tensor(
                 self.model.get_text_features(
-                    input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+                    input_ids=inputs["input_ids"].to(self.device),
+                    attention_mask=inputs["attention_mask"].to(self.device),
                 )
             )
-        return l2_normalise(features.float().numpy())
+        return l2_normalise(features.float().cpu().numpy())
 
 
 @dataclass
-class BlipCaptioner:
+class BlipCaptioner(_OnDevice):
     """BLIP image captioning; greedy decoding so a caption is a pure function of the image."""
 
     name: str
     model: Any
     processor: Any
     max_new_tokens: int
+    device: str = "cpu"
+    precision: str = "fp32"
 
     @classmethod
-    def load(cls, cache_dir: Path, name: str, max_new_tokens: int = 20) -> BlipCaptioner:
+    def load(cls, cache_dir: Path, name: str, max_new_tokens: int = 20, device: str = "cpu") -> BlipCaptioner:
         _offline()
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
@@ -130,18 +166,28 @@ class BlipCaptioner:
         model.eval()
         configured = model.generation_config.max_new_tokens
         limit = min(max_new_tokens, configured) if configured else max_new_tokens
-        return cls(name=name, model=model, processor=processor, max_new_tokens=limit)
+        captioner = cls(name=name, model=model, processor=processor, max_new_tokens=limit, device=device)
+        captioner._place()
+        return captioner
 
     def caption(self, images: list[Image.Image]) -> list[str]:
         import torch
 
-        inputs = self.processor(images=images, return_tensors="pt")
         with torch.inference_mode():
             token_ids = self.model.generate(
-                pixel_values=inputs["pixel_values"],
+                pixel_values=self._pixels(images),
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
                 num_beams=1,
             )
-        captions = self.processor.batch_decode(token_ids, skip_special_tokens=True)
+        captions = self.processor.batch_decode(token_ids.cpu(), skip_special_tokens=True)
         return [" ".join(c.split()) for c in captions]
+
+    def probe(self, images: list[Image.Image]) -> np.ndarray:
+        """What the fp16 tolerance check compares: the vision encoder's pooled image features,
+        which every generated caption token attends to."""
+        import torch
+
+        with torch.inference_mode():
+            pooled = self.model.vision_model(pixel_values=self._pixels(images)).pooler_output
+        return l2_normalise(pooled.float().cpu().numpy())

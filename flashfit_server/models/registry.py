@@ -3,6 +3,9 @@ through the batching inference queue.
 
 `/health` answers while loading; `/ready` turns 200 once every slot is loaded (deploys gate on
 it). A slot that fails to load stays failed with its error in the readiness checks.
+
+The device is chosen once (`select_device`, before loading): every model is moved there at load,
+switched to fp16 where the tolerance check allows it, and the batch limit is the device's own.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flashfit_server.inference import BatchFn, InferenceQueue, Observer
+from flashfit_server.models.device import DeviceChoice, choose_device, device_name, gpu_memory
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -51,8 +55,17 @@ class ModelRegistry:
         threads: int = 1,
         caption_max_tokens: int = 20,
         observe: Observer | None = None,
+        device: str = "cpu",
+        precision: str = "auto",
+        max_batch_size_cuda: int | None = None,
     ):
         self.cache_dir = cache_dir
+        self.requested_device = device
+        self.requested_precision = precision
+        self.batch_sizes = {"cpu": max_batch_size, "cuda": max_batch_size_cuda or max_batch_size}
+        self.choice: DeviceChoice | None = None
+        self.fp16_drift: dict[str, float] = {}
+        self.device_name: str | None = None
         self.names = names
         self.threads = threads
         self.caption_max_tokens = caption_max_tokens
@@ -77,21 +90,42 @@ class ModelRegistry:
 
         torch.set_num_threads(self.threads)
 
+    def select_device(self) -> DeviceChoice:
+        """Resolve DEVICE once; raises DeviceUnavailable when CUDA was asked for and is absent."""
+        if self.choice is None:
+            self.choice = choose_device(self.requested_device, self.requested_precision, self.batch_sizes)
+            self.queue.max_batch = self.choice.max_batch_size
+            self.device_name = device_name(self.choice.device)
+            log.info("inference device %s, precision %s, batches up to %d",
+                     self.choice.device, self.choice.precision, self.choice.max_batch_size)
+        return self.choice
+
+    def _placed(self, slot: str, model: Any) -> Any:
+        """fp16 on the GPU where the tolerance check allows it (models/precision.py)."""
+        assert self.choice is not None
+        if self.choice.precision == "fp16":
+            from flashfit_server.models.precision import half_within_tolerance, probe_images
+
+            self.fp16_drift[slot] = round(half_within_tolerance(model, probe_images()), 6)
+            log.info("model slot %s: fp16 score drift %.5f -> %s", slot, self.fp16_drift[slot], model.precision)
+        return model
+
     def load_all(self) -> bool:
         """Load every slot in this thread; True when all three loaded."""
         from flashfit_server.models.encoders import BlipCaptioner, ClipEncoder
 
         self._set_threads()
+        device = self.select_device().device
         loaders: dict[str, Callable[[], Any]] = {
-            "clip": lambda: ClipEncoder.load(self.cache_dir, self.names.clip),
-            "blip": lambda: BlipCaptioner.load(self.cache_dir, self.names.blip, self.caption_max_tokens),
-            "fashion": lambda: ClipEncoder.load(self.cache_dir, self.names.fashion),
+            "clip": lambda: ClipEncoder.load(self.cache_dir, self.names.clip, device),
+            "blip": lambda: BlipCaptioner.load(self.cache_dir, self.names.blip, self.caption_max_tokens, device),
+            "fashion": lambda: ClipEncoder.load(self.cache_dir, self.names.fashion, device),
         }
         for slot, load in loaders.items():
             self.slots[slot].status = "loading"
             started = time.perf_counter()
             try:
-                setattr(self, slot, load())
+                setattr(self, slot, self._placed(slot, load()))
             except Exception as exc:  # reported by /ready; the worker keeps answering /health
                 log.error("model slot %s failed to load: %s", slot, exc)
                 self.slots[slot] = SlotState("failed", str(exc))
@@ -113,6 +147,20 @@ class ModelRegistry:
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
         return self._loaded.wait(timeout)
+
+    def device_info(self) -> dict[str, Any]:
+        """For /health and /metrics: the device, each slot's precision and the GPU memory held."""
+        device = self.choice.device if self.choice else None  # None: not chosen yet (startup)
+        precisions = {slot: getattr(self, slot).precision for slot in SLOTS if getattr(self, slot) is not None}
+        return {
+            "requested": self.requested_device,
+            "type": device,
+            "name": self.device_name,
+            "max_batch_size": self.choice.max_batch_size if self.choice else None,
+            "precision": precisions,
+            "fp16_drift": dict(self.fp16_drift),
+            "gpu_memory": gpu_memory(device or "cpu"),
+        }
 
     def dims(self) -> dict[str, int]:
         assert self.clip is not None and self.fashion is not None

@@ -33,6 +33,7 @@ def health(request: Request) -> dict:
         "system": _system(),
         "models": {f"{slot}_loaded": service.registry.is_loaded(slot) for slot in ("clip", "blip", "fashion")},
         "vector_stores": {f"{name}_index_size": size for name, size in sizes.items()},
+        "device": service.registry.device_info(),
     }
 
 
