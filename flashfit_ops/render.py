@@ -73,7 +73,7 @@ def _environment() -> jinja2.Environment:
 
 
 def _backend_env(config: Config) -> dict[str, str]:
-    return dict(sorted(config.server.environment.as_env().items()))
+    return dict(sorted({**config.server.environment.as_env(), **config.resources.server_env()}.items()))
 
 
 def is_host_path(source: str) -> bool:

@@ -53,6 +53,10 @@ def build(
         str | None,
         typer.Option("--version", help="Image tag; default: git short SHA (+ -dirty-<hash>).", show_default=False),
     ] = None,
+    gpu: Annotated[
+        bool | None,
+        typer.Option("--gpu/--cpu", help="GPU variant (torch's CUDA build); default: GPU when resources.gpus is set.", show_default=False),
+    ] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     env: EnvOption = None,
     json_output: JsonOption = False,
@@ -64,7 +68,7 @@ def build(
 
     loaded = load_config(config, env=env)
     client = connect()
-    result = build_image(client, loaded, version=version)
+    result = build_image(client, loaded, version=version, gpu=gpu)
     if json_output:
         console.emit_json(result.to_dict())
 

@@ -122,9 +122,38 @@ class ResourceSpec(Strict):
     cpus: float | None = Field(None, gt=0)
 
 
+_GPU_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")  # an index ("0") or a UUID ("GPU-3f2a...")
+
+
+def _check_gpus(value: object) -> int | list[str] | None:
+    """A count (1+) or NVIDIA device ids; ids are strings, as `nvidia-smi -L` prints them. No
+    "all": Swarm reserves GPUs by count or id only, and a count says how many a replica needs."""
+    if isinstance(value, str) and value.strip().isdigit():  # from an environment overlay
+        value = int(value)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, list)):
+        raise ValueError("write a GPU count (1) or a list of device ids ([\"0\", \"GPU-…\"])")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError("a GPU count must be at least 1 (leave gpus out for none)")
+        return value
+    ids = [str(item) for item in value]
+    if not ids or len(set(ids)) != len(ids) or not all(_GPU_ID.match(i) for i in ids):
+        raise ValueError("device ids must be distinct GPU indexes or UUIDs, e.g. [\"0\", \"1\"]")
+    return ids
+
+
 class ResourcesConfig(Strict):
     limits: ResourceSpec = Field(default_factory=lambda: ResourceSpec(memory="8G", cpus=4))
     reservations: ResourceSpec = Field(default_factory=lambda: ResourceSpec(memory="4G", cpus=2))
+    # GPUs per backend container: a count or device ids. Set: the server runs DEVICE=cuda.
+    gpus: Annotated[int | list[str] | None, BeforeValidator(_check_gpus)] = None
+
+    def server_env(self) -> dict[str, str]:
+        # A container given GPUs must run on them: with DEVICE=cuda a missing GPU stops it at
+        # startup (exit 3) instead of serving on the CPU unnoticed.
+        return {"DEVICE": "cuda"} if self.gpus is not None else {}
 
 
 class HealthCheckConfig(Strict):

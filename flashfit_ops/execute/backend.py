@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from flashfit_ops.errors import OperationFailed, Unavailable
-from flashfit_ops.plan.common import LABEL_PROJECT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE, SOCKET_DIR
-from flashfit_ops.plan.steps import ContainerSpec, ProxySpec
+from flashfit_ops.plan.common import LABEL_PROJECT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE, SOCKET_DIR, EngineGpus
+from flashfit_ops.plan.steps import ContainerSpec, GpuRequest, ProxySpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker
@@ -52,6 +52,18 @@ def _engine_errors(func: F) -> F:
             raise Unavailable(f"the Docker engine is unreachable: {error}", hint=ENGINE_HINT) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def device_request(gpus: GpuRequest) -> Any:
+    """The Docker SDK's DeviceRequest for a container's GPUs (what `docker run --gpus` sends)."""
+    from docker.types import DeviceRequest
+
+    return DeviceRequest(
+        driver=gpus.driver,
+        count=gpus.count if not gpus.device_ids else None,
+        device_ids=list(gpus.device_ids) or None,
+        capabilities=[list(gpus.capabilities)],
+    )
 
 
 def _info(container: Any) -> ContainerInfo:
@@ -159,6 +171,27 @@ class DockerBackend:
         return int(min(cpus, self._ncpu) * 1e9)
 
     @_engine_errors
+    def gpu_support(self) -> EngineGpus:
+        info = self.client.info()
+        cdi = [str(d.get("ID", "")) for d in info.get("DiscoveredDevices") or [] if isinstance(d, dict)]
+        ids = [d.split("=", 1)[1] for d in cdi if d.startswith("nvidia.com/gpu=") and not d.endswith("=all")]
+        return EngineGpus(runtimes=tuple(sorted(info.get("Runtimes") or {})), cdi_gpus=tuple(ids))
+
+    @_engine_errors
+    def image_labels(self, reference: str) -> dict[str, str] | None:
+        from docker.errors import ImageNotFound
+
+        try:
+            return dict(self.client.images.get(reference).labels or {})
+        except ImageNotFound:
+            return None
+
+    @_engine_errors
+    def gpu_nodes(self, label: str) -> int:
+        """Swarm nodes carrying `label=true` (asked of a manager)."""
+        return len(self.client.nodes.list(filters={"node.label": f"{label}=true"}))
+
+    @_engine_errors
     def create_backend(self, spec: ContainerSpec, secrets: dict[str, str]) -> None:
         """Create (not start) a backend container; secrets join its environment here only."""
         from docker.types import Mount
@@ -173,6 +206,7 @@ class DockerBackend:
             mounts=mounts,
             mem_limit=spec.memory.lower() if spec.memory else None,
             nano_cpus=self._cpus(spec.cpus),
+            device_requests=[device_request(spec.gpus)] if spec.gpus else None,
             restart_policy={"Name": "unless-stopped"},
             detach=True,
         )

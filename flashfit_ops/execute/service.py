@@ -18,14 +18,24 @@ from typing import Any, Callable, Iterator
 
 from flashfit_ops import console
 from flashfit_ops.config.model import Config
-from flashfit_ops.errors import FlashFitError, OperationFailed, UsageError
+from flashfit_ops.errors import FlashFitError, OperationFailed, Unavailable, UsageError
 from flashfit_ops.execute import history as hist
 from flashfit_ops.execute.executor import Executor
 from flashfit_ops.execute.health import http_probe
 from flashfit_ops.execute.lock import DeployLock, LockInfo, force_release, lock_status, pid_alive
 from flashfit_ops.execute.observe import observe
 from flashfit_ops.plan import plan_deploy
-from flashfit_ops.plan.common import BACKEND_PORT, Target, image_ref, leftovers, state_dir, valid_version
+from flashfit_ops.plan.common import (
+    BACKEND_PORT,
+    GPU_NODE_LABEL,
+    Target,
+    gpu_problem,
+    image_ref,
+    leftovers,
+    state_dir,
+    swarm_gpu_problem,
+    valid_version,
+)
 from flashfit_ops.plan.observed import Observed
 from flashfit_ops.plan.rollback import plan_restart, retained_versions
 from flashfit_ops.plan.steps import Step
@@ -100,6 +110,27 @@ def ensure_image(backend: Any, config: Config, version: str) -> bool:
     console.step(f"{image_ref(config, version)} does not exist: building it")
     build_image(backend.client, config, version=version)
     return True
+
+
+def require_gpus(backend: Any, config: Config, version: str) -> None:
+    """GPUs the engine cannot provide stop a deploy before its first step (exit 3), instead of a
+    container that is created and then never starts; so does a CPU-only image of the version."""
+    if config.resources.gpus is None:
+        return
+    labels = backend.image_labels(image_ref(config, version))
+    if labels is not None and labels.get("io.flashfit.variant", "cpu") != "gpu":
+        raise UsageError(
+            f"{image_ref(config, version)} is the CPU image (torch without CUDA) but resources.gpus is set",
+            hint=f"flashfit build --gpu --version {version}",
+        )
+    if config.target == "swarm":
+        problem = swarm_gpu_problem(config, backend.gpu_nodes(GPU_NODE_LABEL))
+        hint = f"label the GPU nodes: docker node update --label-add {GPU_NODE_LABEL}=true NODE"
+    else:
+        problem = gpu_problem(config, backend.gpu_support())
+        hint = "install the NVIDIA Container Toolkit and run `nvidia-ctk runtime configure --runtime=docker`, or remove resources.gpus"
+    if problem:
+        raise Unavailable(problem, hint=hint)
 
 
 # -- the shared flow -------------------------------------------------------------------------------
@@ -244,6 +275,7 @@ def deploy(
     if not valid_version(version):
         raise UsageError(f"{version!r} is not a valid version (an image tag)", hint="letters, digits, '_', '.', '-'")
     backend = _backend()
+    require_gpus(backend, config, version)
     if config.target == "swarm":
         if dry_run:
             return _swarm_deploy(backend, config, version, dry_run=True)

@@ -10,6 +10,10 @@ The context (a temporary folder beside the wheelhouse, so wheels are hard-linked
 
 The Dockerfile installs the dependencies in their own stage from requirements.txt + wheelhouse/
 only, so a code-only change rebuilds just the layers after `COPY dist/`.
+
+The GPU variant (`--gpu`, or by default when resources.gpus is set) is the same Dockerfile on the
+same Debian base with the GPU wheelhouse (torch's CUDA build and its nvidia-* library wheels), and
+the same tag: the variant is the label io.flashfit.variant, which a GPU deploy checks.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ LABEL_PROJECT = "io.flashfit.project"
 LABEL_VERSION = "io.flashfit.version"
 LABEL_GIT_SHA = "io.flashfit.git-sha"
 LABEL_BUILD_TIME = "io.flashfit.build-time"
+LABEL_VARIANT = "io.flashfit.variant"  # cpu | gpu
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # A build streams for minutes (torch is large); plain requests keep the client's short timeout.
 BUILD_TIMEOUT = 3600
@@ -115,11 +120,16 @@ class ContextPlan:
         return sorted([*self.texts, *self.files])
 
 
-def plan_context(config: Config, wheelhouse: Wheelhouse, flashfit_wheel: Path) -> ContextPlan:
+def wants_gpu(config: Config, gpu: bool | None = None) -> bool:
+    """The variant to build: as asked, else GPU exactly when the deploy gives containers GPUs."""
+    return config.resources.gpus is not None if gpu is None else gpu
+
+
+def plan_context(config: Config, wheelhouse: Wheelhouse, flashfit_wheel: Path, *, gpu: bool = False) -> ContextPlan:
     from flashfit_ops.render import render_template
 
     texts = {
-        "Dockerfile": render_template("docker/Dockerfile.j2", config),
+        "Dockerfile": render_template("docker/Dockerfile.j2", config, gpu=gpu),
         ".dockerignore": render_template("docker/dockerignore.j2", config),
         REQUIREMENTS: wheelhouse.requirements.read_text(encoding="utf-8"),
     }
@@ -290,13 +300,16 @@ class BuildResult:
         return asdict(self)
 
 
-def build_labels(config: Config, version: str, state: SourceState | None, now: datetime | None = None) -> dict[str, str]:
+def build_labels(
+    config: Config, version: str, state: SourceState | None, now: datetime | None = None, *, gpu: bool = False
+) -> dict[str, str]:
     now = now or datetime.now(UTC)
     return {
         LABEL_PROJECT: config.project,
         LABEL_VERSION: version,
         LABEL_GIT_SHA: state.sha if state else "unknown",
         LABEL_BUILD_TIME: now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        LABEL_VARIANT: "gpu" if gpu else "cpu",
     }
 
 
@@ -366,8 +379,11 @@ def _raise_step_failure(log: StepLog, message: str, code: Any) -> None:
     )
 
 
-def build_image(client: "docker.DockerClient", config: Config, *, version: str | None = None) -> BuildResult:
+def build_image(
+    client: "docker.DockerClient", config: Config, *, version: str | None = None, gpu: bool | None = None
+) -> BuildResult:
     started = time.monotonic()
+    gpu = wants_gpu(config, gpu)
     source = source_folder(config)
     state = source_state(source)
     if version is None:
@@ -378,13 +394,13 @@ def build_image(client: "docker.DockerClient", config: Config, *, version: str |
         version = version_from_state(state)
     check_version(version)
     tag = f"{config.server.image}:{version}"
-    console.step(f"building {tag}")
+    console.step(f"building {tag}" + (" (GPU variant: torch's CUDA build)" if gpu else ""))
 
     base = ensure_base(client, config)
     boot.report(base)
 
     with console.status("wheelhouse"):
-        wheelhouse = make_wheelhouse(config.resolve_path(config.server.build.wheelhouse))
+        wheelhouse = make_wheelhouse(config.resolve_path(config.server.build.wheelhouse), gpu=gpu)
     how = "up to date" if wheelhouse.reused else f"filled in {wheelhouse.seconds:.1f} s"
     console.success(
         f"wheelhouse {wheelhouse.path}: {len(wheelhouse.pins)} pinned packages, "
@@ -399,10 +415,10 @@ def build_image(client: "docker.DockerClient", config: Config, *, version: str |
         with console.status("building the flashfit wheel"):
             wheel = build_flashfit_wheel(source, scratch / "wheel")
         context = scratch / "context"
-        plan = plan_context(config, wheelhouse, wheel)
+        plan = plan_context(config, wheelhouse, wheel, gpu=gpu)
         write_context(plan, context)
         console.success(f"context: {len(plan.files) + len(plan.texts)} files ({wheel.name})")
-        labels = build_labels(config, version, state)
+        labels = build_labels(config, version, state, gpu=gpu)
         image_id, log = run_build(client, context, tag, labels)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

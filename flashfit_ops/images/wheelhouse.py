@@ -9,6 +9,11 @@ The wheels are fetched with `pip download --only-binary=:all:` for CPython 3.11 
 x86_64 (the base image is Debian bookworm: Python 3.11, glibc 2.36). pip's own configuration
 supplies local wheels (torch from /opt/wheels). A stamp file records what the folder holds, so a
 second call with the same pins does nothing.
+
+The GPU variant (`flashfit build --gpu`) lives in <wheelhouse>/gpu: the same pins, except torch,
+pinned to the same release without the local "+cpu" label (the index's default Linux build, which
+is CUDA's) and downloaded with its own dependencies (the nvidia-* wheels that carry the CUDA
+libraries, triton), constrained to the other pins. No CUDA toolkit or CUDA base image is needed.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import fcntl
 import hashlib
 import importlib.metadata as metadata
 import json
+import re
 import subprocess
 import sys
 import time
@@ -60,6 +66,9 @@ TARGET_ENVIRONMENT = {
 # The installer itself comes with the venv in the image; everything else that something requires
 # (setuptools included: torch requires it at run time) is pinned.
 NEVER_PINNED = frozenset({"pip"})
+# The GPU variant takes these with their dependencies (the CUDA libraries come as wheels).
+CUDA_PACKAGES = ("torch",)
+GPU_FOLDER = "gpu"
 
 
 @dataclass(frozen=True)
@@ -194,6 +203,17 @@ def server_pins() -> list[Pin]:
     return resolve_pins(extra_requirements(), _installed_requires, _installed_version)
 
 
+def gpu_pins(pins: list[Pin]) -> list[Pin]:
+    """The GPU variant's pins: torch's CPU build (2.13.0+cpu) becomes the same release's default
+    build (2.13.0), which on Linux x86_64 is the CUDA one."""
+    out = []
+    for pin in pins:
+        if pin.name in CUDA_PACKAGES:
+            pin = Pin(pin.name, Version(pin.version).public, f"{pin.required_by} (CUDA build)")
+        out.append(pin)
+    return out
+
+
 def requirements_text(pins: list[Pin]) -> str:
     lines = [
         "# The server's dependencies, pinned to the versions installed where `flashfit build` ran.",
@@ -203,7 +223,13 @@ def requirements_text(pins: list[Pin]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pip_download_command(requirements: Path, dest: Path, python: str = sys.executable) -> list[str]:
+def pip_download_command(
+    requirements: Path, dest: Path, python: str = sys.executable, *, constraints: Path | None = None
+) -> list[str]:
+    """Without constraints: exactly the pinned wheels (the pins are the closure; pip resolves
+    nothing). With constraints (the GPU variant's CUDA packages): their dependencies too, at the
+    pinned versions wherever a pin exists."""
+    deps = ["-c", str(constraints)] if constraints else ["--no-deps"]
     return [
         python, "-m", "pip", "download",
         "--only-binary=:all:",
@@ -211,18 +237,21 @@ def pip_download_command(requirements: Path, dest: Path, python: str = sys.execu
         "--implementation", "cp",
         "--abi", ABI,
         *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
-        "--no-deps",  # the pins are the closure already; pip needs not resolve
+        *deps,
         "--progress-bar", "off",
         "-d", str(dest),
         "-r", str(requirements),
     ]
 
 
-def _stamp_payload(text: str) -> dict:
-    return {
+def _stamp_payload(text: str, gpu: bool = False) -> dict:
+    payload = {
         "requirements_sha256": hashlib.sha256(text.encode()).hexdigest(),
         "target": {"python": PYTHON_VERSION, "abi": ABI, "platforms": list(PLATFORMS)},
     }
+    if gpu:
+        payload["variant"] = "gpu"
+    return payload
 
 
 def wheel_matches(filename: str, pins: dict[str, str]) -> bool:
@@ -234,14 +263,15 @@ def wheel_matches(filename: str, pins: dict[str, str]) -> bool:
     return wanted is not None and Version(wanted) == version
 
 
-def stamp_is_current(folder: Path, text: str) -> list[str] | None:
+def stamp_is_current(folder: Path, text: str, gpu: bool = False) -> list[str] | None:
     """The wheel names the stamp vouches for when it matches these requirements and every wheel is
     still there at its recorded size; otherwise None."""
     try:
         stamp = json.loads((folder / STAMP).read_text())
     except (OSError, ValueError):
         return None
-    if {k: stamp.get(k) for k in ("requirements_sha256", "target")} != _stamp_payload(text):
+    expected = _stamp_payload(text, gpu)
+    if {k: stamp.get(k) for k in expected} != expected or ("variant" in stamp) != gpu:
         return None
     wheels = stamp.get("wheels") or {}
     for name, size in wheels.items():
@@ -251,28 +281,73 @@ def stamp_is_current(folder: Path, text: str) -> list[str] | None:
     return sorted(wheels)
 
 
-def make_wheelhouse(folder: Path, *, pins: list[Pin] | None = None) -> Wheelhouse:
-    """Fill `folder` with one wheel per pin and write requirements.txt; nothing to do when the stamp
-    matches. Concurrent builds sharing the folder take turns."""
-    folder = Path(folder)
+def wheelhouse_folder(folder: Path, gpu: bool = False) -> Path:
+    return Path(folder) / GPU_FOLDER if gpu else Path(folder)
+
+
+def make_wheelhouse(folder: Path, *, pins: list[Pin] | None = None, gpu: bool = False) -> Wheelhouse:
+    """Fill `folder` (its gpu/ subfolder for the GPU variant) with one wheel per pin and write
+    requirements.txt; nothing to do when the stamp matches. Concurrent builds take turns."""
+    folder = wheelhouse_folder(folder, gpu)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _make_wheelhouse(folder, server_pins() if pins is None else pins)
+        pins = server_pins() if pins is None else pins
+        return _make_wheelhouse(folder, gpu_pins(pins) if gpu else pins, gpu)
 
 
-def _make_wheelhouse(folder: Path, pins: list[Pin]) -> Wheelhouse:
+def download_commands(folder: Path, requirements: Path, pins: list[Pin], gpu: bool) -> list[list[str]]:
+    """The pip runs that fill the folder: one for the CPU variant; for the GPU variant the other
+    pins first, then the CUDA packages with their dependencies, constrained to the pins."""
+    if not gpu:
+        return [pip_download_command(requirements, folder)]
+    plain = folder / "requirements-plain.txt"
+    cuda = folder / "requirements-cuda.txt"
+    plain.write_text(requirements_text([p for p in pins if p.name not in CUDA_PACKAGES]))
+    cuda.write_text(requirements_text([p for p in pins if p.name in CUDA_PACKAGES]))
+    return [pip_download_command(plain, folder), pip_download_command(cuda, folder, constraints=requirements)]
+
+
+def _make_wheelhouse(folder: Path, pins: list[Pin], gpu: bool = False) -> Wheelhouse:
     started = time.monotonic()
     text = requirements_text(pins)
     requirements = folder / REQUIREMENTS
-    current = stamp_is_current(folder, text)
+    current = stamp_is_current(folder, text, gpu)
     if current is not None and requirements.is_file() and requirements.read_text() == text:
         return _summary(folder, requirements, pins, current, True, started)
     requirements.write_text(text)
     (folder / STAMP).unlink(missing_ok=True)
-    command = pip_download_command(requirements, folder)
+    fetched: set[str] = set()
+    for command in download_commands(folder, requirements, pins, gpu):
+        fetched |= _run_pip(command, len(pins))
+    by_pin = {p.name: p.version for p in pins}
+    wheels = sorted(p.name for p in folder.glob("*.whl") if wheel_matches(p.name, by_pin))
+    if gpu:  # what the CUDA packages pulled in (nvidia-*, triton), as pip reported it
+        wheels = sorted(set(wheels) | {
+            name for name in fetched
+            if name.endswith(".whl") and (folder / name).is_file()
+            and canonicalize_name(parse_wheel_filename(name)[0]) not in by_pin
+        })
+    stale = [p for p in folder.iterdir() if p.is_file() and p.suffix == ".whl" and p.name not in wheels]
+    for path in stale:  # wheels of earlier pins
+        path.unlink()
+    have = {canonicalize_name(parse_wheel_filename(w)[0]) for w in wheels}
+    lacking = sorted(set(by_pin) - have)
+    if lacking:
+        raise OperationFailed(f"the wheelhouse lacks wheels for: {', '.join(lacking)}")
+    stamp = {**_stamp_payload(text, gpu), "wheels": {w: (folder / w).stat().st_size for w in wheels}}
+    (folder / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+    return _summary(folder, requirements, pins, wheels, False, started)
+
+
+_PIP_FILE = re.compile(r"(?:Saved|File was already downloaded)\s+(\S+)")
+
+
+def _run_pip(command: list[str], count: int) -> set[str]:
+    """Run one pip download; the names of the files it saved or found already there."""
     tail: deque[str] = deque(maxlen=12)
-    with console.status(f"downloading wheels for {len(pins)} pinned packages") as live:
+    files: set[str] = set()
+    with console.status(f"downloading wheels for {count} pinned packages") as live:
         try:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
         except OSError as error:
@@ -283,24 +358,16 @@ def _make_wheelhouse(folder: Path, pins: list[Pin]) -> Wheelhouse:
             if line:
                 tail.append(line)
                 live.update(f"wheelhouse: {line[:100]}")
+                match = _PIP_FILE.search(line)
+                if match:
+                    files.add(Path(match.group(1)).name)
         code = process.wait()
     if code != 0:
         raise OperationFailed(
             "pip download failed:\n  " + "\n  ".join(tail),
             hint="the host needs PyPI (or a configured index) for the wheelhouse; the image build itself needs none",
         )
-    by_pin = {p.name: p.version for p in pins}
-    wheels = sorted(p.name for p in folder.glob("*.whl") if wheel_matches(p.name, by_pin))
-    stale = [p for p in folder.iterdir() if p.is_file() and p.suffix == ".whl" and p.name not in wheels]
-    for path in stale:  # wheels of earlier pins
-        path.unlink()
-    have = {canonicalize_name(parse_wheel_filename(w)[0]) for w in wheels}
-    lacking = sorted(set(by_pin) - have)
-    if lacking:
-        raise OperationFailed(f"the wheelhouse lacks wheels for: {', '.join(lacking)}")
-    stamp = {**_stamp_payload(text), "wheels": {w: (folder / w).stat().st_size for w in wheels}}
-    (folder / STAMP).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
-    return _summary(folder, requirements, pins, wheels, False, started)
+    return files
 
 
 def _summary(folder: Path, requirements: Path, pins: list[Pin], wheels: list[str], reused: bool, started: float) -> Wheelhouse:

@@ -17,6 +17,7 @@ from flashfit_ops.plan.steps import (
     EnsureNetwork,
     EnsureProxy,
     EnsureVolume,
+    GpuRequest,
     Monitor,
     Mount,
     ProxySpec,
@@ -141,6 +142,7 @@ def backend_spec(config: Config, target: Target, color: str, replica: int) -> Co
     env = config.server.environment.as_env()
     env["APP_VERSION"] = target.version
     env["FLASHFIT_SOCKET"] = f"{SOCKET_DIR}/{backend_socket(name)}"
+    env.update(config.resources.server_env())
     limits = config.resources.limits
     return ContainerSpec(
         name=name,
@@ -156,7 +158,63 @@ def backend_spec(config: Config, target: Target, color: str, replica: int) -> Co
         memory=limits.memory,
         cpus=limits.cpus,
         port=BACKEND_PORT,
+        gpus=gpu_request(config),
     )
+
+
+# -- GPUs -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EngineGpus:
+    """What the Docker engine says about GPUs: its runtimes, and the GPUs it discovered through
+    CDI (Docker 27+ lists them in `docker info`); the backend reads it, nothing here asks."""
+
+    runtimes: tuple[str, ...] = ()
+    cdi_gpus: tuple[str, ...] = ()
+
+
+def gpu_request(config: Config) -> GpuRequest | None:
+    gpus = config.resources.gpus
+    if gpus is None:
+        return None
+    if isinstance(gpus, list):
+        return GpuRequest(device_ids=tuple(gpus))
+    return GpuRequest(count=int(gpus))
+
+
+# Swarm nodes that have GPUs carry this label (`docker node update --label-add flashfit.gpu=true
+# NODE`); the stack's backend is placed only on them and reserves the generic resource "gpu".
+GPU_NODE_LABEL = "flashfit.gpu"
+GPU_RESOURCE_KIND = "gpu"
+
+
+def swarm_gpu_problem(config: Config, labelled_nodes: int) -> str | None:
+    if config.resources.gpus is None or labelled_nodes:
+        return None
+    return f"resources.gpus is set but no Swarm node is labelled {GPU_NODE_LABEL}=true"
+
+
+def gpu_problem(config: Config, engine: EngineGpus) -> str | None:
+    """Why this engine cannot give the backend its GPUs (checked before any step runs), or None.
+
+    Docker creates a container with a GPU request it cannot honour and only fails at start (or
+    starts it without the GPU under some runtimes): a deploy would roll back late and obscurely."""
+    request = gpu_request(config)
+    if request is None:
+        return None
+    if "nvidia" not in engine.runtimes and not engine.cdi_gpus:
+        return (
+            f"resources.gpus is {config.resources.gpus!r} but the Docker engine reports no NVIDIA runtime "
+            f"(runtimes: {', '.join(engine.runtimes) or 'none'}) and no CDI GPUs"
+        )
+    if engine.cdi_gpus and "nvidia" not in engine.runtimes:
+        # CDI names each GPU by index and by UUID ("nvidia.com/gpu=0", "…=GPU-3f2a…").
+        missing = [i for i in request.device_ids if i not in engine.cdi_gpus]
+        if missing:
+            return f"resources.gpus names {', '.join(missing)}, which the engine does not have ({', '.join(engine.cdi_gpus)})"
+        count = sum(1 for i in engine.cdi_gpus if i.isdigit()) or len(engine.cdi_gpus)
+        if request.count > count:
+            return f"resources.gpus asks for {request.count} GPUs per container; the engine has {count}"
+    return None
 
 
 def proxy_spec(config: Config) -> ProxySpec:

@@ -19,6 +19,16 @@ class Mount:
 
 
 @dataclass(frozen=True)
+class GpuRequest:
+    """GPUs for one container, as Docker's DeviceRequest has them: a count or device ids."""
+
+    count: int = 0
+    device_ids: tuple[str, ...] = ()
+    driver: str = "nvidia"
+    capabilities: tuple[str, ...] = ("gpu",)
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """Everything needed to create a backend container (without its secrets)."""
 
@@ -35,6 +45,7 @@ class ContainerSpec:
     memory: str | None = None
     cpus: float | None = None
     port: int = 8080
+    gpus: GpuRequest | None = None
 
 
 @dataclass(frozen=True)

@@ -102,12 +102,13 @@ def service_kwargs(
             delay=int(_seconds(restart.get("delay", 0)) * NANOSECONDS),
             max_attempts=int(restart.get("max_attempts", 0)),
         )
-    if definition.limits or definition.reservations:
+    if definition.limits or definition.reservations or definition.generic_resources:
         kwargs["resources"] = types.Resources(
             cpu_limit=definition.limits.get("nano_cpus"),
             mem_limit=definition.limits.get("memory_bytes"),
             cpu_reservation=definition.reservations.get("nano_cpus"),
             mem_reservation=definition.reservations.get("memory_bytes"),
+            generic_resources=_generic_resources(definition.generic_resources),
         )
     if definition.healthcheck:
         check = definition.healthcheck
@@ -121,6 +122,11 @@ def service_kwargs(
     if definition.stop_grace_period is not None:
         kwargs["stop_grace_period"] = int(definition.stop_grace_period * NANOSECONDS)
     return kwargs
+
+
+def _generic_resources(resources: tuple[tuple[str, int], ...]) -> list[dict[str, Any]] | None:
+    """The engine's GenericResources list (counted resources, e.g. GPUs a node advertises)."""
+    return [{"DiscreteResourceSpec": {"Kind": kind, "Value": value}} for kind, value in resources] or None
 
 
 def _seconds(value: Any) -> float:

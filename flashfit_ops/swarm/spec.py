@@ -66,6 +66,8 @@ class ServiceDefinition:
     restart: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, int] = field(default_factory=dict)  # nano_cpus, memory_bytes
     reservations: dict[str, int] = field(default_factory=dict)
+    # Reserved generic resources as (kind, count), e.g. ("gpu", 1) on nodes labelled for GPUs.
+    generic_resources: tuple[tuple[str, int], ...] = ()
     constraints: tuple[str, ...] = ()
     max_replicas_per_node: int | None = None
     stop_grace_period: float | None = None
@@ -120,6 +122,12 @@ def _resources(data: dict[str, Any] | None) -> dict[str, int]:
     return out
 
 
+def _generic_resources(data: dict[str, Any] | None) -> tuple[tuple[str, int], ...]:
+    # Stack files allow only discrete (counted) generic resources.
+    entries = (data or {}).get("generic_resources") or []
+    return tuple((str(e["discrete_resource_spec"]["kind"]), int(e["discrete_resource_spec"]["value"])) for e in entries)
+
+
 def _healthcheck(data: dict[str, Any] | None) -> dict[str, Any] | None:
     if not data:
         return None
@@ -157,6 +165,7 @@ def _service(key: str, data: dict[str, Any], named: set[str]) -> ServiceDefiniti
         restart=dict(deploy.get("restart_policy", {})),
         limits=_resources(resources.get("limits")),
         reservations=_resources(resources.get("reservations")),
+        generic_resources=_generic_resources(resources.get("reservations")),
         constraints=tuple(placement.get("constraints", [])),
         max_replicas_per_node=placement.get("max_replicas_per_node"),
         stop_grace_period=parse_duration(grace) if grace is not None else None,
