@@ -75,3 +75,24 @@ def test_deploy_with_gpus_on_an_engine_without_them_stops_at_plan_time(tmp_path:
     error = json.loads(result.stdout)
     assert "no NVIDIA runtime" in error["message"] and "nvidia-ctk" in (error.get("hint") or "")
     assert not backend.list_containers(project)  # nothing was created
+
+
+def test_doctor_gpu_check_on_the_real_engine(tmp_path: Path, engine) -> None:  # noqa: ANN001
+    backend, _ = engine
+    runner = CliRunner(env={"COLUMNS": "200"})
+    plain = tmp_path / "plain.yml"
+    plain.write_text(f"project: gpu{uuid.uuid4().hex[:6]}\n")
+    result = runner.invoke(app, ["doctor", "--check", "gpu", "-c", str(plain), "--json"])
+    [finding] = json.loads(result.stdout)
+    assert finding["status"] == "ok" and finding["summary"].startswith("not configured")
+
+    configured = tmp_path / "gpus.yml"
+    configured.write_text(f"project: gpu{uuid.uuid4().hex[:6]}\nresources:\n  gpus: 1\n")
+    result = runner.invoke(app, ["doctor", "--check", "gpu", "-c", str(configured), "--json"])
+    [finding] = json.loads(result.stdout)
+    engine_gpus = backend.gpu_support()
+    assert finding["status"] == "failure" and result.exit_code == 1
+    if "nvidia" not in engine_gpus.runtimes and not engine_gpus.cdi_gpus:
+        assert "no NVIDIA runtime" in finding["summary"]
+    else:  # a GPU host with nothing of this project deployed
+        assert "no backend container is running" in finding["summary"]
