@@ -14,9 +14,16 @@ single flat search at 100k (goal < 20 ms), and ingestion throughput batched (MAX
 vs one image at a time, each committed to disk as the server does (goal >= 2x), with each
 model's share of an ingested image alone and batched.
 
+Per device (--device cpu|cuda|both; the default is both when torch sees CUDA, else cpu), the
+models run as the server runs them there (CUDA: fp16 where the tolerance check of
+flashfit_server/models/precision.py keeps it, batches of MAX_BATCH_SIZE_CUDA), side by side in one
+run, and the fp16-vs-fp32 score drift of every model is measured on bench images with the same
+function the server runs at load (goal: <= FP16_SCORE_TOLERANCE).
+
   .venv/bin/python benchmarks/bench_recommend.py            # tiny + full, 1k/10k/100k
   .venv/bin/python benchmarks/bench_recommend.py --quick    # tiny + full, 1k/10k, fewer runs
   .venv/bin/python benchmarks/bench_recommend.py --models tiny
+  .venv/bin/python benchmarks/bench_recommend.py --models full --device both   # a GPU host
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ sys.path.insert(0, str(REPO))
 
 from flashfit_server.catalog import Item  # noqa: E402
 from flashfit_server.datastore import STORE_NAMES, DataStore, NewItem  # noqa: E402
+from flashfit_server.models.encoders import BlipCaptioner, ClipEncoder  # noqa: E402
+from flashfit_server.models.precision import FP16_SCORE_TOLERANCE, score_drift  # noqa: E402
 from flashfit_server.models.registry import ModelNames, ModelRegistry  # noqa: E402
 from flashfit_server.models.tiny import DEFAULT_BLIP, DEFAULT_CLIP, DEFAULT_FASHION, make_checkpoints  # noqa: E402
 from flashfit_server.schemas import RecommendRequest  # noqa: E402
@@ -54,6 +63,7 @@ from flashfit_server.vector_store import configure_faiss  # noqa: E402
 
 CACHE = REPO / ".cache" / "bench-models"
 NAMES = ModelNames(DEFAULT_CLIP, DEFAULT_BLIP, DEFAULT_FASHION)
+BATCH = {"cpu": 16, "cuda": 64}  # MAX_BATCH_SIZE and MAX_BATCH_SIZE_CUDA as the benchmark sets them
 
 
 def photo(seed: int, side: int = 256) -> Image.Image:
@@ -104,15 +114,22 @@ def stats(samples: list[float]) -> tuple[float, float]:
     return percentile_ms(samples, 50), percentile_ms(samples, 95)
 
 
-def bench_model_size(size: str, sizes: list[int], runs: int, threads: int, ingest_n: int, work: Path) -> list[str]:
-    print(f"\n== {size} models ==")
+def bench_model_size(
+    size: str, device: str, sizes: list[int], runs: int, threads: int, ingest_n: int, work: Path
+) -> tuple[list[str], dict[str, float]]:
+    print(f"\n== {size} models on {device} ==")
     root = checkpoints(size)
-    settings = Settings(model_cache_dir=root, vector_store_dir=work / f"data-{size}", max_batch_size=16,
+    batch = BATCH[device]
+    settings = Settings(model_cache_dir=root, vector_store_dir=work / f"data-{size}-{device}", max_batch_size=batch,
                         torch_threads=threads, inference_timeout=600)
-    registry = ModelRegistry(root, NAMES, max_batch_size=16, threads=threads)
+    registry = ModelRegistry(root, NAMES, max_batch_size=BATCH["cpu"], threads=threads, device=device,
+                             max_batch_size_cuda=BATCH["cuda"])
     started = time.perf_counter()
     assert registry.load_all(), registry.slots
-    print(f"  loaded three slots in {time.perf_counter() - started:.1f}s")
+    info = registry.device_info()
+    print(f"  loaded three slots in {time.perf_counter() - started:.1f}s on {info['name']}: precision "
+          f"{info['precision']}, load-time fp16 drift {info['fp16_drift'] or '-'}")
+    label = f"{size:5s} {device:4s}"
     dims = registry.dims()
     store = DataStore(settings.vector_store_dir, refresh_interval=3600)
     store.open(dims)
@@ -166,8 +183,9 @@ def bench_model_size(size: str, sizes: list[int], runs: int, threads: int, inges
         f50, f95 = stats(single_flat)
         ratio = r95 / (e95 + s95)
         ratio50 = r50 / (e50 + s50)
+        measured = {"embed_p50": e50, "recommend_p50": r50, "recommend_p95": r95, "items": n}
         rows.append(
-            f"{size:5s} {n:>7d} | embed {e50:7.1f}/{e95:7.1f} | search(3) {s50:6.1f}/{s95:6.1f} "
+            f"{label} {n:>7d} | embed {e50:7.1f}/{e95:7.1f} | search(3) {s50:6.1f}/{s95:6.1f} "
             f"| one flat {f50:5.1f}/{f95:5.1f} | recommend {r50:7.1f}/{r95:7.1f} | ratio p95 {ratio:4.2f} "
             f"p50 {ratio50:4.2f} {'ok' if ratio <= 1.2 else 'OVER'}"
         )
@@ -180,7 +198,7 @@ def bench_model_size(size: str, sizes: list[int], runs: int, threads: int, inges
     def ingest(batch: int, folder: Path) -> float:
         target = DataStore(folder, refresh_interval=3600)
         target.open(dims)
-        registry.queue._max_batch = batch  # noqa: SLF001  (the same queue, a different batch limit)
+        registry.queue.max_batch = batch  # the same queue, a different batch limit
         started = time.perf_counter()
         for first in range(0, len(images), batch):
             chunk = images[first : first + batch]
@@ -191,22 +209,58 @@ def bench_model_size(size: str, sizes: list[int], runs: int, threads: int, inges
             )
         return time.perf_counter() - started
 
-    one = ingest(1, work / f"ingest-one-{size}")
-    batched = ingest(16, work / f"ingest-batch-{size}")
+    one = ingest(1, work / f"ingest-one-{size}-{device}")
+    batched = ingest(batch, work / f"ingest-batch-{size}-{device}")
     speedup = one / batched
     rows.append(
-        f"{size:5s} ingest {ingest_n} images | one-at-a-time {ingest_n / one:6.1f} img/s | "
-        f"batched(16) {ingest_n / batched:6.1f} img/s | speedup {speedup:4.2f}x {'ok' if speedup >= 2 else 'UNDER'}"
+        f"{label} ingest {ingest_n} images | one-at-a-time {ingest_n / one:6.1f} img/s | "
+        f"batched({batch}) {ingest_n / batched:6.1f} img/s | speedup {speedup:4.2f}x {'ok' if speedup >= 2 else 'UNDER'}"
     )
     print("  " + rows[-1])
-    rows.append(ingest_parts(size, registry, images[:8]))
+    rows.append(ingest_parts(label, registry, images[:8]))
     print("  " + rows[-1])
     registry.queue.close()
     loop.close()
-    return rows
+    rows.append(fp16_drift(label, root, device, images[:16]))
+    print("  " + rows[-1])
+    measured["ingest_img_s"] = ingest_n / batched
+    return rows, measured
 
 
-def ingest_parts(size: str, registry: ModelRegistry, images: list[Image.Image]) -> str:
+def side_by_side(size: str, cpu: dict[str, float], cuda: dict[str, float]) -> str:
+    """CPU time over CUDA time (or CUDA rate over CPU rate): how many times faster the GPU is."""
+    return (
+        f"{size:5s} cuda vs cpu at {int(cpu['items'])} items: embed p50 {cpu['embed_p50'] / cuda['embed_p50']:.1f}x | "
+        f"recommend p50 {cpu['recommend_p50'] / cuda['recommend_p50']:.1f}x p95 {cpu['recommend_p95'] / cuda['recommend_p95']:.1f}x | "
+        f"ingestion {cuda['ingest_img_s'] / cpu['ingest_img_s']:.1f}x"
+    )
+
+
+def fp16_drift(label: str, root: Path, device: str, images: list[Image.Image]) -> str:
+    """How far half precision moves each model's scores on these images: fp32 and fp16 copies of
+    the same weights on the same device, compared by models/precision.score_drift (the bound on
+    any cosine score's change that the server's load-time check uses)."""
+    texts = ["a red summer dress", "blue jeans", "a black leather jacket", "white shoes"]
+    cells = []
+    for slot, load in (
+        ("clip", lambda: ClipEncoder.load(root, DEFAULT_CLIP, device)),
+        ("blip", lambda: BlipCaptioner.load(root, DEFAULT_BLIP, 20, device)),
+        ("fashion", lambda: ClipEncoder.load(root, DEFAULT_FASHION, device)),
+    ):
+        model = load()
+        measure = (lambda m: np.concatenate([m.embed_images(images), m.embed_texts(texts)])) if slot != "blip" else (
+            lambda m: m.probe(images))
+        reference = measure(model)
+        model.set_precision("fp16")
+        drift = score_drift(reference, measure(model))
+        cells.append(f"{slot} {drift:.5f}")
+        del model
+    worst = max(float(c.split()[1]) for c in cells)
+    verdict = "ok" if worst <= FP16_SCORE_TOLERANCE else "OVER (the server keeps fp32 for such a model)"
+    return f"{label} fp16 vs fp32 max score drift: " + " | ".join(cells) + f" | tolerance {FP16_SCORE_TOLERANCE} {verdict}"
+
+
+def ingest_parts(label: str, registry: ModelRegistry, images: list[Image.Image]) -> str:
     """Where an ingested image's time goes, per model, alone vs in one batch: a part that is
     compute-bound gains nothing from batching and caps the ingestion speedup."""
     assert registry.clip is not None and registry.fashion is not None and registry.blip is not None
@@ -222,7 +276,7 @@ def ingest_parts(size: str, registry: ModelRegistry, images: list[Image.Image]) 
         alone = sum(timed(lambda image=image: run([image]), 1)[0] for image in images)  # noqa: B023
         [together] = timed(lambda: run(images), 1)  # noqa: B023
         cells.append(f"{name} {alone / len(images) * 1000:.0f}/{together / len(images) * 1000:.0f}")
-    return f"{size:5s} ingest ms per image, alone/batched({len(images)}): " + " | ".join(cells)
+    return f"{label} ingest ms per image, alone/batched({len(images)}): " + " | ".join(cells)
 
 
 def main() -> int:
@@ -231,17 +285,37 @@ def main() -> int:
     parser.add_argument("--models", choices=["tiny", "full", "both"], default="both")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--runs", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda", "both"], default=None,
+                        help="default: both when torch sees CUDA, else cpu")
+    parser.add_argument("--sizes", default="", help="catalogue sizes, comma separated (overrides --quick's)")
+    parser.add_argument("--ingest", type=int, default=0, help="images to ingest (default: by model size)")
     args = parser.parse_args()
+    import torch
+
+    cuda = torch.cuda.is_available()
+    device = args.device or ("both" if cuda else "cpu")
+    if device in ("cuda", "both") and not cuda:
+        parser.error("--device cuda: torch sees no CUDA device here")
+    devices = ["cpu", "cuda"] if device == "both" else [device]
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000]
+    if args.sizes:
+        sizes = [int(n) for n in args.sizes.split(",")]
     runs = args.runs or (15 if args.quick else 40)
     configure_faiss(args.threads)
-    print(f"cpus={os.cpu_count()} threads={args.threads} faiss_blas_threshold=4 sizes={sizes} runs={runs}")
+    gpu = torch.cuda.get_device_name(0) if cuda else "none"
+    print(f"cpus={os.cpu_count()} threads={args.threads} gpu={gpu} devices={devices} faiss_blas_threshold=4 "
+          f"sizes={sizes} runs={runs} torch={torch.__version__}")
     print("latencies in ms, p50/p95; ratio = recommend p95 / (embed p95 + search p95)")
     rows: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-recommend-") as tmp:
         for size in (["tiny", "full"] if args.models == "both" else [args.models]):
-            ingest_n = 64 if size == "tiny" else (8 if args.quick else 16)
-            rows += bench_model_size(size, sizes, runs, args.threads, ingest_n, Path(tmp))
+            measured = {}
+            for on in devices:  # side by side: the same models, catalogue and images on each device
+                ingest_n = args.ingest or (64 if size == "tiny" else (8 if args.quick else 16) * (8 if on == "cuda" else 1))
+                found, measured[on] = bench_model_size(size, on, sizes, runs, args.threads, ingest_n, Path(tmp))
+                rows += found
+            if len(measured) == 2:
+                rows.append(side_by_side(size, measured["cpu"], measured["cuda"]))
     print("\n== summary ==")
     for row in rows:
         print(row)
