@@ -117,8 +117,10 @@ def require_gpus(backend: Any, config: Config, version: str) -> None:
     container that is created and then never starts; so does a CPU-only image of the version."""
     if config.resources.gpus is None:
         return
+    from flashfit_ops.images.build import LABEL_VARIANT
+
     labels = backend.image_labels(image_ref(config, version))
-    if labels is not None and labels.get("io.flashfit.variant", "cpu") != "gpu":
+    if labels is not None and labels.get(LABEL_VARIANT, "cpu") != "gpu":
         raise UsageError(
             f"{image_ref(config, version)} is the CPU image (torch without CUDA) but resources.gpus is set",
             hint=f"flashfit build --gpu --version {version}",

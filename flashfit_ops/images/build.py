@@ -300,17 +300,19 @@ class BuildResult:
         return asdict(self)
 
 
-def build_labels(
-    config: Config, version: str, state: SourceState | None, now: datetime | None = None, *, gpu: bool = False
-) -> dict[str, str]:
+def build_labels(config: Config, version: str, state: SourceState | None, now: datetime | None = None) -> dict[str, str]:
     now = now or datetime.now(UTC)
     return {
         LABEL_PROJECT: config.project,
         LABEL_VERSION: version,
         LABEL_GIT_SHA: state.sha if state else "unknown",
         LABEL_BUILD_TIME: now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        LABEL_VARIANT: "gpu" if gpu else "cpu",
     }
+
+
+def variant_label(gpu: bool) -> dict[str, str]:
+    """Which torch the image holds; a deploy with resources.gpus refuses the cpu one."""
+    return {LABEL_VARIANT: "gpu" if gpu else "cpu"}
 
 
 def _print_step(step: Step) -> None:
@@ -418,7 +420,7 @@ def build_image(
         plan = plan_context(config, wheelhouse, wheel, gpu=gpu)
         write_context(plan, context)
         console.success(f"context: {len(plan.files) + len(plan.texts)} files ({wheel.name})")
-        labels = build_labels(config, version, state, gpu=gpu)
+        labels = build_labels(config, version, state) | variant_label(gpu)
         image_id, log = run_build(client, context, tag, labels)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -237,8 +237,8 @@ def test_gpu_build_context_dockerfile_and_labels(tmp_path: Path) -> None:
     assert "NVIDIA_VISIBLE_DEVICES" not in dockerfile  # which GPUs is the deploy's choice, not the image's
     cpu = b.plan_context(config, gpu_wheelhouse(tmp_path / "cpu"), wheel, gpu=False).texts["Dockerfile"]
     assert "NVIDIA" not in cpu
-    assert b.build_labels(config, "v1", None, gpu=True)[b.LABEL_VARIANT] == "gpu"
-    assert b.build_labels(config, "v1", None)[b.LABEL_VARIANT] == "cpu"
+    assert b.variant_label(True) == {"io.flashfit.variant": "gpu"}
+    assert b.variant_label(False) == {"io.flashfit.variant": "cpu"}
 
 
 def test_the_variant_follows_resources_gpus_unless_asked() -> None:
@@ -254,3 +254,41 @@ def test_rendered_dockerfile_is_the_gpu_variant_when_gpus_are_configured() -> No
 def test_gpu_request_helper() -> None:
     assert gpu_request(Config()) is None
     assert gpu_request(with_gpus(3)) == GpuRequest(count=3)
+
+
+# --- the deploy's plan-time gate ------------------------------------------------------------------------
+
+
+class GateBackend:
+    """The three engine questions the gate asks, answered as given."""
+
+    def __init__(self, runtimes=("runc",), image_labels=None, nodes=0):  # noqa: ANN001
+        self.runtimes, self.labels, self.nodes = runtimes, image_labels, nodes
+
+    def gpu_support(self) -> EngineGpus:
+        return EngineGpus(runtimes=tuple(self.runtimes))
+
+    def image_labels(self, reference: str):  # noqa: ANN201
+        return self.labels
+
+    def gpu_nodes(self, label: str) -> int:
+        return self.nodes
+
+
+def test_deploy_gate() -> None:
+    from flashfit_ops.errors import EXIT_UNAVAILABLE, EXIT_USAGE, FlashFitError
+    from flashfit_ops.execute.service import require_gpus
+
+    require_gpus(GateBackend(runtimes=()), Config(), "v1")  # no GPUs configured: nothing asked
+    require_gpus(GateBackend(runtimes=("nvidia",), image_labels={"io.flashfit.variant": "gpu"}), with_gpus(1), "v1")
+    require_gpus(GateBackend(runtimes=("nvidia",)), with_gpus(1), "v1")  # no image yet: deploy builds the GPU one
+    with pytest.raises(FlashFitError) as info:
+        require_gpus(GateBackend(runtimes=("runc",)), with_gpus(1), "v1")
+    assert info.value.exit_code == EXIT_UNAVAILABLE and "no NVIDIA runtime" in info.value.message
+    with pytest.raises(FlashFitError) as info:
+        require_gpus(GateBackend(runtimes=("nvidia",), image_labels={"io.flashfit.project": "x"}), with_gpus(1), "v1")
+    assert info.value.exit_code == EXIT_USAGE and "flashfit build --gpu --version v1" in (info.value.hint or "")
+    swarm = with_gpus(1, target="swarm")
+    with pytest.raises(FlashFitError, match="no Swarm node is labelled flashfit.gpu=true"):
+        require_gpus(GateBackend(nodes=0), swarm, "v1")
+    require_gpus(GateBackend(nodes=1), swarm, "v1")
