@@ -27,7 +27,7 @@ GPU_SETTINGS = [2, ["0", "GPU-3f2a9c1e-0000-0000-0000-000000000000"]]
 def test_compose_and_stack_files_with_gpus_validate(tmp_path: Path, tls_material: Path, example_config: Path, gpus) -> None:  # noqa: ANN001, F811
     out = rendered(tmp_path, tls_material, "prod", example_config, resources={"gpus": gpus})
     compose = require_tool("docker-compose")
-    for name in ("docker-compose.prod.yml", "docker-compose.blue.yml", "docker-compose.green.yml"):
+    for name in ("docker-compose.dev.yml", "docker-compose.prod.yml", "docker-compose.blue.yml", "docker-compose.green.yml"):
         result = run(compose, "-f", str(out / name), "config", cwd=out)
         assert "driver: nvidia" in result.stdout and "- gpu" in result.stdout, name
     stack = run(require_tool("docker"), "stack", "config", "-c", str(out / "docker-stack.yml"), cwd=out)

@@ -128,7 +128,7 @@ def backend_of(text: str) -> dict:
 
 def test_compose_files_reserve_nvidia_devices() -> None:
     files = render_all(with_gpus(2))
-    for name in ("docker-compose.prod.yml", "docker-compose.blue.yml", "docker-compose.green.yml"):
+    for name in ("docker-compose.dev.yml", "docker-compose.prod.yml", "docker-compose.blue.yml", "docker-compose.green.yml"):
         backend = backend_of(files[name].text)
         assert backend["deploy"]["resources"]["reservations"]["devices"] == [
             {"driver": "nvidia", "count": 2, "capabilities": ["gpu"]}
