@@ -62,8 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 log.error("refusing to start in production: %s", problem)
             raise StartupRefused("refusing to start: " + "; ".join(problems))
         configure_faiss(settings.threads_per_worker)
-        try:
-            app.state.service.registry.select_device()
+        try:  # only DEVICE=cuda can refuse; auto and cpu choose in the loader thread (no torch import here)
+            if settings.device == "cuda":
+                app.state.service.registry.select_device()
         except DeviceUnavailable as exc:
             log.error("refusing to start: %s", exc)
             raise StartupRefused(f"refusing to start: {exc}") from None

@@ -106,7 +106,12 @@ class ModelRegistry:
         if self.choice.precision == "fp16":
             from flashfit_server.models.precision import half_within_tolerance, probe_images
 
-            self.fp16_drift[slot] = round(half_within_tolerance(model, probe_images()), 6)
+            try:
+                self.fp16_drift[slot] = round(half_within_tolerance(model, probe_images()), 6)
+            except Exception as exc:  # an op without fp16 support: the model still serves, in fp32
+                log.warning("model slot %s: fp16 check failed (%s); running fp32", slot, exc)
+                model.set_precision("fp32")
+                return model
             log.info("model slot %s: fp16 score drift %.5f -> %s", slot, self.fp16_drift[slot], model.precision)
         return model
 

@@ -194,3 +194,26 @@ def test_serve_with_cuda_asked_on_a_cpu_host_exits_3_and_says_why(tiny_models: P
     assert result.returncode == 3, result.stderr
     assert "DEVICE=cuda but torch sees no CUDA device" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+class HalfFails:
+    """A model with an op that has no fp16 kernel: its probe raises once it is half precision."""
+
+    precision = "fp32"
+
+    def probe(self, images):  # noqa: ANN001, ANN201
+        if self.precision == "fp16":
+            raise RuntimeError('"addmm_impl" not implemented for Half')
+        return np.ones((len(images), 4))
+
+    def set_precision(self, precision: str) -> None:
+        self.precision = precision
+
+
+def test_a_model_that_cannot_run_fp16_serves_in_fp32(tiny_models: Path) -> None:
+    from flashfit_server.models.device import DeviceChoice
+
+    models = registry(tiny_models)
+    models.choice = DeviceChoice("cuda", "fp16", 64)  # as on a GPU host
+    model = models._placed("clip", HalfFails())
+    assert model.precision == "fp32" and "clip" not in models.fp16_drift
