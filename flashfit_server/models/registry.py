@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flashfit_server.inference import BatchFn, InferenceQueue, Observer
-from flashfit_server.models.device import DeviceChoice, choose_device, device_name, gpu_memory
+from flashfit_server.models.device import DeviceChoice, DeviceUnavailable, choose_device, device_name, gpu_memory
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -120,7 +120,12 @@ class ModelRegistry:
         from flashfit_server.models.encoders import BlipCaptioner, ClipEncoder
 
         self._set_threads()
-        device = self.select_device().device
+        try:
+            device = self.select_device().device
+        except DeviceUnavailable as exc:  # every slot fails with the reason; /ready reports it
+            self.slots = {slot: SlotState("failed", str(exc)) for slot in SLOTS}
+            self._loaded.set()
+            return False
         loaders: dict[str, Callable[[], Any]] = {
             "clip": lambda: ClipEncoder.load(self.cache_dir, self.names.clip, device),
             "blip": lambda: BlipCaptioner.load(self.cache_dir, self.names.blip, self.caption_max_tokens, device),

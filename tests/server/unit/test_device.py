@@ -142,6 +142,8 @@ def test_registry_cuda_asked_without_a_gpu_refuses_before_loading(tiny_models: P
     with pytest.raises(DeviceUnavailable):
         models.select_device()
     assert all(state.status == "pending" for state in models.slots.values())
+    assert models.load_all() is False and models.wait_loaded(0)  # a direct caller is not left waiting
+    assert all(s.status == "failed" and "DEVICE=cuda" in (s.error or "") for s in models.slots.values())
 
 
 # --- /health, /metrics, startup ---------------------------------------------------------------------
