@@ -115,6 +115,7 @@ class PortsConfig(Strict):
     redis: int = Field(6379, ge=1, le=65535)
     prometheus: int = Field(9090, ge=1, le=65535)
     grafana: int = Field(3001, ge=1, le=65535)
+    alertmanager: int = Field(9093, ge=1, le=65535)
 
 
 class ResourceSpec(Strict):
@@ -176,7 +177,12 @@ class RedisService(OptionalService):
 
 class PrometheusService(OptionalService):
     enabled: bool = True
-    image: str = "prom/prometheus:latest"
+    image: str = "flashfit/prometheus:bookworm"
+
+
+class AlertmanagerService(OptionalService):
+    enabled: bool = True
+    image: str = "flashfit/alertmanager:bookworm"
 
 
 class GrafanaService(OptionalService):
@@ -201,16 +207,25 @@ class ServicesConfig(Strict):
     redis: RedisService = Field(default_factory=RedisService)
     prometheus: PrometheusService = Field(default_factory=PrometheusService)
     grafana: GrafanaService = Field(default_factory=GrafanaService)
+    alertmanager: AlertmanagerService = Field(default_factory=AlertmanagerService)
 
 
 class AlertsConfig(Strict):
-    error_rate: float = Field(0.05, gt=0, le=1)
+    error_rate: float = Field(0.05, gt=0, lt=1)
     p95_seconds: float = Field(1.0, gt=0)
     inference_seconds: float = Field(0.5, gt=0)
+    # The rate window of every rule, and how long a condition must hold before its alert fires
+    # (the latency rules wait twice as long; BackendDown at most a minute).
+    window: Duration = Field(300.0, ge=1)
+    pending: Duration = 300.0
 
 
 class MonitoringConfig(Strict):
-    scrape_interval: Duration = 15.0
+    # `flashfit deploy` runs Prometheus and Alertmanager (and Grafana, when its image is here).
+    enabled: bool = False
+    scrape_interval: Duration = Field(15.0, ge=1)
+    # The env-file variable holding the Alertmanager webhook URL (a secret: never in flashfit.yml).
+    webhook_url_env: str = Field("ALERT_WEBHOOK_URL", pattern=r"^[A-Z_][A-Z0-9_]*$")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
 
