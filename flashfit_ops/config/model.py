@@ -88,13 +88,16 @@ class ServerEnvironment(Strict):
     MODEL_CACHE_DIR: str = "/app/models"
     VECTOR_STORE_DIR: str = "/app/data"
     MAX_BATCH_SIZE: int = Field(32, ge=1, le=1024)
-    INFERENCE_TIMEOUT: int = Field(30, ge=1, le=600)
+    # Seconds of model time per request; fractions allowed (the server takes down to 0.0001).
+    INFERENCE_TIMEOUT: float = Field(30, ge=0.0001, le=600)
     CORS_ORIGINS: list[str] = Field(default_factory=list)
     ALLOWED_HOSTS: list[str] = Field(default_factory=lambda: ["*"])
 
     def as_env(self) -> dict[str, str]:
         env = {}
         for name, value in self.model_dump().items():
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # 30, not 30.0
             env[name] = ",".join(value) if isinstance(value, list) else str(value)
         return env
 
