@@ -144,3 +144,15 @@ def test_doctor_verdicts() -> None:
     firing = MonitoringView(url="u", up=True, targets={B1: "up"}, firing=[{"name": "HighErrorRate", "severity": "critical", "summary": "x", "since": ""}])
     finding = evaluate(firing, [B1], "shop", "http://127.0.0.1:9093")
     assert finding.status == WARNING and "HighErrorRate firing" in finding.summary and "9093" in finding.hint
+
+
+def test_alertmanager_port_may_not_collide_when_monitoring_runs(tmp_path: Path) -> None:
+    import pytest
+
+    from flashfit_ops.errors import ConfigError
+
+    clash = {"ports": {"prometheus": 9090, "alertmanager": 9090}}
+    resolve(clash, environ={}, base_dir=tmp_path)  # monitoring off: Alertmanager publishes nothing
+    with pytest.raises(ConfigError) as info:
+        resolve({**clash, "monitoring": {"enabled": True}}, environ={}, base_dir=tmp_path)
+    assert "ports.alertmanager" in str(info.value.details)
