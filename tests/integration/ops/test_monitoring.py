@@ -124,3 +124,9 @@ def test_monitoring_follows_deploys_and_alerts_reach_alertmanager(project) -> No
     status = project.flashfit("status", "--json")
     assert status.code == 0, status.stderr
     assert "HighErrorRate" in [a["name"] for a in status.json()["monitoring"]["firing"]]
+    assert status.json()["monitoring"]["missing"] == []  # every live replica is an `up` target
+    doctor = project.flashfit("doctor", "--check", "monitoring", "--json")
+    assert doctor.code == 0, doctor.stderr  # a firing alert is a warning
+    [finding] = doctor.json()
+    assert finding["status"] == "warning" and "HighErrorRate firing" in finding["summary"], finding
+    assert "s3cr3t" not in status.stdout + doctor.stdout

@@ -156,3 +156,33 @@ def test_alertmanager_port_may_not_collide_when_monitoring_runs(tmp_path: Path) 
     with pytest.raises(ConfigError) as info:
         resolve({**clash, "monitoring": {"enabled": True}}, environ={}, base_dir=tmp_path)
     assert "ports.alertmanager" in str(info.value.details)
+
+
+def test_grafana_is_used_only_when_its_image_is_here_and_says_so_plainly(tmp_path: Path) -> None:
+    from docker.errors import ImageNotFound
+
+    from flashfit_ops.monitoring.runner import _ensure_image
+
+    class Images:
+        def __init__(self, present: set[str]):
+            self.present = present
+            self.pulled: list[str] = []
+
+        def get(self, reference: str):
+            if reference not in self.present:
+                raise ImageNotFound(reference)
+            return object()
+
+        def pull(self, *args, **kwargs):  # a registry must not be tried for Grafana
+            self.pulled.append(args[0])
+            raise AssertionError("pulled")
+
+    class Client:
+        def __init__(self, present: set[str]):
+            self.images = Images(present)
+
+    cfg = config(tmp_path)
+    grafana = stack.grafana_spec(cfg, "/m")
+    missing = _ensure_image(Client(set()), cfg, grafana)
+    assert missing is not None and "Grafana is not packaged by Debian" in missing and "grafana/grafana:latest" in missing
+    assert _ensure_image(Client({"grafana/grafana:latest"}), cfg, grafana) is None
