@@ -98,7 +98,7 @@ def _create(client: Any, config: Config, spec: stack.MonitorSpec, digest: str, s
 def _wait_ready(spec: stack.MonitorSpec, timeout: float = READY_TIMEOUT, sleep: Callable[[float], None] = time.sleep) -> None:
     import httpx
 
-    port, host = spec.ports[0]
+    host = spec.ports[0][1]
     url = f"http://127.0.0.1:{host}" + ("/api/health" if spec.service == "grafana" else "/-/ready")
     deadline = time.monotonic() + timeout
     last = ""
@@ -123,11 +123,13 @@ def ensure(config: Config, backend: Any, live_slots: tuple[str, ...] = (), secre
     secrets = secrets or {}
     labels = {LABEL_PROJECT: config.project}
     backend.ensure_network(config.network_name, labels)
-    url = webhook_url(config)
-    changed = write_files(config, url)
+    hook = webhook_url(config)
+    changed = write_files(config, hook)
     if not targets_path(config).exists():
         write_targets(config, live_slots)
-    report: dict[str, Any] = {"enabled": True, "webhook": "configured" if url else f"not set ({config.monitoring.webhook_url_env})"}
+    report: dict[str, Any] = {"enabled": True, "webhook": "configured" if hook else f"not set ({config.monitoring.webhook_url_env})"}
+    if not hook:
+        console.warn(f"no {config.monitoring.webhook_url_env} in the env file: alerts stay in Alertmanager, nothing is notified")
     for spec in stack.monitor_specs(config, str(monitoring_dir(config))):
         missing = _ensure_image(client, config, spec)
         if missing:
@@ -158,10 +160,10 @@ def ensure(config: Config, backend: Any, live_slots: tuple[str, ...] = (), secre
         except APIError as error:
             raise OperationFailed(f"{spec.name}: the engine refused ({error.explanation or error})") from None
         _wait_ready(spec)
-        console.success(f"{spec.name} {action} ({spec.ports[0][1] and f'http://127.0.0.1:{spec.ports[0][1]}'})")
-        report[spec.service] = {"name": spec.name, "action": action, "url": f"http://127.0.0.1:{spec.ports[0][1]}"}
+        url = f"http://127.0.0.1:{spec.ports[0][1]}"
+        console.success(f"{spec.name} {action} ({url})")
+        report[spec.service] = {"name": spec.name, "action": action, "url": url}
     return report
-
 
 
 def monitoring_for_deploy(config: Config, backend: Any) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from flashfit_ops.config.model import Config
 from flashfit_ops.monitoring.targets import PROMETHEUS_CONFIG_DIR, TARGETS_RELATIVE
@@ -147,6 +146,3 @@ def monitoring_files(config: Config, webhook_url: str | None) -> dict[str, Rende
     }
     return files
 
-
-def describe(spec: MonitorSpec) -> dict[str, Any]:
-    return {"name": spec.name, "image": spec.image, "ports": [f"127.0.0.1:{host}->{port}" for port, host in spec.ports]}
