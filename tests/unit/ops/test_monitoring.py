@@ -186,3 +186,33 @@ def test_grafana_is_used_only_when_its_image_is_here_and_says_so_plainly(tmp_pat
     missing = _ensure_image(Client(set()), cfg, grafana)
     assert missing is not None and "Grafana is not packaged by Debian" in missing and "grafana/grafana:latest" in missing
     assert _ensure_image(Client({"grafana/grafana:latest"}), cfg, grafana) is None
+
+
+def test_the_proxy_switch_itself_moves_the_scrape_targets(tmp_path: Path) -> None:
+    """The hook where a switch completes: targets follow the slots, a refused switch moves nothing."""
+    import os
+
+    import pytest
+
+    from flashfit_ops.errors import OperationFailed
+    from flashfit_ops.execute.proxy import ProxyController
+    from tests.unit.ops.test_execute_proxy import FakeProxyBackend
+    from tests.unit.ops.test_plan_strategies import make_config
+
+    cfg = make_config(tmp_path, **{"monitoring.enabled": True, "ports.prometheus": 1})
+    backend = FakeProxyBackend()
+    proxy = ProxyController(backend, cfg, sleep=lambda s: None)
+    proxy.verify = lambda slots, versions, timeout=10.0: None
+    proxy.ensure_folders()
+    for name in (B1, B2, G1, G2, "shop-backend-blue-3-d3"):
+        os.mknod(proxy.sockets / f"{name}.sock", 0o666 | stat.S_IFSOCK)
+    proxy.switch((B1, B2))
+    assert containers_in_file(cfg) == [B1, B2]
+    proxy.switch((G1, G2))
+    assert containers_in_file(cfg) == [G1, G2, B1, B2]  # blue drains next
+    targets.settle(cfg)
+    assert containers_in_file(cfg) == [G1, G2]
+    backend.nginx_t_ok = False
+    with pytest.raises(OperationFailed):
+        proxy.switch((G1, G2, "shop-backend-blue-3-d3"))  # a new slot count needs nginx -t: refused
+    assert containers_in_file(cfg) == [G1, G2]
