@@ -32,6 +32,7 @@ def project(tmp_path: Path, tmp_path_factory):
         replicas=2,
         deploy__strategy="blue-green",
         deploy__monitor_window="0s",
+        deploy__deadline="300s",  # a loaded shared CI host can take minutes to load even tiny models
         ports__prometheus=project.prometheus_port,
         ports__alertmanager=project.alertmanager_port,
         services__grafana={"enabled": False},
@@ -62,10 +63,6 @@ def backend_targets(project) -> dict[str, str]:
     return {t["labels"]["container"]: t["health"] for t in active if t["labels"].get("job") == "flashfit-backend"}
 
 
-def live_names(project) -> set[str]:
-    return {c.name for c in project.backends(state="running")}
-
-
 def test_monitoring_follows_deploys_and_alerts_reach_alertmanager(project) -> None:
     first = project.flashfit("deploy", "--version", "v1", "--json")
     assert first.code == 0, first.stderr
@@ -79,20 +76,25 @@ def test_monitoring_follows_deploys_and_alerts_reach_alertmanager(project) -> No
     v1 = set(result["live"])
     assert len(v1) == 2
     wait_on_condition(lambda: backend_targets(project) == {n: "up" for n in v1}, timeout=60, what="both v1 replicas up")
-    prometheus_id = project.containers(role="monitoring")[0].id
+    monitoring_ids = {c.id for c in project.containers(role="monitoring")}
+    assert len(monitoring_ids) == 2
 
     started = time.time()
     with Load(project.url + "/health", threads=4) as load:
-        second = project.flashfit("deploy", "--version", "v2", "--json")
+        # v2 runs with a tiny inference budget (for the error burst below); /health and /ready do
+        # not infer, so the switch is unaffected.
+        second = project.flashfit("deploy", "--version", "v2", "--json", env={"FLASHFIT__SERVER__ENVIRONMENT__INFERENCE_TIMEOUT": "0.0001"})
         assert second.code == 0, second.stderr
+        returned = time.time()
         v2 = set(second.json()["live"])
         # Right after the deploy, the targets file names exactly the new replicas.
         wait_on_condition(lambda: backend_targets(project) == {n: "up" for n in v2}, timeout=30, what="v2 up, v1 gone")
         settled = time.time()
     assert load.errors == [] and load.non_2xx == 0 and load.ok > 0
     assert second.json()["monitoring"]["prometheus"]["action"] == "kept"  # a backend deploy never restarts it
-    assert {c.id for c in project.containers(role="monitoring")} >= {prometheus_id}
-    print(f"targets followed the switch {settled - started:.1f}s after the deploy began")
+    assert {c.id for c in project.containers(role="monitoring") if c.status == "running"} == monitoring_ids
+    # A figure, not an assertion: Prometheus applies a changed targets file within ~5 s.
+    print(f"old replicas gone from Prometheus's targets {settled - returned:.1f}s after the deploy returned")
     # No gap in `up` across the switch: every evaluation saw at least two replicas up.
     series = prometheus(
         project, "/api/v1/query_range", query='sum(up{job="flashfit-backend"} == 1) or vector(0)',
@@ -101,11 +103,7 @@ def test_monitoring_follows_deploys_and_alerts_reach_alertmanager(project) -> No
     values = [float(v) for _t, v in series[0]["values"]]
     assert values and min(values) >= 2, series
 
-    # An error burst through nginx: with a tiny inference budget every recommendation is a 503.
-    third = project.flashfit("deploy", "--version", "v1", "--json", env={"FLASHFIT__SERVER__ENVIRONMENT__INFERENCE_TIMEOUT": "0.0001"})
-    assert third.code == 0, third.stderr
-    assert third.json()["monitoring"]["prometheus"]["action"] == "kept"
-
+    # An error burst through nginx: with v2's tiny inference budget every recommendation is a 503.
     def burst_until_firing() -> bool:
         for _ in range(20):
             response = httpx.post(project.url + "/api/fusion/recommend", json={"text": "red shirt"}, timeout=10)
