@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from flashfit_ops.config.model import Config
+from flashfit_ops.errors import OperationFailed
 from flashfit_ops.fileio import atomic_write_text
 from flashfit_ops.plan.common import state_dir
 
@@ -41,6 +42,16 @@ class Schedule:
     def script(self) -> str:
         """One shell line: prune only after a successful backup."""
         return f"{self.flashfit('backup', 'create')} && {self.flashfit('backup', 'prune')}"
+
+
+def current_command() -> tuple[str, ...]:
+    """The flashfit that is running now (the same install runs the scheduled backups)."""
+    import sys
+
+    script = Path(sys.argv[0])
+    if script.name == "flashfit" and script.exists():
+        return (str(script.resolve()),)
+    return (sys.executable, "-m", "flashfit_ops.cli")
 
 
 def default_every(config: Config) -> str:
@@ -95,6 +106,24 @@ def cron_line(config: Config, schedule: Schedule) -> str:
     day = "0" if schedule.every == "weekly" else "*"
     log = state_dir(config) / "backup-schedule.log"
     return f"{minute} {hour} * * {day} cd {shlex.quote(str(config.base_dir))} && ({schedule.script()}) >> {shlex.quote(str(log))} 2>&1"
+
+
+def install_systemd(config: Config, schedule: Schedule, unit_dir: Path | None = None) -> dict[str, object]:
+    """Write the units; into the system folder, also reload systemd and enable the timer now
+    (a --unit-dir elsewhere only writes them, e.g. to review or to copy)."""
+    import subprocess
+
+    folder = unit_dir or SYSTEMD_DIR
+    units = systemd_units(config, schedule)
+    for name, text in units.items():
+        atomic_write_text(folder / name, text)
+    timer = f"{unit_name(config)}.timer"
+    if unit_dir is None:
+        for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", timer]):
+            done = subprocess.run(argv, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise OperationFailed(f"{' '.join(argv)} failed: {done.stderr.strip()[-300:]}", hint="run it as root")
+    return {"units": [str(folder / name) for name in units], "timer": timer}
 
 
 def systemd_running() -> bool:

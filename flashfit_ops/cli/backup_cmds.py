@@ -273,37 +273,17 @@ def schedule(
 ) -> None:
     """Run `backup create`, then `backup prune`, on a schedule: a systemd timer where systemd runs,
     else the crontab line to add. The doctor then measures the newest backup against it."""
-    import shutil
-    import sys
-
     from flashfit_ops.backup import schedule as sched
+
     loaded = _load(config, env)
     every = every or sched.default_every(loaded)
     problems = sched.validate(every, at)
     if problems:
         raise UsageError("; ".join(problems), hint="e.g. flashfit backup schedule --every daily --at 03:00")
-    executable = shutil.which("flashfit")
-    command = (executable,) if executable else (sys.executable, "-m", "flashfit_ops.cli")
-    plan = sched.Schedule(every=every, at=at, command=command, config_file=str(Path(config).resolve()), env=env)
+    plan = sched.Schedule(every=every, at=at, command=sched.current_command(), config_file=str(Path(config).resolve()), env=env)
     result: dict[str, Any] = {"every": every, "at": at, "command": plan.script()}
     if not cron and sched.systemd_running():
-        folder = unit_dir or sched.SYSTEMD_DIR
-        units = sched.systemd_units(loaded, plan)
-        from flashfit_ops.fileio import atomic_write_text
-
-        for name, text in units.items():
-            atomic_write_text(folder / name, text)
-        timer = f"{sched.unit_name(loaded)}.timer"
-        if unit_dir is None:
-            import subprocess
-
-            for argv in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", timer]):
-                done = subprocess.run(argv, capture_output=True, text=True)
-                if done.returncode != 0:
-                    from flashfit_ops.errors import OperationFailed
-
-                    raise OperationFailed(f"{' '.join(argv)} failed: {done.stderr.strip()[-300:]}")
-        result.update(installed="systemd", units=[str(folder / n) for n in units], timer=timer)
+        result.update(installed="systemd", **sched.install_systemd(loaded, plan, unit_dir))
     else:
         result.update(installed="cron", cron_line=sched.cron_line(loaded, plan))
     sched.record(loaded, plan, result["installed"])
