@@ -216,3 +216,60 @@ def test_the_proxy_switch_itself_moves_the_scrape_targets(tmp_path: Path) -> Non
     with pytest.raises(OperationFailed):
         proxy.switch((G1, G2, "shop-backend-blue-3-d3"))  # a new slot count needs nginx -t: refused
     assert containers_in_file(cfg) == [G1, G2]
+
+
+def test_ensure_keeps_reloads_or_recreates_by_spec_digest(tmp_path: Path, monkeypatch) -> None:
+    """Long-lived containers: kept when the digest matches, SIGHUP when only a file changed,
+    recreated when the spec changed (fake engine at the seam; the real one is in the integration test)."""
+    from docker.errors import NotFound
+
+    from flashfit_ops.monitoring import runner
+
+    cfg = config(tmp_path, services={"grafana": {"enabled": False}})
+    monkeypatch.setattr(runner, "_ensure_image", lambda client, config, spec: None)
+    monkeypatch.setattr(runner, "_wait_ready", lambda spec: None)
+    created: list[str] = []
+    monkeypatch.setattr(runner, "_create", lambda client, config, spec, digest, secrets: created.append(spec.name))
+
+    class Container:
+        def __init__(self, name: str, digest: str):
+            self.name, self.status, self.labels, self.signals, self.removed = name, "running", {stack.LABEL_SPEC: digest}, [], False
+
+        def kill(self, signal: str) -> None:
+            self.signals.append(signal)
+
+        def remove(self, force: bool) -> None:
+            self.removed = True
+
+    class Engine:
+        def __init__(self, containers: dict):
+            self.client = self
+            self.containers = self
+            self.by_name = containers
+
+        def get(self, name: str):
+            if name not in self.by_name:
+                raise NotFound(name)
+            return self.by_name[name]
+
+        def ensure_network(self, name, labels) -> bool:
+            return False
+
+        def ensure_volume(self, name, labels) -> bool:
+            return False
+
+    specs = {s.service: s for s in stack.monitor_specs(cfg, str(targets.monitoring_dir(cfg)))}
+    first = runner.ensure(cfg, Engine({}))
+    assert created == ["shop-prometheus", "shop-alertmanager"] and first["prometheus"]["action"] == "started"
+
+    prometheus = Container("shop-prometheus", specs["prometheus"].digest())
+    alertmanager = Container("shop-alertmanager", "an-older-spec")
+    created.clear()
+    again = runner.ensure(cfg, Engine({"shop-prometheus": prometheus, "shop-alertmanager": alertmanager}))
+    assert again["prometheus"]["action"] == "kept" and prometheus.signals == [] and not prometheus.removed
+    assert again["alertmanager"]["action"] == "started" and alertmanager.removed and created == ["shop-alertmanager"]
+
+    faster = config(tmp_path, services={"grafana": {"enabled": False}}, monitoring={"enabled": True, "scrape_interval": "5s"})
+    reloaded = runner.ensure(faster, Engine({"shop-prometheus": prometheus, "shop-alertmanager": Container("shop-alertmanager", specs["alertmanager"].digest())}))
+    assert reloaded["prometheus"]["action"] == "reloaded" and prometheus.signals == ["SIGHUP"]
+    assert reloaded["alertmanager"]["action"] == "kept"
