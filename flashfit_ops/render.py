@@ -17,6 +17,7 @@ import jinja2
 from flashfit_ops.config.model import Config, format_duration
 from flashfit_ops.config.rules import published_ports
 from flashfit_ops.fileio import fsync_dir
+from flashfit_ops.monitoring.rule_tests import rule_tests
 from flashfit_ops.errors import UsageError
 from flashfit_server.metric_names import (
     HTTP_REQUEST_DURATION_SECONDS,
@@ -144,6 +145,16 @@ def render_stack(config: Config, version: str | None = None) -> str:
     return render_template("compose/docker-stack.yml.j2", config, image_ref=f"{config.server.image}:{image_tag}")
 
 
+def render_prometheus(config: Config, discovery: str, *, alertmanager: str | None = None, targets_file: str | None = None) -> str:
+    """prometheus.yml. `discovery`: "compose" (the `backend` service name), "swarm" (one target
+    per task, tasks.backend) or "file" (`flashfit deploy`: the targets file rewritten at each switch)."""
+    if discovery not in ("compose", "swarm", "file") or (discovery == "file") != bool(targets_file):
+        raise ValueError(f"bad discovery {discovery!r} (a targets file goes with discovery 'file' only)")
+    return render_template(
+        "monitoring/prometheus.yml.j2", config, discovery=discovery, alertmanager=alertmanager, targets_file=targets_file
+    )
+
+
 SWARM_NGINX_FILE = "nginx-swarm.conf"
 
 
@@ -169,8 +180,10 @@ def render_all(config: Config) -> dict[str, RenderedFile]:
     files[SWARM_NGINX_FILE] = RenderedFile(render_swarm_nginx(config))
     files["nginx.conf"] = RenderedFile(render_nginx(config, _compose_backend_upstreams(config), tls=False))
     files["nginx-ssl.conf"] = RenderedFile(render_nginx(config, _compose_backend_upstreams(config), tls=True))
-    add("monitoring/prometheus.yml", "monitoring/prometheus.yml.j2")
+    discovery = "swarm" if config.target == "swarm" else "compose"
+    files["monitoring/prometheus.yml"] = RenderedFile(render_prometheus(config, discovery))
     add("monitoring/alert_rules.yml", "monitoring/alert_rules.yml.j2")
+    files["monitoring/alert_rules_test.yml"] = RenderedFile(rule_tests(config))
     add("monitoring/grafana/dashboards/flashfit.json", "monitoring/grafana/dashboard.json.j2")
     add("monitoring/grafana/provisioning/dashboards/flashfit.yml", "monitoring/grafana/dashboards-provider.yml.j2")
     add("monitoring/grafana/provisioning/datasources/prometheus.yml", "monitoring/grafana/datasource.yml.j2")

@@ -34,6 +34,7 @@ def example_config(tmp_path: Path) -> Path:
 LONGEST_FIRST = (
     "tests/integration/ops/test_swarm.py",
     "tests/integration/ops/test_deploy_faults.py",
+    "tests/integration/ops/test_monitoring.py",
     "tests/integration/ops/test_deploy_single_rolling.py",
     "tests/integration/ops/test_images_build.py",
     "tests/server/integration/test_schemathesis.py",

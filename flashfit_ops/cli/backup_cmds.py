@@ -1,4 +1,4 @@
-"""`flashfit backup create|list|verify|prune` and `flashfit restore`."""
+"""`flashfit backup create|list|verify|prune|schedule` and `flashfit restore`."""
 
 from __future__ import annotations
 
@@ -261,6 +261,43 @@ def prune(
                     f"({human_bytes(result['freed_bytes'])}); {len(result['keep'])} kept")
 
 
+@guarded
+def schedule(
+    every: Annotated[str | None, typer.Option("--every", help="daily or weekly (Sundays); default from backup.retention.", show_default=False)] = None,
+    at: Annotated[str, typer.Option("--at", help="Local time of day, HH:MM.")] = "03:00",
+    cron: Annotated[bool, typer.Option("--cron", help="Print a crontab line even where systemd runs.")] = False,
+    unit_dir: Annotated[Path | None, typer.Option("--unit-dir", help="Where to write the systemd units (default /etc/systemd/system).", show_default=False)] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    env: BackupEnvOption = "prod",
+    json_output: JsonOption = False,
+) -> None:
+    """Run `backup create`, then `backup prune`, on a schedule: a systemd timer where systemd runs,
+    else the crontab line to add. The doctor then measures the newest backup against it."""
+    from flashfit_ops.backup import schedule as sched
+
+    loaded = _load(config, env)
+    every = every or sched.default_every(loaded)
+    problems = sched.validate(every, at)
+    if problems:
+        raise UsageError("; ".join(problems), hint="e.g. flashfit backup schedule --every daily --at 03:00")
+    plan = sched.Schedule(every=every, at=at, command=sched.current_command(), config_file=str(Path(config).resolve()), env=env)
+    result: dict[str, Any] = {"every": every, "at": at, "command": plan.script()}
+    if not cron and sched.systemd_running():
+        result.update(installed="systemd", **sched.install_systemd(loaded, plan, unit_dir))
+    else:
+        result.update(installed="cron", cron_line=sched.cron_line(loaded, plan))
+    sched.record(loaded, plan, result["installed"])
+    if json_output:
+        console.emit_json(result)
+        return
+    if result["installed"] == "systemd":
+        console.success(f"{result['timer']} runs the backup {every} at {at} ({', '.join(result['units'])})")
+        return
+    reason = "--cron" if cron else "systemd is not running on this host"
+    console.info(f"{reason}: add this line to the crontab of the user that runs flashfit (`crontab -e`):")
+    console.print_data(result["cron_line"])
+
+
 def service_for(loaded: Config) -> Any:
     """The ServiceControl around the swap when nothing is deployed: the no-op one, so a restore
     refuses while a server it cannot stop answers on the backend port."""
@@ -349,5 +386,6 @@ def register(app: typer.Typer) -> None:
     backup_app.command("list")(list_)
     backup_app.command("verify")(verify)
     backup_app.command("prune")(prune)
+    backup_app.command("schedule")(schedule)
     app.add_typer(backup_app, name="backup")
     app.command("restore")(restore)

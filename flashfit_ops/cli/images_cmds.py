@@ -25,7 +25,7 @@ def bootstrap(
     config: ConfigOption = DEFAULT_CONFIG,
     force: Annotated[bool, typer.Option("--force", help="Rebuild images that already exist.")] = False,
     only: Annotated[
-        list[str] | None, typer.Option("--only", help="Just this image: base or proxy (repeatable).")
+        list[str] | None, typer.Option("--only", help="Just this image: base, proxy, prometheus or alertmanager (repeatable).")
     ] = None,
     pull: Annotated[bool, typer.Option("--pull/--no-pull", help="Try a registry before building.")] = True,
     mirror: Annotated[

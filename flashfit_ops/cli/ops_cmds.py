@@ -71,6 +71,22 @@ def _print_status(result: dict) -> None:
     if lock["held"]:
         owner = lock["owner"] or {}
         console.info(f"  lock: held by {owner.get('who')}@{owner.get('host')} pid {owner.get('pid')} since {owner.get('since')}")
+    if "monitoring" in result:
+        _print_monitoring(result["monitoring"])
+
+
+def _print_monitoring(view: dict) -> None:
+    if not view["up"]:
+        console.warn(f"monitoring: Prometheus does not answer on {view['url']} ({view['error']})")
+        return
+    up = sum(1 for h in view["targets"].values() if h == "up")
+    console.info(f"  monitoring: Prometheus {view['url']}, {up}/{len(view['targets'])} backend targets up")
+    for name in view["missing"]:
+        console.warn(f"live replica {name} is not an `up` scrape target")
+    for alert in view["firing"]:
+        console.warn(f"alert firing: {alert['name']} ({alert['severity']}) {escape(alert['summary'])} since {alert['since']}")
+    if not view["firing"]:
+        console.info("  no alerts firing")
 
 
 @guarded

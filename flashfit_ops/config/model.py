@@ -88,13 +88,16 @@ class ServerEnvironment(Strict):
     MODEL_CACHE_DIR: str = "/app/models"
     VECTOR_STORE_DIR: str = "/app/data"
     MAX_BATCH_SIZE: int = Field(32, ge=1, le=1024)
-    INFERENCE_TIMEOUT: int = Field(30, ge=1, le=600)
+    # Seconds of model time per request; fractions allowed (the server takes down to 0.0001).
+    INFERENCE_TIMEOUT: float = Field(30, ge=0.0001, le=600)
     CORS_ORIGINS: list[str] = Field(default_factory=list)
     ALLOWED_HOSTS: list[str] = Field(default_factory=lambda: ["*"])
 
     def as_env(self) -> dict[str, str]:
         env = {}
         for name, value in self.model_dump().items():
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # 30, not 30.0
             env[name] = ",".join(value) if isinstance(value, list) else str(value)
         return env
 
@@ -115,6 +118,7 @@ class PortsConfig(Strict):
     redis: int = Field(6379, ge=1, le=65535)
     prometheus: int = Field(9090, ge=1, le=65535)
     grafana: int = Field(3001, ge=1, le=65535)
+    alertmanager: int = Field(9093, ge=1, le=65535)
 
 
 class ResourceSpec(Strict):
@@ -205,7 +209,12 @@ class RedisService(OptionalService):
 
 class PrometheusService(OptionalService):
     enabled: bool = True
-    image: str = "prom/prometheus:latest"
+    image: str = "flashfit/prometheus:bookworm"
+
+
+class AlertmanagerService(OptionalService):
+    enabled: bool = True
+    image: str = "flashfit/alertmanager:bookworm"
 
 
 class GrafanaService(OptionalService):
@@ -230,16 +239,25 @@ class ServicesConfig(Strict):
     redis: RedisService = Field(default_factory=RedisService)
     prometheus: PrometheusService = Field(default_factory=PrometheusService)
     grafana: GrafanaService = Field(default_factory=GrafanaService)
+    alertmanager: AlertmanagerService = Field(default_factory=AlertmanagerService)
 
 
 class AlertsConfig(Strict):
-    error_rate: float = Field(0.05, gt=0, le=1)
+    error_rate: float = Field(0.05, gt=0, lt=1)
     p95_seconds: float = Field(1.0, gt=0)
     inference_seconds: float = Field(0.5, gt=0)
+    # The rate window of every rule, and how long a condition must hold before its alert fires
+    # (the latency rules wait twice as long; BackendDown at most a minute).
+    window: Duration = Field(300.0, ge=1)
+    pending: Duration = 300.0
 
 
 class MonitoringConfig(Strict):
-    scrape_interval: Duration = 15.0
+    # `flashfit deploy` runs Prometheus and Alertmanager (and Grafana, when its image is here).
+    enabled: bool = False
+    scrape_interval: Duration = Field(15.0, ge=1)
+    # The env-file variable holding the Alertmanager webhook URL (a secret: never in flashfit.yml).
+    webhook_url_env: str = Field("ALERT_WEBHOOK_URL", pattern=r"^[A-Z_][A-Z0-9_]*$")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
 

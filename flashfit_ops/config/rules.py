@@ -29,6 +29,8 @@ def published_ports(config: Config) -> dict[str, int]:
         ports["ports.prometheus"] = config.ports.prometheus
     if config.services.grafana.enabled:
         ports["ports.grafana"] = config.ports.grafana
+    if config.monitoring.enabled and config.services.alertmanager.enabled:
+        ports["ports.alertmanager"] = config.ports.alertmanager
     return ports
 
 

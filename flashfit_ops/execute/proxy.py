@@ -39,6 +39,7 @@ from typing import Callable, Iterator
 from flashfit_ops.config.model import Config
 from flashfit_ops.errors import OperationFailed
 from flashfit_ops.fileio import atomic_write_text, fsync_dir
+from flashfit_ops.monitoring import targets as scrape_targets
 from flashfit_ops.plan.common import (
     PROXY_CONFIG_DIR,
     PROXY_CONFIG_FILE,
@@ -273,6 +274,7 @@ class ProxyController:
             "applied_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         atomic_write_text(self.folder / APPLIED_FILE, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        scrape_targets.on_switch(self.config, slots)  # Prometheus follows the slots
 
     def clean(self, files: tuple[str, ...]) -> None:
         for name in files:

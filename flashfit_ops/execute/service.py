@@ -24,6 +24,8 @@ from flashfit_ops.execute.executor import Executor
 from flashfit_ops.execute.health import http_probe
 from flashfit_ops.execute.lock import DeployLock, LockInfo, force_release, lock_status, pid_alive
 from flashfit_ops.execute.observe import observe
+from flashfit_ops.monitoring import targets as scrape_targets
+from flashfit_ops.monitoring.runner import monitoring_for_deploy, monitoring_status
 from flashfit_ops.plan import plan_deploy
 from flashfit_ops.plan.common import (
     BACKEND_PORT,
@@ -226,6 +228,8 @@ def _execute(
         error.details.setdefault("deploy_id", deploy_id)
         raise
     finally:
+        with contextlib.suppress(OSError):
+            scrape_targets.settle(config)  # drained containers stop being scrape targets
         execution_dict = executor.execution.to_dict()
         _history_finish(
             config,
@@ -308,12 +312,13 @@ def deploy(
     try:
         with sigterm_as_interrupt():
             ensure_image(backend, config, version)
+            monitoring = monitoring_for_deploy(config, backend)  # long-lived: kept unless changed
         run = Run("deploy", strategy, version, replicas, message)
 
         def make_plan(observed: Observed) -> list[Step]:
             return plan_deploy(strategy, config, observed, Target(version, new_deploy_id(), replicas))
 
-        return _execute(config, backend, run, make_plan)
+        return {**_execute(config, backend, run, make_plan), **monitoring}
     finally:
         lock.release()
 
@@ -501,6 +506,7 @@ def status(config: Config, *, repair: bool = True) -> dict[str, Any]:
         "repaired": repaired,
         "leftovers": [s.describe() for s in pending],
         "last_deploy": last,
+        **monitoring_status(config, live),
     }
 
 

@@ -3,6 +3,8 @@ tarred and `docker import`ed.
 
   flashfit/debian-python:bookworm   minbase + python3, python3-venv, ca-certificates
   flashfit/nginx:bookworm           minbase + Debian's nginx, logs on stdout/stderr
+  flashfit/prometheus:bookworm      the base image + Debian's prometheus (apt-get over plain http)
+  flashfit/alertmanager:bookworm    the base image + Debian's prometheus-alertmanager
 
 Two caches under <config folder>/.cache/images/ make a second run fast:
   debs/                   the downloaded .deb files (debootstrap --cache-dir)
@@ -125,6 +127,47 @@ PROXY = Recipe(
     finish=("nginx-logs-to-stdio",),
 )
 RECIPES: dict[str, Recipe] = {"base": BASE, "proxy": PROXY}
+
+
+@dataclass(frozen=True)
+class DerivedRecipe:
+    """An image built on the bootstrapped base with `apt-get install` (Debian's mirror over plain
+    http, so no certificates are needed inside the build), for the monitoring containers."""
+
+    image: str
+    packages: tuple[str, ...]
+    entrypoint: tuple[str, ...]
+    # Shell run after the install, e.g. the folders the program writes to.
+    after: str = "true"
+    base: Recipe = BASE
+
+    def key(self) -> str:
+        payload = json.dumps([RECIPE_REVISION, self.base.image, sorted(self.packages), list(self.entrypoint), self.after])
+        return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+    def dockerfile(self) -> str:
+        return (
+            f"FROM {self.base.image}\n"
+            "RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "
+            f"{' '.join(self.packages)} && rm -rf /var/lib/apt/lists/* && {self.after}\n"
+            f"LABEL {RECIPE_LABEL}={self.key()}\n"
+            f"ENTRYPOINT {json.dumps(list(self.entrypoint))}\n"
+        )
+
+
+PROMETHEUS = DerivedRecipe(
+    image="flashfit/prometheus:bookworm",
+    packages=("prometheus",),
+    entrypoint=("prometheus",),
+    after="mkdir -p /prometheus",
+)
+ALERTMANAGER = DerivedRecipe(
+    image="flashfit/alertmanager:bookworm",
+    packages=("prometheus-alertmanager",),
+    entrypoint=("prometheus-alertmanager",),
+    after="mkdir -p /alertmanager",
+)
+DERIVED: dict[str, DerivedRecipe] = {"prometheus": PROMETHEUS, "alertmanager": ALERTMANAGER}
 BOOTSTRAPPABLE = {r.image: r for r in RECIPES.values()}
 
 
@@ -388,6 +431,54 @@ def ensure_image(
     return _outcome(recipe.image, BUILT, started, image, detail=detail, warnings=warnings)
 
 
+def ensure_derived(
+    client: "docker.DockerClient", recipe: DerivedRecipe, cache: Path, *, force: bool = False, mirror: str | None = None
+) -> ImageOutcome:
+    """The image of a derived recipe: the local one, else built on the base image (itself found
+    or bootstrapped first). Never pulled: the name is ours, no registry serves it."""
+    started = time.monotonic()
+    if not force:
+        image = local_image(client, recipe.image)
+        if image is not None:
+            return _outcome(recipe.image, FOUND, started, image)
+    ensure_image(client, recipe.base, cache, pull=False, mirror=mirror)
+    image = build_derived(client, recipe)
+    return _outcome(recipe.image, BUILT, started, image, detail=f"apt-get install {' '.join(recipe.packages)} on {recipe.base.image}")
+
+
+def build_derived(client: "docker.DockerClient", recipe: DerivedRecipe) -> Any:
+    import io
+
+    from docker.errors import APIError
+
+    tail: deque[str] = deque(maxlen=15)
+    previous = client.api.timeout
+    client.api.timeout = 900
+    try:
+        with console.status(f"building {recipe.image}") as live:
+            stream = client.api.build(
+                fileobj=io.BytesIO(recipe.dockerfile().encode()), tag=recipe.image, rm=True, forcerm=True, pull=False, decode=True
+            )
+            for message in stream:
+                if message.get("error"):
+                    raise OperationFailed(
+                        f"building {recipe.image} failed: {message['error'].strip()}\n  " + "\n  ".join(tail),
+                        hint=f"containers must reach {DEFAULT_MIRROR} (or ${MIRROR_ENV}) over http",
+                    )
+                line = str(message.get("stream") or "").strip()
+                if line:
+                    tail.append(line)
+                    live.update(f"{recipe.image}: {line[:100]}")
+    except APIError as error:
+        raise OperationFailed(f"building {recipe.image} failed: {error.explanation or error}") from None
+    finally:
+        client.api.timeout = previous
+    image = local_image(client, recipe.image)
+    if image is None:
+        raise OperationFailed(f"the build of {recipe.image} reported success but the image is missing")
+    return image
+
+
 def _remove_if_unused(client: "docker.DockerClient", image_id: str) -> None:
     """Drop the image a forced rebuild replaced, unless a container or a derived image still uses it."""
     from docker.errors import APIError
@@ -446,14 +537,21 @@ def bootstrap(
     pull: bool = True,
     mirror: str | None = None,
 ) -> list[ImageOutcome]:
-    """Make sure the base and proxy images exist. Reports each as it is settled."""
+    """Make sure the base and proxy images exist (the monitoring ones when named). Reports each as
+    it is settled."""
     names = which or list(RECIPES)
-    unknown = [n for n in names if n not in RECIPES]
+    unknown = [n for n in names if n not in RECIPES and n not in DERIVED]
     if unknown:
-        raise UsageError(f"unknown image {', '.join(unknown)}", hint=f"choose from {', '.join(RECIPES)}")
+        raise UsageError(f"unknown image {', '.join(unknown)}", hint=f"choose from {', '.join([*RECIPES, *DERIVED])}")
     cache = cache_dir(base_dir)
     outcomes = []
     for name in names:
+        if name in DERIVED:
+            console.step(DERIVED[name].image)
+            outcome = ensure_derived(client, DERIVED[name], cache, force=force, mirror=mirror)
+            report(outcome)
+            outcomes.append(outcome)
+            continue
         recipe = RECIPES[name]
         console.step(f"{recipe.image}")
         outcome = ensure_image(client, recipe, cache, force=force, pull=pull, mirror=mirror)

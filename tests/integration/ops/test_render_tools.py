@@ -117,3 +117,23 @@ def test_dashboard_is_valid_json_with_three_panels(tmp_path: Path, tls_material:
     out = rendered(tmp_path, tls_material, "prod", example_config)
     dashboard = json.loads((out / "monitoring/grafana/dashboards/flashfit.json").read_text())
     assert len(dashboard["panels"]) == 3
+
+
+@pytest.mark.parametrize("target", ["local", "swarm"])
+def test_promtool_accepts_the_deployed_and_swarm_prometheus_configs(tmp_path: Path, target: str) -> None:
+    """What `flashfit deploy` runs (file discovery + Alertmanager) and what Swarm renders (one
+    target per task through tasks.backend), both checked by promtool."""
+    from flashfit_ops.monitoring.stack import monitoring_files
+
+    config = resolve({"target": target, "monitoring": {"enabled": True, "scrape_interval": "2s"}}, environ={}, base_dir=tmp_path)
+    promtool = require_tool("promtool")
+    out = tmp_path / "rendered"
+    write_tree(render_all(config), out)
+    result = run(promtool, "check", "config", str(out / "monitoring/prometheus.yml"))
+    assert "SUCCESS" in result.stdout
+    text = (out / "monitoring/prometheus.yml").read_text()
+    assert ('names: ["tasks.backend"]' in text) == (target == "swarm")
+    deployed = tmp_path / "deployed"
+    write_tree(monitoring_files(config, "https://hooks.example/x"), deployed)
+    run(promtool, "check", "config", str(deployed / "prometheus/prometheus.yml"))
+    assert "file_sd_configs" in (deployed / "prometheus/prometheus.yml").read_text()

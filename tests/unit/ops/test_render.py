@@ -26,6 +26,7 @@ EXPECTED_FILES = {
     "nginx-ssl.conf",
     "monitoring/prometheus.yml",
     "monitoring/alert_rules.yml",
+    "monitoring/alert_rules_test.yml",
     "monitoring/grafana/dashboards/flashfit.json",
     "monitoring/grafana/provisioning/dashboards/flashfit.yml",
     "monitoring/grafana/provisioning/datasources/prometheus.yml",

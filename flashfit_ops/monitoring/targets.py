@@ -1,0 +1,128 @@
+"""The scrape targets file: exactly the backend containers the proxy's replica slots point to,
+rewritten atomically at every completed switch (Prometheus's file_sd sees the rename through the
+bind-mounted folder and applies it without a reload).
+
+Why file-based discovery and not Docker's: the slots, not the engine, say which containers take
+traffic. A blue-green deploy keeps the old color's containers (running until drained, then
+stopped and retained for a fast rollback) on the same network with the same labels; Docker SD
+would list them all and need relabel rules that mirror the slot logic. The file is written by the
+very code that moves the slots, so a replica is a target from the switch that gives it traffic to
+the switch that takes it away.
+
+Why `<container>:8080` on the project network: nginx reaches the replicas through Unix sockets
+in a shared folder, which Prometheus cannot scrape (it speaks TCP only), and a per-slot path
+through nginx would name the slot, not the replica, and mix two versions across a switch. Every
+backend also listens on its container port, and Docker's DNS resolves the container name on the
+project network, so the address stays right for as long as the container lives.
+
+A replica becomes a target at the switch that gives it traffic (on_switch, called where the
+proxy records a completed switch) and stops being one once it is drained: the containers switched
+away from stay listed until the deploy's drains have finished, and a switch returns (so the old
+ones drain) only once Prometheus has scraped the new ones (settle, at the end of every
+executed plan), so the service's `up` has no gap across a switch."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from flashfit_ops.config.model import Config
+from flashfit_ops.fileio import atomic_write_text
+from flashfit_ops.plan.common import BACKEND_PORT, state_dir
+
+MONITORING_DIR = "monitoring"
+# Inside the Prometheus container, where .flashfit/monitoring/prometheus is mounted.
+PROMETHEUS_CONFIG_DIR = "/etc/flashfit/prometheus"
+TARGETS_RELATIVE = "targets/backend.json"
+
+
+def monitoring_dir(config: Config) -> Path:
+    return state_dir(config) / MONITORING_DIR
+
+
+def targets_path(config: Config) -> Path:
+    return monitoring_dir(config) / "prometheus" / TARGETS_RELATIVE
+
+
+def _color(config: Config, name: str) -> str:
+    prefix = f"{config.project}-backend-"
+    return name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
+
+
+def targets_document(config: Config, slots: tuple[str, ...] | list[str], draining: tuple[str, ...] | list[str] = ()) -> list[dict]:
+    """One file_sd group per container: those the slots point to (labelled with their slots), then
+    those just switched away from, still finishing their requests (slot "")."""
+    by_container: dict[str, list[str]] = {}
+    for slot, name in enumerate(slots, start=1):
+        if name:
+            by_container.setdefault(name, []).append(str(slot))
+    for name in draining:
+        if name:
+            by_container.setdefault(name, [])
+    return [
+        {
+            "targets": [f"{name}:{BACKEND_PORT}"],
+            "labels": {"project": config.project, "container": name, "color": _color(config, name), "slot": ",".join(found)},
+        }
+        for name, found in by_container.items()
+    ]
+
+
+def write_targets(config: Config, slots: tuple[str, ...] | list[str], draining: tuple[str, ...] | list[str] = ()) -> None:
+    """A no-op unless monitoring is enabled."""
+    if not config.monitoring.enabled:
+        return
+    atomic_write_text(targets_path(config), json.dumps(targets_document(config, slots, draining), indent=2) + "\n")
+
+
+def on_switch(config: Config, slots: tuple[str, ...]) -> None:
+    """After a completed switch: the new slots are targets at once; the containers switched away
+    from stay targets while they drain, so `up` of the service never has a gap (see settle)."""
+    if not config.monitoring.enabled:
+        return
+    write_targets(config, slots, [name for name in read_targets(config) if name not in slots])
+    wait_scraped(config, slots)
+
+
+def wait_scraped(config: Config, slots: tuple[str, ...], sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Hold the switch until Prometheus has scraped every new replica (its discovery applies a
+    changed file a few seconds later): only then may the old ones drain, so `up` of the service
+    has no gap. Bounded, and never fails a deploy: a Prometheus that is down or slow is the
+    doctor's business. True when every replica was seen up."""
+    from flashfit_ops import console
+    from flashfit_ops.monitoring.api import read_view
+
+    deadline = time.monotonic() + max(15.0, 3 * config.monitoring.scrape_interval + 6.0)
+    wanted = {name for name in slots if name}
+    while True:
+        view = read_view(config, timeout=2.0)
+        if not view.up:
+            return False
+        if all(view.targets.get(name) == "up" for name in wanted):
+            return True
+        if time.monotonic() >= deadline:
+            console.warn(f"Prometheus has not scraped {', '.join(sorted(n for n in wanted if view.targets.get(n) != 'up'))} yet")
+            return False
+        sleep(0.25)
+
+
+def settle(config: Config) -> None:
+    """At the end of a deploy, rollback or repair, when every drain has finished: exactly the
+    containers the slots point to."""
+    if not config.monitoring.enabled:
+        return
+    from flashfit_ops.execute.proxy import read_files
+    from flashfit_ops.plan.common import proxy_dir, sockets_dir
+
+    write_targets(config, read_files(proxy_dir(config), sockets_dir(config)).applied)
+
+
+def read_targets(config: Config) -> list[str]:
+    """Container names in the targets file now (empty when there is none)."""
+    try:
+        groups = json.loads(targets_path(config).read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return []
+    return [g.get("labels", {}).get("container", "") for g in groups if isinstance(g, dict)]
