@@ -20,6 +20,8 @@ class SafeText:
     """Marks a string type as checked for the files it reaches (see the module docstring)."""
 
     kind: str
+    # What the type accepts, as a full-match regex (before any extra check); None where a parser decides.
+    pattern: str | None = None
 
 
 def _must_be_text(value: object) -> object:
@@ -40,7 +42,7 @@ def _text(kind: str, pattern: str, advice: str, *, max_length: int = 255, extra=
         return value
 
     return Annotated[
-        str, BeforeValidator(_must_be_text), Field(max_length=max_length), AfterValidator(check), SafeText(kind)
+        str, BeforeValidator(_must_be_text), Field(max_length=max_length), AfterValidator(check), SafeText(kind, pattern)
     ]
 
 
@@ -85,9 +87,24 @@ ContainerPath = _text(
 # A file or folder on this host, relative to flashfit.yml or absolute (also ~/...).
 HostPath = _text(
     "a host path",
-    rf"~?[{_PATH_CHARS}]+",
+    rf"(?:~/)?[{_PATH_CHARS}]+",
     "use letters, digits and . _ + @ - / (no spaces, quotes, $ or :)",
     max_length=1024,
+)
+
+
+def _names_a_file(value: str) -> None:
+    if value.rstrip("/") != value or value.rsplit("/", 1)[-1] in ("", ".", "..", "~"):
+        raise ValueError(f"{_shown(value)} names a folder: give the path of a file")
+
+
+# A file on this host, relative to flashfit.yml or absolute (certificates, the env file).
+HostFile = _text(
+    "a host file path",
+    rf"(?:~/)?[{_PATH_CHARS}]+",
+    "use letters, digits and . _ + @ - / (no spaces, quotes, $ or :)",
+    max_length=1024,
+    extra=_names_a_file,
 )
 # A Docker volume name, or a host folder (starting with / or .) to bind-mount.
 VolumeSource = _text(
@@ -121,7 +138,7 @@ Identifier = _text("a name", r"[A-Za-z0-9][A-Za-z0-9._-]*", "use letters, digits
 # Where backups go: file://<folder> or s3://<bucket>/<prefix>.
 BackupTarget = _text(
     "a backup target",
-    rf"(?:file|s3)://[~{_PATH_CHARS}]+",
+    rf"(?:file|s3)://(?:~/)?[{_PATH_CHARS}]+",
     "write file://./backups or s3://bucket/prefix (no spaces, quotes or $)",
     max_length=1024,
 )

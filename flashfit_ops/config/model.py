@@ -16,6 +16,7 @@ from flashfit_ops.config.fields import (
     ContainerPath,
     IpNetwork,
     DomainName,
+    HostFile,
     HostPath,
     HostPattern,
     HttpUrl,
@@ -79,7 +80,7 @@ def _check_memory(value: object) -> str:
     return text
 
 
-MemorySize = Annotated[str, BeforeValidator(_check_memory), SafeText("memory size")]
+MemorySize = Annotated[str, BeforeValidator(_check_memory), SafeText("memory size", r"\d{1,7}(?:\.\d{1,3})?[KMG]")]
 
 # Names that are secrets wherever they appear: rejected in flashfit.yml, redacted in output.
 SECRET_NAMES = frozenset(
@@ -184,8 +185,8 @@ class DeployConfig(Strict):
 class TLSConfig(Strict):
     enabled: bool = False
     domains: list[DomainName] = Field(default_factory=list, max_length=64)
-    certificate: HostPath | None = None
-    key: HostPath | None = None
+    certificate: HostFile | None = None
+    key: HostFile | None = None
     hsts: bool = True
     hsts_max_age: int = Field(31536000, ge=0, le=2**31 - 1)
 
@@ -289,7 +290,7 @@ class SwarmConfig(Strict):
 
 
 class SecretsConfig(Strict):
-    env_file: HostPath = ".env"
+    env_file: HostFile = ".env"
 
 
 class Config(Strict):

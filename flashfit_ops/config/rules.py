@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
 from flashfit_ops.config.model import Config
 from flashfit_ops.errors import Problem
 
@@ -61,6 +63,9 @@ def _tls_problems(config: Config) -> list[Problem]:
         problems.append(Problem("tls.key", "a certificate is set without its private key"))
     elif tls.key and not tls.certificate:
         problems.append(Problem("tls.certificate", "a private key is set without its certificate"))
+    if tls.certificate and tls.key and PurePosixPath(tls.certificate).name == PurePosixPath(tls.key).name:
+        # Both are mounted into one folder of the proxy under their own names.
+        problems.append(Problem("tls.key", "the key file needs a name other than the certificate's (e.g. site.key, site.crt)"))
     return problems
 
 

@@ -10,6 +10,7 @@ import re
 import resource
 import subprocess
 import sys
+import types
 import typing
 from pathlib import Path
 
@@ -92,30 +93,32 @@ def test_health_paths_may_not_shadow_the_private_endpoints(runner: CliRunner, tm
     assert "healthcheck.readiness_path: /docs/x is reserved" in result.output
 
 
-def _string_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, object]]:
-    found = []
+def string_fields(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, tuple[bool, list[object]]]:
+    """{dotted path: (is a list of strings, metadata of the string type)} for every string setting,
+    found by walking the model (the property tests in tests/integration/ops use it too)."""
+    found: dict[str, tuple[bool, list[object]]] = {}
     for name, field in model.model_fields.items():
-        annotation = field.annotation
-        inner = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
-        target = inner[0]
-        if typing.get_origin(target) in (list, tuple, set):
+        target, metadata = field.annotation, list(field.metadata)
+        if typing.get_origin(target) in (typing.Union, types.UnionType):  # X | None
+            target = next(a for a in typing.get_args(target) if a is not type(None))
+        is_list = typing.get_origin(target) is list
+        if is_list:
             target = typing.get_args(target)[0]
-        if isinstance(target, type) and issubclass(target, BaseModel):
-            found += _string_fields(target, f"{prefix}{name}.")
-        elif target is str or typing.get_args(target)[:1] == (str,):
-            metadata = list(field.metadata) + [m for a in inner for m in getattr(a, "__metadata__", ())]
-            if typing.get_origin(inner[0]) is list:
-                metadata += list(getattr(typing.get_args(inner[0])[0], "__metadata__", ()))
-            found.append((f"{prefix}{name}", metadata))
+        metadata += list(getattr(target, "__metadata__", ()))
+        base = typing.get_args(target)[0] if typing.get_origin(target) is typing.Annotated else target
+        if isinstance(base, type) and issubclass(base, BaseModel):
+            found.update(string_fields(base, f"{prefix}{name}."))
+        elif base is str:
+            found[f"{prefix}{name}"] = (is_list, metadata)
     return found
 
 
 def test_every_string_setting_uses_a_checked_type() -> None:
     """A new string field must pick a type from config/fields.py: a plain `str` would reach the
     templates unchecked. (Literal fields are not strings here: they take only their listed values.)"""
-    fields = _string_fields(Config)
-    assert len(fields) >= 20
-    unchecked = [path for path, metadata in fields if not any(isinstance(m, SafeText) for m in metadata)]
+    fields = string_fields()
+    assert len(fields) >= 25
+    unchecked = [path for path, (_, metadata) in fields.items() if not any(isinstance(m, SafeText) for m in metadata)]
     assert unchecked == []
 
 
