@@ -14,13 +14,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 from flashfit_ops.config.fields import (
     BackupTarget,
     ContainerPath,
-    IpNetwork,
     DomainName,
     HostFile,
     HostPath,
     HostPattern,
     HttpUrl,
     Identifier,
+    IpNetwork,
     ImageName,
     ImageRef,
     Origin,
@@ -33,7 +33,8 @@ from flashfit_ops.config.fields import (
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_MEMORY = re.compile(r"^\d{1,7}(?:\.\d{1,3})?[KMG]$")
+_MEMORY_PATTERN = r"\d{1,7}(?:\.\d{1,3})?[KMG]"
+_MEMORY = re.compile(f"^{_MEMORY_PATTERN}$")
 # A week: longer waits are a typo, and huge numbers would not survive rendering as "<n>s".
 MAX_DURATION = 7 * 24 * 3600.0
 
@@ -80,7 +81,7 @@ def _check_memory(value: object) -> str:
     return text
 
 
-MemorySize = Annotated[str, BeforeValidator(_check_memory), SafeText("memory size", r"\d{1,7}(?:\.\d{1,3})?[KMG]")]
+MemorySize = Annotated[str, BeforeValidator(_check_memory), SafeText("memory size", _MEMORY_PATTERN)]
 
 # Names that are secrets wherever they appear: rejected in flashfit.yml, redacted in output.
 SECRET_NAMES = frozenset(

@@ -305,7 +305,7 @@ def check_rendered(config: Config, files: dict[str, str], baseline: dict[str, st
 
 # No shrinking: each example runs nginx three times, and shrinking a failure took minutes; the
 # failing example is printed whole.
-@settings(max_examples=40, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+@settings(max_examples=30, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(values=st.fixed_dictionaries({path: value_text | accepted_values(metadata) for path, (_, metadata) in string_fields().items()}))
 def test_any_string_in_any_setting_is_refused_or_renders_as_intended(
