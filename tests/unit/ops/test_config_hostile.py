@@ -10,20 +10,23 @@ import re
 import resource
 import subprocess
 import sys
+import tempfile
 import types
 import typing
 from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from flashfit_ops.cli import app
-from flashfit_ops.config import resolve
+from flashfit_ops.config import load_config, resolve
 from flashfit_ops.config.fields import SafeText
 from flashfit_ops.config.model import Config
-from flashfit_ops.errors import EXIT_USAGE
+from flashfit_ops.errors import EXIT_USAGE, UsageError
 from flashfit_ops.render import render_all
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -216,3 +219,21 @@ def test_config_show_and_env_example_name_the_same_grafana_password(runner: CliR
     assert "GF_SECURITY_ADMIN_PASSWORD" in shown and "GF_SECURITY_ADMIN_PASSWORD" in asked
     assert "GRAFANA_ADMIN_PASSWORD" not in shown
     assert asked <= shown  # every secret the example asks for is one config show accounts for
+
+
+YAML_PIECES = ["replicas: ", "project: ", "healthcheck:\n  interval: ", "environments:\n  dev: ", "&a ", "*a", "[", "]", "{",
+               "}", "- ", "\n", "  ", ": ", ".inf", ".nan", "1e999", "9" * 30, "!!python/object:os.system ", "<<: *a",
+               "? ", "'", '"', "#", "---\n", "...\n", "%YAML 1.1\n", "\t", "\x00", "é"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(YAML_PIECES) | st.text(max_size=8), max_size=30).map("".join))
+def test_any_file_content_is_a_config_or_a_usage_error(text: str) -> None:
+    """Whatever the file holds: a Config, or a UsageError/ConfigError (exit 2): never another exception."""
+    with tempfile.TemporaryDirectory() as folder:
+        config = Path(folder) / "flashfit.yml"
+        config.write_text(text, encoding="utf-8", errors="surrogatepass")
+        try:
+            load_config(config, environ={})
+        except UsageError as error:
+            assert error.exit_code == EXIT_USAGE
