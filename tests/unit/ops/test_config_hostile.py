@@ -222,7 +222,7 @@ def test_config_show_and_env_example_name_the_same_grafana_password(runner: CliR
 
 
 YAML_PIECES = ["replicas: ", "project: ", "healthcheck:\n  interval: ", "environments:\n  dev: ", "&a ", "*a", "[", "]", "{",
-               "}", "- ", "\n", "  ", ": ", ".inf", ".nan", "1e999", "9" * 30, "!!python/object:os.system ", "<<: *a",
+               "}", "- ", "\n", "  ", ": ", ".inf", ".nan", "1e999", "9" * 30, "9" * 5000, "!!python/object:os.system ", "<<: *a",
                "? ", "'", '"', "#", "---\n", "...\n", "%YAML 1.1\n", "\t", "\x00", "é"]
 
 
