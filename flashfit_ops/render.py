@@ -15,7 +15,9 @@ from typing import Any
 import jinja2
 
 from flashfit_ops.config.model import Config, format_duration
-from flashfit_ops.config.rules import published_ports
+import re
+
+from flashfit_ops.config.rules import PRIVATE_PATHS, published_ports
 from flashfit_ops.fileio import fsync_dir
 from flashfit_ops.monitoring.rule_tests import rule_tests
 from flashfit_ops.errors import UsageError
@@ -111,6 +113,8 @@ def _context(config: Config, **extra: Any) -> dict[str, Any]:
         "cert_name": Path(config.tls.certificate).name if config.tls.certificate else "server.crt",
         "key_name": Path(config.tls.key).name if config.tls.key else "server.key",
         "container_port": CONTAINER_PORT,
+        "private_paths_regex": "^(" + "|".join(re.escape(p) for p in PRIVATE_PATHS) + ")(/|$)",
+        "probe_command": lambda path: ["flashfit-server", "probe", "--url", f"http://127.0.0.1:{CONTAINER_PORT}{path}"],
         "named_volumes": _named_volumes(config),
         "is_host_path": is_host_path,
         "volume_source": lambda source: str(config.resolve_path(source)) if is_host_path(source) else source,

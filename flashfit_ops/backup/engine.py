@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,6 +27,7 @@ from flashfit_ops.backup.manifest import (
     Manifest,
     ManifestError,
     blob_key,
+    config_file_name,
     id_from_manifest_key,
     manifest_key,
     new_backup_id,
@@ -606,7 +608,7 @@ def _fetch_entry(store: Store, entry: FileEntry, root: Path, rel: str, scratch: 
             )
         with open(target, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(target, entry.mode)
+        os.chmod(target, entry.restored_mode)
         progress.advance(entry.size)
         return target
     finally:
@@ -744,6 +746,9 @@ def restore_backup(
         shutil.rmtree(review_tmp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
             raise _space_error(parent, exc) from None
+        if exc.errno == errno.ENAMETOOLONG:
+            raise IntegrityFailure(f"backup {backup_id} names a file too long for this filesystem: {exc.filename}",
+                                   hint="nothing was changed; restore into a folder with a shorter path, or an older backup") from None
         raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -846,18 +851,31 @@ def _apply_config(config: Config, manifest: Manifest, review: Path, config_file:
 
     applied = []
     stamp = _stamp(now)
-    name = (manifest.extra or {}).get("config_file")
+    try:  # checked when the manifest was read; again here, since it names a file to copy
+        name = config_file_name((manifest.extra or {}).get("config_file"))
+    except ValueError as exc:
+        raise IntegrityFailure(f"backup {manifest.id}: {exc}", hint="the configuration was not applied") from None
     targets: list[tuple[Path, Path, int]] = []
-    if name and config_file is not None and (review / "config" / name).is_file():
+    if name and config_file is not None and _regular_file(review / "config" / name):
         targets.append((review / "config" / name, config_file, 0o644))
     env_path = env_file_path(config)
-    if (review / "secrets" / env_path.name).is_file():
+    if _regular_file(review / "secrets" / env_path.name):
         targets.append((review / "secrets" / env_path.name, env_path, 0o600))
-    for source, dest, mode in targets:
+    for source, dest, most in targets:
+        # Never wider than the file it replaces, nor than the default for its kind.
+        mode = most
         if dest.exists():
+            mode = most & os.stat(dest).st_mode
             keep = _unused(dest.with_name(f"{dest.name}.previous-{stamp}"))
             shutil.copy2(dest, keep)
             os.chmod(keep, mode)
         atomic_write_bytes(dest, source.read_bytes(), mode=mode)
         applied.append(str(dest))
     return applied
+
+
+def _regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False

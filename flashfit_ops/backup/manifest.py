@@ -37,6 +37,14 @@ _ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 _BLOB_KEY = re.compile(r"^blobs/([0-9a-f]{2})/([0-9a-f]{64})(\.zst)?$")
 _ENTRY_KEYS = {"path", "size", "sha256", "blob", "compression", "stored_size", "mode", "encryption"}
+# Linux NAME_MAX; whole paths stay well under PATH_MAX (4096) with the restore folder in front.
+MAX_NAME_BYTES = 255
+MAX_PATH_BYTES = 2048
+# Free text a manifest carries (tag, host...): shown in listings, so bounded and on one line.
+MAX_TEXT = 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# The most a restored file may allow: nobody but the owner writes (a manifest cannot widen modes).
+MAX_MODE = {"data": 0o755, "config": 0o755, "secrets": 0o600}
 
 
 class ManifestError(IntegrityFailure):
@@ -96,6 +104,11 @@ class FileEntry:
     @property
     def root(self) -> str:
         return self.path.split("/", 1)[0]
+
+    @property
+    def restored_mode(self) -> int:
+        """The recorded mode without what a restore never grants (write for others, any bit on secrets)."""
+        return self.mode & MAX_MODE.get(self.root, 0o755)
 
     @property
     def relative(self) -> str:
@@ -191,6 +204,7 @@ class Manifest:
         problems: list[str] = []
         entries = [entry for index, item in enumerate(files_raw) if (entry := _entry(item, index, problems))]
         problems.extend(_layout_problems(entries))
+        problems.extend(_text_problems(raw))
         if problems:
             raise ManifestError(
                 f"manifest {backup_id} is unsafe or damaged: {problems[0]}"
@@ -239,6 +253,13 @@ def _entry(item: Any, index: int, problems: list[str]) -> FileEntry | None:
     if path.split("/", 1)[0] not in ROOTS or "/" not in path:
         problems.append(f"path {label} is outside {', '.join(r + '/' for r in ROOTS)}")
         return None
+    long = _name_problem(path)
+    if long:
+        problems.append(f"path {label} {long}")
+        return None
+    if path.startswith("secrets/") and path.count("/") != 1:
+        problems.append(f"path {label}: an env file is stored as secrets/<name>, without folders")
+        return None
     mode = item.get("mode", 0o644)
     if not _is_int(mode) or not 0 <= mode <= 0o777:
         problems.append(f"{label}: mode {mode!r} is not plain permission bits (device files, setuid are refused)")
@@ -263,6 +284,52 @@ def _entry(item: Any, index: int, problems: list[str]) -> FileEntry | None:
         problems.append(f"{label}: bad encryption record")
         return None
     return FileEntry(path, size, sha, blob, compression, stored, mode, encryption)
+
+
+def _name_problem(path: str) -> str | None:
+    """Why `path` cannot be created on a Linux filesystem (or shown on one line), else None."""
+    if _CONTROL.search(path):
+        return "contains a control character"
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        return f"is longer than {MAX_PATH_BYTES} bytes"
+    if any(len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in path.split("/")):
+        return f"has a name longer than {MAX_NAME_BYTES} bytes (too long for the filesystem)"
+    return None
+
+
+def config_file_name(value: Any) -> str | None:
+    """The flashfit.yml name recorded in `extra`: a plain file name, never a path. Raises ValueError."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"the config file name {value!r} is not a string")
+    try:
+        check_relpath(value)
+    except UnsafePath as exc:
+        raise ValueError(f"the config file name {value[:80]!r} {exc}") from None
+    problem = "is a path, not a file name" if "/" in value else _name_problem(value)
+    if problem:
+        raise ValueError(f"the config file name {value[:80]!r} {problem}")
+    return value
+
+
+def _text_problems(raw: dict[str, Any]) -> list[str]:
+    """Names and labels outside the file list: the config file name is used by --apply-config."""
+    problems = []
+    extra = raw.get("extra")
+    if extra is not None and not isinstance(extra, dict):
+        problems.append("extra is not an object")
+        extra = {}
+    try:
+        config_file_name((extra or {}).get("config_file"))
+    except ValueError as exc:
+        problems.append(str(exc))
+    texts = {key: raw.get(key) for key in ("tag", "server_version", "flashfit_version", "source", "host", "project")}
+    texts.update({f"extra.{key}": value for key, value in (extra or {}).items() if isinstance(value, str)})
+    for key, value in texts.items():
+        if isinstance(value, str) and (len(value) > MAX_TEXT or _CONTROL.search(value)):
+            problems.append(f"{key} is longer than {MAX_TEXT} characters or holds control characters")
+    return problems
 
 
 def _layout_problems(entries: list[FileEntry]) -> list[str]:

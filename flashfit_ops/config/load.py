@@ -14,44 +14,12 @@ import yaml
 from pydantic import ValidationError
 
 from flashfit_ops.config.model import SECRET_NAMES, Config
+from flashfit_ops.config.reading import LineMap, parse_value, parse_yaml, read_text
 from flashfit_ops.config.rules import cross_field_problems
 from flashfit_ops.errors import ConfigError, Problem, UsageError
 
 DEFAULT_CONFIG_FILE = "flashfit.yml"
 ENV_PREFIX = "FLASHFIT__"
-
-LineMap = dict[tuple[str, ...], int]
-
-
-def _compose_with_lines(text: str, source: str) -> tuple[Any, LineMap]:
-    """Parse YAML keeping the line of every mapping key, so errors can point into the file."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([Problem("", f"malformed YAML: {reason}", line, source)], source=source) from None
-    lines: LineMap = {}
-
-    def walk(node: yaml.Node | None, path: tuple[str, ...]) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = (*path, str(key_node.value))
-                lines[key] = key_node.start_mark.line + 1
-                walk(value_node, key)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                lines[(*path, str(index))] = item.start_mark.line + 1
-                walk(item, (*path, str(index)))
-
-    walk(root, ())
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:  # e.g. duplicate anchors: compose passed, construction did not
-        raise ConfigError([Problem("", f"malformed YAML: {exc}", None, source)], source=source) from None
-    return data, lines
-
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(dict(base))
@@ -85,7 +53,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         # Keys under server.environment are upper case like the variables they become.
         dotted = ".".join(p if _is_server_env_path(parts, i) else p.lower() for i, p in enumerate(parts))
         try:
-            value = yaml.safe_load(raw)
+            value = parse_value(raw)
         except yaml.YAMLError:
             value = raw
         set_path(overrides, dotted, value)
@@ -197,13 +165,7 @@ def load_config(
     """Load `path` (default ./flashfit.yml). Relative paths inside resolve against its folder."""
     file = Path(path or DEFAULT_CONFIG_FILE)
     source = str(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"no configuration file at {file}", hint="run `flashfit init` to write a commented example") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {file}: {exc}") from None
-    data, lines = _compose_with_lines(text, source)
+    data, lines = parse_yaml(read_text(file), source)
     return resolve(
         data,
         env=env,

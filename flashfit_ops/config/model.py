@@ -4,29 +4,61 @@ silently ignored setting). Secrets never live here: they come from the env file 
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, PrivateAttr
 
+from flashfit_ops.config.fields import (
+    BackupTarget,
+    ContainerPath,
+    DomainName,
+    EnvVarName,
+    HostFile,
+    HostPath,
+    HostPattern,
+    HttpUrl,
+    Identifier,
+    IpNetwork,
+    ImageName,
+    ImageRef,
+    Origin,
+    PlacementConstraint,
+    ProjectName,
+    SafeText,
+    UrlPath,
+    VolumeSource,
+)
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-_MEMORY = re.compile(r"^\d+(?:\.\d+)?[KMG]$")
+_MEMORY_PATTERN = r"\d{1,7}(?:\.\d{1,3})?[KMG]"
+_MEMORY = re.compile(f"^{_MEMORY_PATTERN}$")
+# A week: longer waits are a typo, and huge numbers would not survive rendering as "<n>s".
+MAX_DURATION = 7 * 24 * 3600.0
 
 
 def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 500ms or 2m")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too large for a float
+            seconds = math.inf
     else:
-        match = _DURATION.match(str(value))
+        match = _DURATION.match(str(value)) if isinstance(value, str) and len(value) <= 40 else None
         if not match:
-            raise ValueError(f"{value!r} is not a duration; write e.g. 30s, 500ms, 2m or 1h")
+            raise ValueError(f"{str(value)[:40]!r} is not a duration; write e.g. 30s, 500ms, 2m or 1h")
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION:
+        raise ValueError(f"a duration may be at most {format_duration(MAX_DURATION)} (one week)")
     return seconds
 
 
@@ -42,15 +74,15 @@ Duration = Annotated[float, BeforeValidator(parse_duration), PlainSerializer(for
 
 
 def _check_memory(value: object) -> str:
-    text = str(value).strip().upper()
+    text = str(value).strip().upper() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
     if text.endswith("B"):
         text = text[:-1]
     if not _MEMORY.match(text):
-        raise ValueError(f"{value!r} is not a memory size; write e.g. 512M or 8G")
+        raise ValueError(f"{str(value)[:40]!r} is not a memory size; write e.g. 512M or 8G")
     return text
 
 
-MemorySize = Annotated[str, BeforeValidator(_check_memory)]
+MemorySize = Annotated[str, BeforeValidator(_check_memory), SafeText("memory size", _MEMORY_PATTERN)]
 
 # Names that are secrets wherever they appear: rejected in flashfit.yml, redacted in output.
 SECRET_NAMES = frozenset(
@@ -63,19 +95,21 @@ SECRET_NAMES = frozenset(
         "AWS_SECRET_ACCESS_KEY",
         "AWS_SESSION_TOKEN",
         "BACKUP_ENCRYPTION_KEY",
-        "GRAFANA_ADMIN_PASSWORD",
+        # The name the grafana container itself reads from the env file.
+        "GF_SECURITY_ADMIN_PASSWORD",
     }
 )
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # inf and nan are never a meaningful setting and would crash or silently disable a check.
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class BuildConfig(Strict):
-    base_image: str = "python:3.11-slim"
-    context: str = "."
-    wheelhouse: str = ".wheelhouse"
+    base_image: ImageRef = "python:3.11-slim"
+    context: HostPath = "."
+    wheelhouse: HostPath = ".wheelhouse"
 
 
 class ServerEnvironment(Strict):
@@ -85,13 +119,13 @@ class ServerEnvironment(Strict):
     LOG_LEVEL: Literal["debug", "info", "warning", "error"] = "info"
     LOG_FORMAT: Literal["json", "text"] = "json"
     WORKERS: int = Field(1, ge=1, le=64)
-    MODEL_CACHE_DIR: str = "/app/models"
-    VECTOR_STORE_DIR: str = "/app/data"
+    MODEL_CACHE_DIR: ContainerPath = "/app/models"
+    VECTOR_STORE_DIR: ContainerPath = "/app/data"
     MAX_BATCH_SIZE: int = Field(32, ge=1, le=1024)
     # Seconds of model time per request; fractions allowed (the server takes down to 0.0001).
     INFERENCE_TIMEOUT: float = Field(30, ge=0.0001, le=600)
-    CORS_ORIGINS: list[str] = Field(default_factory=list)
-    ALLOWED_HOSTS: list[str] = Field(default_factory=lambda: ["*"])
+    CORS_ORIGINS: list[Origin] = Field(default_factory=list, max_length=64)
+    ALLOWED_HOSTS: list[HostPattern] = Field(default_factory=lambda: ["*"], max_length=64)
 
     def as_env(self) -> dict[str, str]:
         env = {}
@@ -103,7 +137,7 @@ class ServerEnvironment(Strict):
 
 
 class ServerConfig(Strict):
-    image: str = "flashfit/backend"
+    image: ImageName = "flashfit/backend"
     build: BuildConfig = Field(default_factory=BuildConfig)
     environment: ServerEnvironment = Field(default_factory=ServerEnvironment)
 
@@ -123,7 +157,7 @@ class PortsConfig(Strict):
 
 class ResourceSpec(Strict):
     memory: MemorySize | None = None
-    cpus: float | None = Field(None, gt=0)
+    cpus: float | None = Field(None, gt=0, le=1024)
 
 
 _GPU_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")  # an index ("0") or a UUID ("GPU-3f2a...")
@@ -161,8 +195,8 @@ class ResourcesConfig(Strict):
 
 
 class HealthCheckConfig(Strict):
-    liveness_path: str = Field("/health", pattern=r"^/")
-    readiness_path: str = Field("/ready", pattern=r"^/")
+    liveness_path: UrlPath = "/health"
+    readiness_path: UrlPath = "/ready"
     interval: Duration = 1.0
     timeout: Duration = 5.0
     retries: int = Field(3, ge=1, le=100)
@@ -185,52 +219,52 @@ class DeployConfig(Strict):
 
 class TLSConfig(Strict):
     enabled: bool = False
-    domains: list[str] = Field(default_factory=list)
-    certificate: str | None = None
-    key: str | None = None
+    domains: list[DomainName] = Field(default_factory=list, max_length=64)
+    certificate: HostFile | None = None
+    key: HostFile | None = None
     hsts: bool = True
-    hsts_max_age: int = Field(31536000, ge=0)
+    hsts_max_age: int = Field(31536000, ge=0, le=2**31 - 1)
 
 
 class RateLimitConfig(Strict):
     enabled: bool = True
-    requests_per_second: float = Field(10, gt=0)
-    burst: int = Field(20, ge=0)
+    requests_per_second: float = Field(10, gt=0, le=1_000_000)
+    burst: int = Field(20, ge=0, le=1_000_000)
 
 
 class OptionalService(Strict):
     enabled: bool = False
-    image: str
+    image: ImageRef
 
 
 class RedisService(OptionalService):
-    image: str = "redis:alpine"
+    image: ImageRef = "redis:alpine"
 
 
 class PrometheusService(OptionalService):
     enabled: bool = True
-    image: str = "flashfit/prometheus:bookworm"
+    image: ImageRef = "flashfit/prometheus:bookworm"
 
 
 class AlertmanagerService(OptionalService):
     enabled: bool = True
-    image: str = "flashfit/alertmanager:bookworm"
+    image: ImageRef = "flashfit/alertmanager:bookworm"
 
 
 class GrafanaService(OptionalService):
     enabled: bool = True
-    image: str = "grafana/grafana:latest"
+    image: ImageRef = "grafana/grafana:latest"
 
 
 class FrontendService(Strict):
     """Present only when a frontend image is configured."""
 
-    image: str | None = None
-    api_url: str = "http://localhost:8080"
+    image: ImageRef | None = None
+    api_url: HttpUrl = "http://localhost:8080"
 
 
 class NginxService(Strict):
-    image: str = "nginx:alpine"
+    image: ImageRef = "nginx:alpine"
 
 
 class ServicesConfig(Strict):
@@ -244,8 +278,8 @@ class ServicesConfig(Strict):
 
 class AlertsConfig(Strict):
     error_rate: float = Field(0.05, gt=0, lt=1)
-    p95_seconds: float = Field(1.0, gt=0)
-    inference_seconds: float = Field(0.5, gt=0)
+    p95_seconds: float = Field(1.0, gt=0, le=3600)
+    inference_seconds: float = Field(0.5, gt=0, le=3600)
     # The rate window of every rule, and how long a condition must hold before its alert fires
     # (the latency rules wait twice as long; BackendDown at most a minute).
     window: Duration = Field(300.0, ge=1)
@@ -257,26 +291,29 @@ class MonitoringConfig(Strict):
     enabled: bool = False
     scrape_interval: Duration = Field(15.0, ge=1)
     # The env-file variable holding the Alertmanager webhook URL (a secret: never in flashfit.yml).
-    webhook_url_env: str = Field("ALERT_WEBHOOK_URL", pattern=r"^[A-Z_][A-Z0-9_]*$")
+    webhook_url_env: EnvVarName = "ALERT_WEBHOOK_URL"
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    # Who may read /metrics, /docs and /openapi.json through nginx (addresses or CIDR networks);
+    # everyone else gets 403. The default: this host and Docker's private networks.
+    allow_from: list[IpNetwork] = Field(default_factory=lambda: ["127.0.0.1", "::1", "172.16.0.0/12"], max_length=64)
 
 
 class RetentionConfig(Strict):
-    keep_last: int = Field(7, ge=0)
-    keep_daily: int = Field(7, ge=0)
-    keep_weekly: int = Field(4, ge=0)
+    keep_last: int = Field(7, ge=0, le=100_000)
+    keep_daily: int = Field(7, ge=0, le=100_000)
+    keep_weekly: int = Field(4, ge=0, le=100_000)
 
 
 class S3Config(Strict):
-    endpoint_url: str | None = None
-    region: str | None = None
-    profile: str | None = None
+    endpoint_url: HttpUrl | None = None
+    region: Identifier | None = None
+    profile: Identifier | None = None
     # Some S3-compatible stores reject the newer default checksums: "when_required" helps there.
     request_checksum_calculation: Literal["when_supported", "when_required"] = "when_supported"
 
 
 class BackupConfig(Strict):
-    target: str = Field("file://./backups", pattern=r"^(file|s3)://.+")
+    target: BackupTarget = "file://./backups"
     retention: RetentionConfig = Field(default_factory=RetentionConfig)
     s3: S3Config = Field(default_factory=S3Config)
 
@@ -284,8 +321,8 @@ class BackupConfig(Strict):
 class VolumesConfig(Strict):
     """A Docker volume name, or a host path (starting with / or .) to bind-mount."""
 
-    models: str = "model_cache"
-    data: str = "vector_indices"
+    models: VolumeSource = "model_cache"
+    data: VolumeSource = "vector_indices"
 
 
 class SwarmConfig(Strict):
@@ -296,17 +333,17 @@ class SwarmConfig(Strict):
     publish_mode: Literal["ingress", "host"] = "ingress"
     proxy_replicas: int = Field(2, ge=1, le=64)
     # Placement constraints for the backend, e.g. ["node.labels.flashfit.models == true"].
-    constraints: list[str] = Field(default_factory=list)
+    constraints: list[PlacementConstraint] = Field(default_factory=list, max_length=64)
     # Pause between batches of a rolling update.
     update_delay: Duration = 0.0
 
 
 class SecretsConfig(Strict):
-    env_file: str = ".env"
+    env_file: HostFile = ".env"
 
 
 class Config(Strict):
-    project: str = Field("flashfit", pattern=r"^[a-z0-9][a-z0-9_-]{0,39}$")
+    project: ProjectName = "flashfit"
     target: Literal["local", "swarm"] = "local"
     replicas: int = Field(1, ge=1, le=64)
     server: ServerConfig = Field(default_factory=ServerConfig)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import re
+from pathlib import PurePosixPath
 
 from flashfit_ops.config.model import Config
 from flashfit_ops.errors import Problem
 
 _MEMORY_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+# Served by the backend but not public: nginx lets only monitoring.allow_from reach them.
+PRIVATE_PATHS = ("/metrics", "/docs", "/redoc", "/openapi.json")
+
+
+def is_private_path(path: str) -> bool:
+    return any(path == private or path.startswith(private + "/") for private in PRIVATE_PATHS)
 
 
 def memory_bytes(size: str) -> int:
@@ -59,9 +65,9 @@ def _tls_problems(config: Config) -> list[Problem]:
         problems.append(Problem("tls.key", "a certificate is set without its private key"))
     elif tls.key and not tls.certificate:
         problems.append(Problem("tls.certificate", "a private key is set without its certificate"))
-    for index, domain in enumerate(tls.domains):
-        if not re.fullmatch(r"(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*", domain):
-            problems.append(Problem(f"tls.domains.{index}", f"{domain!r} is not a domain name"))
+    if tls.certificate and tls.key and PurePosixPath(tls.certificate).name == PurePosixPath(tls.key).name:
+        # Both are mounted into one folder of the proxy under their own names.
+        problems.append(Problem("tls.key", "the key file needs a name other than the certificate's (e.g. site.key, site.crt)"))
     return problems
 
 
@@ -86,6 +92,11 @@ def _deploy_problems(config: Config) -> list[Problem]:
         problems.append(Problem("healthcheck.timeout", "a single probe may not take longer than deploy.deadline"))
     if health.liveness_path == health.readiness_path:
         problems.append(Problem("healthcheck.readiness_path", "must differ from liveness_path (/ready vs /health)"))
+    for field in ("liveness_path", "readiness_path"):
+        path = getattr(health, field)
+        if is_private_path(path):
+            problems.append(Problem(f"healthcheck.{field}", f"{path} is reserved for the monitoring network "
+                                    f"({', '.join(PRIVATE_PATHS)}): probes need a public path such as /health"))
     return problems
 
 

@@ -193,3 +193,44 @@ def test_encryption_round_trip_and_wrong_key(key: str) -> None:
 def test_short_passphrase_is_refused() -> None:
     with pytest.raises(KeyError_, match="12 characters"):
         encrypt(b"x", "short", aad="secrets/.env")
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        ({"config_file": "../../etc/passwd"}, "climbs out"),
+        ({"config_file": "/etc/passwd"}, "is absolute"),
+        ({"config_file": "sub/flashfit.yml"}, "is a path, not a file name"),
+        ({"config_file": "x" * 256}, "longer than 255 bytes"),
+        ({"config_file": 7}, "not a string"),
+        ({"config_file": "flash\nfit.yml"}, "control character"),
+        ({"data_dir": "/srv/data\x1b[2J"}, "control characters"),
+    ],
+)
+def test_names_beyond_the_file_list_are_checked(extra: dict, reason: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        Manifest.from_dict({**manifest_doc(), "extra": extra})
+    assert reason in json.dumps(caught.value.details)
+    assert caught.value.exit_code == EXIT_INTEGRITY
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("data/" + "é" * 128, "longer than 255 bytes"),  # 256 bytes in UTF-8, though 128 characters
+        ("data/" + "/".join(["d" * 200] * 11), "longer than 2048 bytes"),
+        ("data/a\nb", "control character"),
+        ("secrets/nested/.env", "without folders"),
+    ],
+)
+def test_names_the_filesystem_cannot_hold_are_refused(path: str, reason: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        Manifest.from_dict(manifest_doc(entry(path)))
+    assert reason in json.dumps(caught.value.details, ensure_ascii=False)
+
+
+def test_restored_modes_never_let_others_write() -> None:
+    doc = manifest_doc(entry("data/a", mode=0o777), entry("config/flashfit.yml", mode=0o666), entry("data/b", mode=0o640),
+                       entry("secrets/.env", mode=0o644, sha256=None, encryption={"alg": "aes-256-gcm"}))
+    modes = {e.path: e.restored_mode for e in Manifest.from_dict(doc).files}
+    assert modes == {"data/a": 0o755, "config/flashfit.yml": 0o644, "data/b": 0o640, "secrets/.env": 0o600}
