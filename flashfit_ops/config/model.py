@@ -64,6 +64,8 @@ SECRET_NAMES = frozenset(
         "AWS_SESSION_TOKEN",
         "BACKUP_ENCRYPTION_KEY",
         "GRAFANA_ADMIN_PASSWORD",
+        "REGISTRY_PASSWORD",
+        "PASSWORD",
     }
 )
 
@@ -254,6 +256,16 @@ class SwarmConfig(Strict):
     update_delay: Duration = 0.0
 
 
+class RegistryConfig(Strict):
+    """Where `flashfit build --push` sends images and Swarm nodes pull them from. Credentials
+    (REGISTRY_USERNAME, REGISTRY_PASSWORD or REGISTRY_PASSWORD_FILE) come from the env file or
+    the environment, never from here."""
+
+    server: str | None = Field(None, pattern=r"^[A-Za-z0-9.-]+(:\d{1,5})?$")  # host[:port]; None: no registry
+    repository: str | None = Field(None, pattern=r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*$")  # default: server.image
+    insecure: bool = False  # plain HTTP (loopback servers always are)
+
+
 class SecretsConfig(Strict):
     env_file: str = ".env"
 
@@ -274,6 +286,7 @@ class Config(Strict):
     backup: BackupConfig = Field(default_factory=BackupConfig)
     volumes: VolumesConfig = Field(default_factory=VolumesConfig)
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     # Per-environment overlays, deep-merged over the keys above; validated after merging.
     environments: dict[Literal["dev", "prod"], dict] = Field(default_factory=dict)
