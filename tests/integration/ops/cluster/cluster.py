@@ -38,6 +38,7 @@ NODE_REPO = "flashfit-cluster/node"
 REGISTRY_REPO = "flashfit-cluster/registry"
 APP_REPO = "flashfit-cluster/app"
 BASE_IMAGE = "flashfit/debian-python:bookworm"
+SHARED_ROOT = Path("/var/tmp")
 # What replaces --privileged here (the host's bounding set lacks CAP_SYS_RESOURCE).
 NODE_SECURITY = [
     "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
@@ -199,9 +200,8 @@ def remove(prefix: str) -> None:
     for leftover in docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", "--filter", f"reference=127.0.0.1:*/{prefix}/*", check=False).split():
         docker("rmi", "--no-prune", leftover, check=False)
     import shutil
-    import tempfile
 
-    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}-*"):
+    for folder in SHARED_ROOT.glob(f"{prefix}-*"):
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -242,7 +242,8 @@ def up(nodes: int = 3, *, shared_root: Path | None = None, extra_ports: int = 0,
     node_ref, registry_ref = node_image(), registry_image()
     prefix = f"ffc{secrets.token_hex(3)}"
     label = f"{LABEL}={prefix}"
-    shared = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=shared_root))
+    # Not under /tmp: each node mounts a fresh tmpfs there, which would hide the bind mount.
+    shared = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=shared_root or SHARED_ROOT))
     shared.chmod(0o755)
     subnet = _free_subnet()
     hosts = list(subnet.hosts())
