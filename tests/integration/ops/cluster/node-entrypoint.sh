@@ -13,6 +13,9 @@ else
     for controller in /sys/fs/cgroup/*; do mount -o remount,bind,rw "$controller" "$controller" 2>/dev/null || true; done
 fi
 mount -t tmpfs tmpfs /tmp
+# A node stopped and started again (node-loss tests) keeps its root filesystem: stale pid files
+# from the last run would stop dockerd and containerd from starting.
+rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
 # The host pushes to the registry at 127.0.0.1:PORT; the same name must work here, so image
 # references (digests included) are identical on the host and on every node.
 if [ -n "${REGISTRY_LOOPBACK_PORT:-}" ]; then

@@ -83,22 +83,25 @@ def test_rolling_update_over_three_nodes_from_the_registry(stack, cluster: Clust
     assert load.errors == [] and load.non_2xx == 0 and load.ok > 0, (load.errors[:3], load.non_2xx, load.ok)
     tasks = backend_tasks(cluster, stack)
     assert [image.split("@")[0] for _, image in tasks] == [f"{cluster.registry}/{cluster.prefix}/app:v2"] * REPLICAS
-    assert len({node for node, _ in tasks}) == REPLICAS
+    # Start-first places each new task before the old one stops, and Swarm never rebalances:
+    # the spread after an update is Swarm's choice, but never one node for all.
+    assert len({node for node, _ in tasks}) >= 2
 
 
 def test_dry_run_prints_the_plan_as_text(stack) -> None:
     planned = on_cluster(stack, "deploy", "--version", "v3", "--dry-run")
     assert planned.code == 0, planned.stderr
-    assert "None" not in planned.stdout and "serves nothing" not in planned.stdout
+    text = planned.stdout + planned.stderr
+    assert "None" not in text and "serves nothing" not in text
     assert f"update service {stack.name}_backend with {stack.cluster.registry}/" in planned.stdout
     assert "app:v3@sha256:" in planned.stdout
-    assert "would deploy v3" in planned.stdout
+    assert "would deploy v3 on the swarm" in planned.stderr
 
 
 def test_doctor_on_the_healthy_stack_then_a_node_down(stack, cluster: Cluster) -> None:
     assert backend_tasks(cluster, stack), "the rolling update test deploys first"
     healthy = on_cluster(stack, "doctor", "--json")
-    failures = [c for c in healthy.json()["checks"] if c["status"] == "failure"]
+    failures = [c for c in healthy.json() if c["status"] == "failure"]
     assert healthy.code == 0 and failures == [], failures
     worker = cluster.nodes[-1]
     cluster.stop_node(worker)
@@ -106,7 +109,7 @@ def test_doctor_on_the_healthy_stack_then_a_node_down(stack, cluster: Cluster) -
         wait_on_condition(lambda: ready_nodes(cluster) == 2, 60, 1, "the manager to see the node down")
         down = on_cluster(stack, "doctor", "--json")
         assert down.code == 1
-        swarm = next(c for c in down.json()["checks"] if c["name"] == "swarm")
+        swarm = next(c for c in down.json() if c["check"] == "swarm")
         assert swarm["status"] == "failure" and f"node {worker.name} is down" in swarm["summary"]
     finally:
         cluster.start_node(worker)
