@@ -229,7 +229,7 @@ def node_loss(cluster, project: str, url: str, args: argparse.Namespace, ready_n
     timed = TimedLoad(url, args.clients)
     with timed:
         stopped = time.monotonic()
-        subprocess.run(["docker", "stop", "-t", "0", victim.name], check=True, capture_output=True)
+        cluster.stop_node(victim)  # on the host engine (DOCKER_HOST names the manager here)
         marked_down = full = None
         deadline = stopped + 180
         while time.monotonic() < deadline and full is None:
@@ -240,7 +240,7 @@ def node_loss(cluster, project: str, url: str, args: argparse.Namespace, ready_n
                 full = round(now, 1)
             time.sleep(0.5)
         time.sleep(3)  # and a moment at full capacity
-    subprocess.run(["docker", "start", victim.name], check=True, capture_output=True)
+    cluster.start_node(victim)
     return {**timed.summary(), "slowest_s": round(timed.slowest, 2), "node_marked_down_s": marked_down, "full_capacity_s": full}
 
 
