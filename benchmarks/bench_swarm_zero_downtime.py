@@ -164,8 +164,9 @@ def multinode(args: argparse.Namespace) -> int:
         }
         (folder / "flashfit.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         env = folder / ".env"
-        env.write_text(f"JWT_SECRET_KEY={secrets.token_hex(24)}\n")
-        env.chmod(0o600)
+        env.touch(mode=0o600)
+        env.write_text(f"JWT_SECRET_KEY={secrets.token_hex(24)}\n"
+                       f"REGISTRY_USERNAME={cluster.registry_user}\nREGISTRY_PASSWORD={cluster.registry_password}\n")
         pushed = time.monotonic()
         for version in ("v1", "v2"):
             subprocess.run(["docker", "tag", image, f"{local_repo}:{version}"], check=True)

@@ -101,12 +101,10 @@ class DoctorContext:
     def proxy_host(self) -> str:
         """Where the proxy's published port is: this host, or on a swarm the manager DOCKER_HOST
         names (a published port answers on the nodes that run the proxy)."""
-        import os
-        from urllib.parse import urlsplit
+        if self.config.target == "swarm":
+            from flashfit_ops.swarm.address import proxy_host
 
-        remote = urlsplit(os.environ.get("DOCKER_HOST", ""))
-        if self.config.target == "swarm" and remote.scheme in ("tcp", "ssh", "http", "https") and remote.hostname:
-            return remote.hostname
+            return proxy_host()
         return "127.0.0.1"
 
     @property

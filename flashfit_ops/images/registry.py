@@ -33,6 +33,7 @@ MANIFEST_TYPES = ", ".join(
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 _NEXT = re.compile(r"<([^>]+)>;\s*rel=\"?next\"?")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+PUSH_TIMEOUT = 3600
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,7 @@ def push(client: Any, config: Config, version: str, environ: Mapping[str, str] |
         raise UsageError(f"{config.server.image}:{version} is not on this engine", hint="build it first: flashfit build --version ...") from None
     auth = login(client, config, environ)
     digest = None
+    client.api.timeout = PUSH_TIMEOUT  # a push streams for minutes; a silent layer upload is no hang
     for event in client.images.push(target, version, stream=True, decode=True, auth_config=auth):
         if event.get("error"):
             raise OperationFailed(f"push of {target}:{version} failed: {event['error']}")

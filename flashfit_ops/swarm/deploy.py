@@ -14,6 +14,7 @@ from flashfit_ops.config.secrets import load_secrets
 from flashfit_ops.errors import FlashFitError, OperationFailed
 from flashfit_ops.plan.steps import Step
 from flashfit_ops.render import render_stack, render_swarm_nginx
+from flashfit_ops.swarm.address import proxy_host
 from flashfit_ops.swarm.engine import Materials, SwarmEngine, observe
 from flashfit_ops.swarm.plan import UpsertService, object_name, plan_swarm_deploy, spec_digest
 from flashfit_ops.swarm.sdk import service_name
@@ -65,7 +66,8 @@ def _pinned(config: Config, stack: StackDefinition, version: str, environ: dict[
 
 def plan(client: Any, config: Config, materials: Materials) -> list[Step]:
     return plan_swarm_deploy(
-        config, observe(client, config.project), materials.stack, object_names=materials.object_names, digests=materials.digests
+        config, observe(client, config.project), materials.stack, object_names=materials.object_names, digests=materials.digests,
+        proxy_host=proxy_host(),
     )
 
 
@@ -205,7 +207,7 @@ def status(client: Any, config: Config) -> dict[str, Any]:
         "swarm": "active",
         "serving": serving,
         "live_version": backend["image"].rsplit(":", 1)[-1] if backend else None,
-        "url": f"http://127.0.0.1:{config.ports.http}/",
+        "url": f"http://{proxy_host()}:{config.ports.http}/",
         "services": services,
     }
 

@@ -132,3 +132,25 @@ def test_proxy_probed_at_the_manager_docker_host(monkeypatch) -> None:
     assert ctx.proxy_base_url == "http://manager.example.com:19080"
     monkeypatch.delenv("DOCKER_HOST")
     assert ctx.proxy_base_url == "http://127.0.0.1:19080"
+
+
+def test_proxy_host_follows_docker_host() -> None:
+    from flashfit_ops.swarm.address import proxy_host
+
+    assert proxy_host({"DOCKER_HOST": "tcp://10.0.0.10:2376"}) == "10.0.0.10"
+    assert proxy_host({"DOCKER_HOST": "ssh://ops@manager.example.com"}) == "manager.example.com"
+    assert proxy_host({"DOCKER_HOST": "unix:///var/run/docker.sock"}) == "127.0.0.1"
+    assert proxy_host({}) == "127.0.0.1"
+
+
+def test_the_deploy_probes_the_proxy_on_the_manager(tmp_path) -> None:
+    from flashfit_ops.swarm.deploy import prepare
+    from flashfit_ops.swarm.plan import ProbeThroughProxy, SwarmObserved, plan_swarm_deploy
+
+    cfg = resolve({"project": "demo", "target": "swarm", "ports": {"http": 8088}}, base_dir=tmp_path, environ={})
+    materials = prepare(cfg, "v1", environ={"JWT_SECRET_KEY": "x" * 32})
+    observed = SwarmObserved(swarm_active=True, is_manager=True)
+    steps = plan_swarm_deploy(cfg, observed, materials.stack, object_names=materials.object_names,
+                              digests=materials.digests, proxy_host="manager.example.com")
+    probe = next(s for s in steps if isinstance(s, ProbeThroughProxy))
+    assert probe.url == "http://manager.example.com:8088/ready"

@@ -26,7 +26,14 @@ def main() -> int:
     elif args.command == "up":
         started = time.monotonic()
         cluster = up(args.nodes)
-        print(json.dumps({**asdict(cluster), "shared_dir": str(cluster.shared_dir), "up_s": round(time.monotonic() - started, 1)}, indent=2))
+        document = {**asdict(cluster), "shared_dir": str(cluster.shared_dir), "up_s": round(time.monotonic() - started, 1)}
+        password = document.pop("registry_password")
+        if password:  # never printed: an env file flashfit reads (mode 0600)
+            env = cluster.shared_dir / "registry.env"
+            env.touch(mode=0o600)
+            env.write_text(f"REGISTRY_USERNAME={cluster.registry_user}\nREGISTRY_PASSWORD={password}\n")
+            document["registry_env"] = str(env)
+        print(json.dumps(document, indent=2))
     else:
         remove(args.prefix)
     return 0

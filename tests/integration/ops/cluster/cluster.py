@@ -7,7 +7,9 @@ its own name prefix, label and subnet with fixed IPs; every wait is bounded; `do
 everything by name and then, as a backstop, by label. It never touches the host engine's own
 swarm state: the swarm lives inside the nodes.
 
-The registry is published on the host's loopback (127.0.0.0/8 is an insecure registry by default,
+The registry requires a user and password (htpasswd, bcrypt; made per cluster) unless
+`registry_auth=False`, so pushes and pulls on every node go through real credentials. It is
+published on the host's loopback (127.0.0.0/8 is an insecure registry by default,
 so the host engine pushes without any daemon change) and each node forwards the same
 127.0.0.1:PORT to it, so one image reference, digest included, means the same thing on the host
 and on every node.
@@ -21,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import ipaddress
-import json
 import secrets
 import subprocess
 import tarfile
@@ -155,6 +156,14 @@ class Cluster:
     http_port: int  # the manager's port published on the host's loopback (the proxy's)
     shared_dir: Path  # mounted at the same path on every node (models, data: "on every node")
     extra_ports: list[int] = field(default_factory=list)
+    registry_user: str | None = None
+    registry_password: str | None = field(default=None, repr=False)
+
+    @property
+    def registry_auth(self) -> dict[str, str] | None:
+        if not self.registry_user:
+            return None
+        return {"username": self.registry_user, "password": self.registry_password or ""}
 
     @property
     def manager(self) -> Node:
@@ -170,12 +179,21 @@ class Cluster:
         return docker("exec", node.name, "docker", *args, timeout=timeout, check=check)
 
     def push(self, source: str, repository: str, tag: str) -> str:
-        """Tag a host image into the cluster registry and push it; returns repo@sha256:..."""
-        target = f"{self.registry}/{repository}:{tag}"
-        docker("tag", source, target)
-        docker("push", target, timeout=600)
-        digests = json.loads(docker("image", "inspect", "--format", "{{json .RepoDigests}}", target))
-        return next(d for d in digests if d.startswith(f"{self.registry}/{repository}@"))
+        """Tag a host image into the cluster registry and push it (credentials passed per call,
+        never stored in the host's docker config); returns repo:tag@sha256:..."""
+        import docker as docker_sdk
+
+        target = f"{self.registry}/{repository}"
+        docker("tag", source, f"{target}:{tag}")
+        host = docker_sdk.DockerClient(base_url="unix:///var/run/docker.sock", version="auto", timeout=600)
+        digest = None
+        for event in host.images.push(target, tag, stream=True, decode=True, auth_config=self.registry_auth):
+            if event.get("error"):
+                raise ClusterError(f"push of {target}:{tag} failed: {event['error']}")
+            digest = (event.get("aux") or {}).get("Digest") or digest
+        if not digest:
+            raise ClusterError(f"push of {target}:{tag} reported no digest")
+        return f"{target}:{tag}@{digest}"
 
     def stop_node(self, node: Node) -> None:
         docker("stop", "-t", "0", node.name)
@@ -233,7 +251,20 @@ def _free_host_port() -> int:
         return s.getsockname()[1]
 
 
-def up(nodes: int = 3, *, shared_root: Path | None = None, extra_ports: int = 0, timeout: float = 120) -> Cluster:
+def _htpasswd(user: str, password: str) -> str:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # glibc's bcrypt ($2b$), which the registry's htpasswd auth accepts
+
+    # The lowest cost (2^4): the registry checks the hash on every request, and at the default
+    # cost a loaded 2-core host spends seconds per request, enough to time pushes out.
+    return f"{user}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))}\n"
+
+
+def up(nodes: int = 3, *, shared_root: Path | None = None, extra_ports: int = 0, timeout: float = 120,
+       registry_auth: bool = True) -> Cluster:  # fmt: skip
     """Bring up `nodes` nodes (the first the only manager) and a registry. Torn down on failure."""
     import tempfile
 
@@ -253,8 +284,16 @@ def up(nodes: int = 3, *, shared_root: Path | None = None, extra_ports: int = 0,
     cluster = Cluster(prefix, network, str(subnet), [], "", "", http_port, shared, ports)
     try:
         docker("network", "create", "--label", label, "--subnet", str(subnet), network)
+        auth: list[str] = []
+        if registry_auth:
+            cluster.registry_user, cluster.registry_password = "ci", secrets.token_urlsafe(18)
+            folder = shared / ".registry-auth"
+            folder.mkdir()
+            (folder / "htpasswd").write_text(_htpasswd(cluster.registry_user, cluster.registry_password))
+            auth = ["-v", f"{folder}:/auth:ro", "-e", "REGISTRY_AUTH=htpasswd", "-e", "REGISTRY_AUTH_HTPASSWD_REALM=cluster",
+                    "-e", "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd"]  # fmt: skip
         docker("run", "-d", "--name", f"{prefix}-registry", "--label", label, "--network", network,
-               "--ip", str(hosts[1]), "--network-alias", "registry", "-p", "127.0.0.1::5000", registry_ref)  # fmt: skip
+               "--ip", str(hosts[1]), "--network-alias", "registry", "-p", "127.0.0.1::5000", *auth, registry_ref)  # fmt: skip
         cluster.registry = f"127.0.0.1:{_published(f'{prefix}-registry', 5000)}"
         registry_port = cluster.registry.rsplit(":", 1)[1]
         for index in range(nodes):
@@ -276,7 +315,8 @@ def up(nodes: int = 3, *, shared_root: Path | None = None, extra_ports: int = 0,
         for node in cluster.nodes[1:]:
             cluster.node_docker(node, "swarm", "join", "--token", token, f"{cluster.manager.ip}:2377")
         wait_for(lambda: ready_nodes(cluster) == nodes, timeout, f"{nodes} Ready swarm nodes")
-        wait_for(lambda: docker("exec", cluster.manager.name, "curl", "-fsS", f"http://{cluster.registry}/v2/", timeout=10, check=False) == "{}",
+        status = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{cluster.registry}/v2/"]
+        wait_for(lambda: docker("exec", cluster.manager.name, *status, timeout=10, check=False) in ("200", "401"),
                  timeout, "the registry from the manager")  # fmt: skip
         return cluster
     except BaseException:

@@ -1,5 +1,6 @@
 """`target: swarm` on a real 3-node swarm with a real registry (the session's test cluster):
-images pushed from the host engine, deploys pinned to their digests and pulled by every node, a
+images pushed from the host engine to a registry that requires credentials (from the project's
+env file; the nodes pull with the ones the service update carries), deploys pinned to their digests and pulled by every node, a
 rolling update of 3 replicas over 3 nodes under keep-alive load through nginx, doctor on the
 healthy stack and with a node stopped, the dry run as text, remote tags listed and pruned.
 
@@ -40,6 +41,8 @@ def stack(cluster: Cluster, tmp_path_factory):
         healthcheck={"interval": "1s", "timeout": "2s", "retries": 3, "start_period": "30s"},
         deploy={"deadline": "120s", "drain_timeout": "5s", "monitor_window": "2s", "parallelism": 1},
     )
+    with (root / ".env").open("a") as env:  # the cluster registry's credentials, as a user keeps them
+        env.write(f"REGISTRY_USERNAME={cluster.registry_user}\nREGISTRY_PASSWORD={cluster.registry_password}\n")
     image = app_image()
     for version in ("v1", "v2", "v3"):
         project.tag(image, version)
@@ -117,6 +120,10 @@ def test_doctor_on_the_healthy_stack_then_a_node_down(stack, cluster: Cluster) -
 
 
 def test_remote_tags_listed_and_pruned(stack, cluster: Cluster) -> None:
+    wrong = stack.flashfit("images", "remote", env={"REGISTRY_PASSWORD": "not-the-password"})
+    assert wrong.code != 0 and "refused the credentials" in wrong.stdout + wrong.stderr
+    assert "not-the-password" not in wrong.stdout + wrong.stderr
+    assert cluster.registry_password not in wrong.stdout + wrong.stderr
     listed = stack.flashfit("images", "remote", "--json")
     assert listed.code == 0, listed.stderr
     assert {t["version"] for t in listed.json()["tags"]} == {"v1", "v2", "v3"}
