@@ -3,7 +3,17 @@ colours or URL list: the old text read `deployed v2 (None) in 0.0s: None serves 
 
 from __future__ import annotations
 
+import pytest
+
+from flashfit_ops import console
 from flashfit_ops.cli.deploy_cmds import _report
+
+
+
+@pytest.fixture(autouse=True)
+def human_output(monkeypatch):
+    monkeypatch.setattr(console, "_json_mode", False)  # an earlier --json test may have left it on
+
 
 PLAN = [{"kind": "upsert_service", "description": "update service demo_backend with reg/app:v2@sha256:ab"},
         {"kind": "await_convergence", "description": "wait until demo_backend runs 3 healthy task(s) (deadline 120s)"}]

@@ -124,12 +124,20 @@ def test_remote_tags_listed_and_pruned(stack, cluster: Cluster) -> None:
     assert wrong.code != 0 and "refused the credentials" in wrong.stdout + wrong.stderr
     assert "not-the-password" not in wrong.stdout + wrong.stderr
     assert cluster.registry_password not in wrong.stdout + wrong.stderr
+    # Two builds of their own (distinct digests), v5 the newer; v1-v3 share one image.
+    for version in ("v4", "v5"):
+        docker("build", "-q", "-t", f"{stack.repo}:{version}", "-", input=f"FROM {app_image()}\nLABEL build={version}\n".encode())
+        stack.tags.append(f"{stack.repo}:{version}")
+        assert stack.flashfit("images", "push", "--version", version).code == 0
     listed = stack.flashfit("images", "remote", "--json")
     assert listed.code == 0, listed.stderr
-    assert {t["version"] for t in listed.json()["tags"]} == {"v1", "v2", "v3"}
-    # All three tags share one image (one digest): nothing may be deleted without taking the
-    # running version with it.
+    tags = {t["version"]: t["digest"] for t in listed.json()["tags"]}
+    assert set(tags) == {"v1", "v2", "v3", "v4", "v5"} and len(set(tags.values())) == 3
+    # Kept: v2 runs (v1 is its previous spec, Swarm's rollback target), v5 is the newest build.
+    # v3 shares v1/v2's digest: deleting it would delete them. v4 goes.
     pruned = on_cluster(stack, "images", "prune", "--remote", "--keep", "1", "--json")
     assert pruned.code == 0, pruned.stderr
-    assert pruned.json()["removed"] == []
-    assert set(pruned.json()["refused"].values()) == {"shares its digest with a kept tag"}
+    assert pruned.json()["removed"] == ["v4"]
+    assert pruned.json()["refused"] == {"v3": "shares its digest with a kept tag"}
+    after = stack.flashfit("images", "remote", "--json").json()["tags"]
+    assert {t["version"] for t in after} == {"v1", "v2", "v3", "v5"}
