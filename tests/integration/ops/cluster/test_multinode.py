@@ -44,14 +44,16 @@ def stack(cluster: Cluster, tmp_path_factory):
     with (root / ".env").open("a") as env:  # the cluster registry's credentials, as a user keeps them
         env.write(f"REGISTRY_USERNAME={cluster.registry_user}\nREGISTRY_PASSWORD={cluster.registry_password}\n")
     image = app_image()
-    for version in ("v1", "v2", "v3"):
-        project.tag(image, version)
-        pushed = project.flashfit("images", "push", "--version", version, "--json")
-        assert pushed.code == 0, pushed.stderr
-        assert pushed.json()["pushed"].startswith(f"{cluster.registry}/{cluster.prefix}/app:{version}@sha256:")
-    project.cluster = cluster
-    yield project
-    project.cleanup()
+    try:
+        for version in ("v1", "v2", "v3"):
+            project.tag(image, version)
+            pushed = project.flashfit("images", "push", "--version", version, "--json")
+            assert pushed.code == 0, pushed.stdout + pushed.stderr
+            assert pushed.json()["pushed"].startswith(f"{cluster.registry}/{cluster.prefix}/app:{version}@sha256:")
+        project.cluster = cluster
+        yield project
+    finally:  # the stack itself goes with the cluster; the host's tags go here
+        project.cleanup()
 
 
 def on_cluster(project, *args: str):
