@@ -145,8 +145,10 @@ def render_nginx(
 def render_stack(config: Config, version: str | None = None) -> str:
     """docker-stack.yml: the one definition of the Swarm services, used by `flashfit render` and,
     with a concrete version, by `flashfit deploy --target swarm`."""
+    from flashfit_ops.images.registry import image_repository  # with a registry, what nodes pull
+
     image_tag = version or "${FLASHFIT_VERSION:-latest}"
-    return render_template("compose/docker-stack.yml.j2", config, image_ref=f"{config.server.image}:{image_tag}")
+    return render_template("compose/docker-stack.yml.j2", config, image_ref=f"{image_repository(config)}:{image_tag}")
 
 
 def render_prometheus(config: Config, discovery: str, *, alertmanager: str | None = None, targets_file: str | None = None) -> str:

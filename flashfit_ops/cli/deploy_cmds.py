@@ -53,6 +53,9 @@ def _report(result: dict[str, Any], json_output: bool, verb: str) -> None:
     if json_output:
         console.emit_json(result)
         return
+    if result.get("target") == "swarm":
+        _report_swarm(result, verb)
+        return
     if result.get("dry_run"):
         image = result.get("image")
         if image and not result.get("image_exists", True):
@@ -70,6 +73,17 @@ def _report(result: dict[str, Any], json_output: bool, verb: str) -> None:
     )
     for warning in execution.get("warnings") or []:
         console.warn(warning)
+
+
+def _report_swarm(result: dict[str, Any], verb: str) -> None:
+    """Swarm results carry no strategy, colours or URL list: the plan, or Swarm's own outcome."""
+    version, how = result.get("version"), result.get("how", "swarm rolling update")
+    if result.get("result") == "planned":
+        console.info(f"plan ({how}, version {version}):")
+        print_plan(result["plan"])
+        console.info(f"dry run: nothing changed (would deploy {version} on the swarm)")
+        return
+    console.success(f"{verb} {version} ({how}) in {result.get('duration_s', 0):.1f}s")
 
 
 @guarded

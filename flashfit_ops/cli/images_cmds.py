@@ -59,18 +59,26 @@ def build(
     ] = None,
     config: ConfigOption = DEFAULT_CONFIG,
     env: EnvOption = None,
+    push: Annotated[bool, typer.Option("--push", help="Push it to registry.server; deploys then pin its digest.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Build the backend image <server.image>:<version> from a wheelhouse (no PyPI in the build)."""
     from flashfit_ops.config import load_config
     from flashfit_ops.docker_client import connect
+    from flashfit_ops.images import registry
     from flashfit_ops.images.build import build_image
 
     loaded = load_config(config, env=env)
+    if push:
+        registry.require(loaded)
     client = connect()
-    result = build_image(client, loaded, version=version, gpu=gpu)
+    result = build_image(client, loaded, version=version, gpu=gpu).to_dict()
+    if push:
+        with console.status(f"pushing to {registry.image_repository(loaded)}"):
+            result["pushed"] = registry.push(client, loaded, result["version"])
+        console.success(f"pushed {result['pushed']}")
     if json_output:
-        console.emit_json(result.to_dict())
+        console.emit_json(result)
 
 
 @guarded
@@ -83,19 +91,25 @@ def prune(
     env: EnvOption = None,
     dry_run: DryRunOption = False,
     lock_wait: LockWaitOption = None,
+    remote: Annotated[bool, typer.Option("--remote", help="Prune the registry's tags instead (where it allows deletes).")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Remove old <server.image> tags. Kept: tags any container or Swarm service uses, the last
     --keep successful deploys (rollback targets) and the --keep newest builds."""
     from flashfit_ops.config import load_config
-    from flashfit_ops.images.prune import prune_images
+    from flashfit_ops.images.prune import prune_images, prune_remote_images
 
     loaded = load_config(config, env=env)
-    result = prune_images(loaded, keep=keep, dry_run=dry_run, lock_wait=lock_wait)
+    prune_with = prune_remote_images if remote else prune_images
+    result = prune_with(loaded, keep=keep, dry_run=dry_run, lock_wait=lock_wait)
     if json_output:
-        console.emit_json({"dry_run": dry_run, **result.to_dict()})
+        console.emit_json({"dry_run": dry_run, "remote": remote, **result.to_dict()})
         return
     image = loaded.server.image
+    if remote:
+        from flashfit_ops.images.registry import image_repository
+
+        image = image_repository(loaded)
     for version, reason in result.plan.keep.items():
         console.print_data(f"keep    {image}:{version}  ({reason})")
     for tag in result.plan.remove:
@@ -110,8 +124,50 @@ def prune(
     console.success(f"{verb} {count} of {len(result.plan.keep) + len(result.plan.remove)} {image} tags")
 
 
+@guarded
+def push(
+    version: Annotated[str, typer.Option("--version", help="The tag of <server.image> to push.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    env: EnvOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Push an image built earlier (<server.image>:<version>) to registry.server."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.docker_client import connect
+    from flashfit_ops.images import registry
+    from flashfit_ops.images.build import check_version
+
+    loaded = load_config(config, env=env)
+    registry.require(loaded)
+    with console.status(f"pushing to {registry.image_repository(loaded)}"):
+        pushed = registry.push(connect(), loaded, check_version(version))
+    if json_output:
+        console.emit_json({"version": version, "pushed": pushed})
+        return
+    console.success(f"pushed {pushed}")
+
+
+@guarded
+def remote(config: ConfigOption = DEFAULT_CONFIG, env: EnvOption = None, json_output: JsonOption = False) -> None:
+    """List the backend's tags in registry.server, with digest and build time (registry API v2)."""
+    from flashfit_ops.config import load_config
+    from flashfit_ops.images.registry import image_repository, remote_tags
+
+    loaded = load_config(config, env=env)
+    tags = sorted(remote_tags(loaded), key=lambda t: t.created, reverse=True)
+    if json_output:
+        console.emit_json({"repository": image_repository(loaded), "tags": [
+            {"version": t.version, "digest": t.image_id, "created": t.created} for t in tags]})  # fmt: skip
+        return
+    for tag in tags:
+        console.print_data(f"{tag.version:<24} {tag.image_id[:19]}  {tag.created[:19]}")
+    console.success(f"{len(tags)} tags in {image_repository(loaded)}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("build")(build)
     images_app.command("bootstrap")(bootstrap)
     images_app.command("prune")(prune)
+    images_app.command("push")(push)
+    images_app.command("remote")(remote)
     app.add_typer(images_app, name="images")

@@ -118,6 +118,8 @@ DomainName = _text("a domain name", rf"(?:\*\.)?{_DOMAIN}", "write e.g. shop.exa
 # ALLOWED_HOSTS: a domain name, a wildcard domain or * for any.
 HostPattern = _text("a host name pattern", rf"\*|(?:\*\.)?{_DOMAIN}", "write e.g. shop.example, *.shop.example or *", max_length=253)
 _AUTHORITY = rf"{_DOMAIN}(?::[0-9]{{1,5}})?|\[[0-9A-Fa-f:.]+\](?::[0-9]{{1,5}})?"
+# A registry's address: host[:port], as image references name it.
+RegistryServer = _text("a registry address", rf"{_DOMAIN}(?::[0-9]{{1,5}})?", "write host[:port], e.g. registry.example:5000")
 # An http(s) URL without query, fragment, quotes or spaces.
 HttpUrl = _text(
     "an http(s) URL",

@@ -16,6 +16,7 @@ from flashfit_ops.config.fields import (
     ContainerPath,
     DomainName,
     EnvVarName,
+    RegistryServer,
     HostFile,
     HostPath,
     HostPattern,
@@ -97,6 +98,8 @@ SECRET_NAMES = frozenset(
         "BACKUP_ENCRYPTION_KEY",
         # The name the grafana container itself reads from the env file.
         "GF_SECURITY_ADMIN_PASSWORD",
+        "REGISTRY_PASSWORD",
+        "PASSWORD",
     }
 )
 
@@ -338,6 +341,16 @@ class SwarmConfig(Strict):
     update_delay: Duration = 0.0
 
 
+class RegistryConfig(Strict):
+    """Where `flashfit build --push` sends images and Swarm nodes pull them from. Credentials
+    (REGISTRY_USERNAME, REGISTRY_PASSWORD or REGISTRY_PASSWORD_FILE) come from the env file or
+    the environment, never from here."""
+
+    server: RegistryServer | None = None  # host[:port]; None: no registry
+    repository: ImageName | None = None  # default: server.image
+    insecure: bool = False  # plain HTTP (loopback servers always are)
+
+
 class SecretsConfig(Strict):
     env_file: HostFile = ".env"
 
@@ -358,6 +371,7 @@ class Config(Strict):
     backup: BackupConfig = Field(default_factory=BackupConfig)
     volumes: VolumesConfig = Field(default_factory=VolumesConfig)
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     secrets: SecretsConfig = Field(default_factory=SecretsConfig)
     # Per-environment overlays, deep-merged over the keys above; validated after merging.
     environments: dict[Literal["dev", "prod"], dict] = Field(default_factory=dict)

@@ -98,12 +98,22 @@ class DoctorContext:
         return self.state_dir / "proxy"
 
     @property
+    def proxy_host(self) -> str:
+        """Where the proxy's published port is: this host, or on a swarm the manager DOCKER_HOST
+        names (a published port answers on the nodes that run the proxy)."""
+        if self.config.target == "swarm":
+            from flashfit_ops.swarm.address import proxy_host
+
+            return proxy_host()
+        return "127.0.0.1"
+
+    @property
     def proxy_base_url(self) -> str:
-        return f"http://127.0.0.1:{self.config.ports.http}"
+        return f"http://{self.proxy_host}:{self.config.ports.http}"
 
     @property
     def proxy_https_url(self) -> str:
-        return f"https://127.0.0.1:{self.config.ports.https}"
+        return f"https://{self.proxy_host}:{self.config.ports.https}"
 
     # --- docker --------------------------------------------------------------------------------
 

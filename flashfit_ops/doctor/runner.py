@@ -17,6 +17,7 @@ import traceback
 from collections import deque
 from typing import Callable
 
+from flashfit_ops.doctor.checks.swarm import for_target
 from flashfit_ops.doctor.registry import Check
 from flashfit_ops.doctor.result import FAILURE, CheckResult, Finding
 from flashfit_ops.errors import FlashFitError
@@ -76,7 +77,7 @@ def run_checks(
 
     def work(index: int, started: float) -> None:
         try:
-            outcome: Finding | BaseException = checks[index].func(ctx)  # type: ignore[arg-type]
+            outcome: Finding | BaseException = for_target(checks[index].name, checks[index].func, ctx)(ctx)  # type: ignore[arg-type]
         except BaseException as error:  # noqa: BLE001 - everything becomes a result
             outcome = error
         done.put((index, outcome, clock() - started))

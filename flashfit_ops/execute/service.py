@@ -288,7 +288,8 @@ def deploy(
         lock = acquire_lock(config, lock_wait, message)
         try:
             with sigterm_as_interrupt():
-                ensure_image(backend, config, version)
+                if not config.registry.server:  # with a registry, nodes pull it by digest from there
+                    ensure_image(backend, config, version)
                 run = Run("deploy", "swarm-rolling", version, replicas, message)
                 return _swarm_recorded(config, backend, run, lambda: _swarm_deploy(backend, config, version, dry_run=False))
         finally:
@@ -417,7 +418,7 @@ def _swarm_rollback(
         return {"result": "listed", **options}
     if version == options["live_version"]:
         raise UsageError(f"version {version} is already live")
-    if not backend.image_exists(image_ref(config, version)):
+    if not config.registry.server and not backend.image_exists(image_ref(config, version)):
         raise UsageError(f"there is no image for version {version}", hint="`flashfit rollback` lists the versions")
     if dry_run:
         return _swarm_deploy(backend, config, version, dry_run=True)

@@ -136,3 +136,24 @@ def prune_images(config: Any, *, keep: int | None = None, dry_run: bool = False,
         return remove_tags(client, repository, decide())
     finally:
         lock.release()
+
+
+def prune_remote_images(config: Any, *, keep: int | None = None, dry_run: bool = False, lock_wait: float | None = None) -> PruneResult:
+    """The same policy for the registry's tags: what Swarm services run or would roll back to, the
+    rollback targets and the newest builds stay. Under the deploy lock, like the local prune."""
+    from flashfit_ops.docker_client import connect
+    from flashfit_ops.execute import history as hist
+    from flashfit_ops.execute.service import acquire_lock, history_path
+    from flashfit_ops.images.registry import image_repository, prune_remote, require
+
+    require(config)
+    keep = keep or config.deploy.keep_versions
+    swarm = config.target == "swarm"
+    used = usage(connect(), image_repository(config), config.project, swarm=True)[1] if swarm else set()
+    deployed = hist.successful_versions(history_path(config))
+    lock = None if dry_run else acquire_lock(config, lock_wait, "prune remote images")
+    try:
+        return prune_remote(config, keep=keep, dry_run=dry_run, used_versions=used, deployed=deployed)
+    finally:
+        if lock:
+            lock.release()

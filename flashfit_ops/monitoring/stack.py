@@ -108,7 +108,7 @@ def grafana_spec(config: Config, monitoring_dir: str) -> MonitorSpec:
         ),
         ports=((GRAFANA_PORT, config.ports.grafana),),
         files_dir=None,  # Grafana re-reads provisioned dashboards by itself
-        secret_env=(("GF_SECURITY_ADMIN_PASSWORD", "GRAFANA_ADMIN_PASSWORD"),),
+        secret_env=(("GF_SECURITY_ADMIN_PASSWORD", "GF_SECURITY_ADMIN_PASSWORD"),),
     )
 
 

@@ -5,6 +5,7 @@ gating on convergence and on the proxy answering."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,17 +14,18 @@ from flashfit_ops.config.secrets import load_secrets
 from flashfit_ops.errors import FlashFitError, OperationFailed
 from flashfit_ops.plan.steps import Step
 from flashfit_ops.render import render_stack, render_swarm_nginx
+from flashfit_ops.swarm.address import proxy_host
 from flashfit_ops.swarm.engine import Materials, SwarmEngine, observe
 from flashfit_ops.swarm.plan import UpsertService, object_name, plan_swarm_deploy, spec_digest
 from flashfit_ops.swarm.sdk import service_name
-from flashfit_ops.swarm.spec import parse_stack
+from flashfit_ops.swarm.spec import StackDefinition, parse_stack
 
 NGINX_CONFIG = "nginx_config"
 
 
 def prepare(config: Config, version: str, environ: dict[str, str] | None = None) -> Materials:
     """Render the stack for this version and gather what its secrets and configs hold."""
-    stack = parse_stack(render_stack(config, version))
+    stack = _pinned(config, parse_stack(render_stack(config, version)), version, environ)
     project = config.project
     materials = Materials(stack=stack, version=version)
 
@@ -51,9 +53,21 @@ def prepare(config: Config, version: str, environ: dict[str, str] | None = None)
     return materials
 
 
+def _pinned(config: Config, stack: StackDefinition, version: str, environ: dict[str, str] | None) -> StackDefinition:
+    """With a registry, the backend runs repo:version@sha256:... so every node runs the same bytes
+    (a tag pushed again later cannot change what a node pulls mid-update)."""
+    from flashfit_ops.images import registry
+
+    if not registry.is_configured(config):
+        return stack
+    backend = replace(stack.services["backend"], image=registry.pinned(config, version, environ))
+    return replace(stack, services={**stack.services, "backend": backend})
+
+
 def plan(client: Any, config: Config, materials: Materials) -> list[Step]:
     return plan_swarm_deploy(
-        config, observe(client, config.project), materials.stack, object_names=materials.object_names, digests=materials.digests
+        config, observe(client, config.project), materials.stack, object_names=materials.object_names, digests=materials.digests,
+        proxy_host=proxy_host(),
     )
 
 
@@ -71,6 +85,10 @@ def deploy(
     result: dict[str, Any] = {"target": "swarm", "version": version, "plan": [s.to_dict() for s in steps]}
     if dry_run:
         return {**result, "result": "planned"}
+    from flashfit_ops.images import registry
+
+    if registry.is_configured(config):
+        registry.login(client, config)  # service updates then carry the credentials to the nodes
     engine = SwarmEngine(client, config.project, on_status=on_status)
     started = time.monotonic()
     backend_updated = False
@@ -189,7 +207,7 @@ def status(client: Any, config: Config) -> dict[str, Any]:
         "swarm": "active",
         "serving": serving,
         "live_version": backend["image"].rsplit(":", 1)[-1] if backend else None,
-        "url": f"http://127.0.0.1:{config.ports.http}/",
+        "url": f"http://{proxy_host()}:{config.ports.http}/",
         "services": services,
     }
 

@@ -121,9 +121,11 @@ def plan_swarm_deploy(
     *,
     object_names: dict[tuple[str, str], str],
     digests: dict[str, str],
+    proxy_host: str = "127.0.0.1",
 ) -> list[Step]:
     """object_names maps (secret|config, stack name) to the content-addressed object name;
-    digests maps each service to the digest of its wanted definition."""
+    digests maps each service to the digest of its wanted definition; proxy_host is where the
+    proxy's published port answers from here (the manager DOCKER_HOST names)."""
     if not observed.swarm_active:
         raise Unavailable(
             "this Docker engine is not part of a swarm",
@@ -149,6 +151,6 @@ def plan_swarm_deploy(
         if current is None or current.spec_digest != digests[key]:
             steps.append(UpsertService(key, name, definition.image, "update" if current else "create"))
         steps.append(AwaitConvergence(name, definition.replicas, deadline))
-    steps.append(ProbeThroughProxy(f"http://127.0.0.1:{config.ports.http}{config.healthcheck.readiness_path}", deadline))
+    steps.append(ProbeThroughProxy(f"http://{proxy_host}:{config.ports.http}{config.healthcheck.readiness_path}", deadline))
     steps.append(PruneSwarmObjects(tuple(sorted(object_names.values()))))
     return steps

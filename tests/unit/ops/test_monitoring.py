@@ -75,8 +75,8 @@ def test_spec_digest_changes_only_with_the_spec_or_a_secret(tmp_path: Path) -> N
     assert stack.prometheus_spec(config(tmp_path, monitoring={"enabled": True, "scrape_interval": "5s"}), "/m").digest() == prometheus.digest()
     grafana = specs["grafana"]
     secret = "pw-Zq81x"
-    assert grafana.digest({"GRAFANA_ADMIN_PASSWORD": secret}) != grafana.digest({"GRAFANA_ADMIN_PASSWORD": "other"})
-    assert secret not in json.dumps(grafana.labels(cfg, grafana.digest({"GRAFANA_ADMIN_PASSWORD": secret})))
+    assert grafana.digest({"GF_SECURITY_ADMIN_PASSWORD": secret}) != grafana.digest({"GF_SECURITY_ADMIN_PASSWORD": "other"})
+    assert secret not in json.dumps(grafana.labels(cfg, grafana.digest({"GF_SECURITY_ADMIN_PASSWORD": secret})))
 
 
 def test_monitoring_files_use_file_discovery_and_keep_the_webhook_private(tmp_path: Path) -> None:
