@@ -5,12 +5,14 @@ VECTOR_STORE_DIR, MAX_BATCH_SIZE, INFERENCE_TIMEOUT (seconds of model time per r
 CORS_ORIGINS and ALLOWED_HOSTS (comma separated), JWT_SECRET_KEY, SECRET_KEY, APP_VERSION,
 CLIP_MODEL, BLIP_MODEL, FASHION_MODEL (checkpoint names under MODEL_CACHE_DIR), VECTOR_INDEX
 (flat|hnsw), MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, CAPTION_MAX_TOKENS, TORCH_THREADS (0 = cores
-divided among workers), FUSION_WEIGHTS (clip,blip,fashion, e.g. "0.4,0.3,0.3").
+divided among workers), FUSION_WEIGHTS (clip,blip,fashion, e.g. "0.4,0.3,0.3"), DECODE_CONCURRENCY
+(image decodes at once per worker), JWT_MAX_LIFETIME (seconds; a token expiring later is refused).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +74,8 @@ class Settings:
     torch_threads: int = 0
     fusion_weights: tuple[float, float, float] = (0.4, 0.3, 0.3)
     refresh_interval: float = 0.2
+    decode_concurrency: int = 2
+    jwt_max_lifetime: int = 86_400
 
     @property
     def is_production(self) -> bool:
@@ -113,10 +117,10 @@ class Settings:
             raw = env.get(name, "").strip()
             if not raw:
                 return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+            # Plain decimal digits only: int() would also take "1_0", float() "nan" and "inf".
+            if not re.fullmatch(r"[0-9]+" if kind is int else r"[0-9]+(\.[0-9]*)?|\.[0-9]+", raw):
+                raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}")
+            value = kind(raw)
             if value < minimum:
                 raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
             return value
@@ -163,6 +167,8 @@ class Settings:
             caption_max_tokens=int(number("CAPTION_MAX_TOKENS", defaults.caption_max_tokens, int, 1)),
             torch_threads=int(number("TORCH_THREADS", defaults.torch_threads, int, 0)),
             fusion_weights=weights,
+            decode_concurrency=int(number("DECODE_CONCURRENCY", defaults.decode_concurrency, int, 1)),
+            jwt_max_lifetime=int(number("JWT_MAX_LIFETIME", defaults.jwt_max_lifetime, int, 1)),
         )
 
     def __repr__(self) -> str:  # never let a secret reach a log line or a traceback
