@@ -6,8 +6,9 @@ The worst accepted requests, sent without a token by `--clients` callers back to
 
   png   a flat RGBA PNG just under MAX_IMAGE_PIXELS (40 M pixels in about 150 kB: the costliest
         decode, since PNG has no reduced-scale decoding)
-  jpeg  a noisy JPEG just under MAX_IMAGE_BYTES (decoded at a reduced scale)
-  keys  a JSON body at the shape limit (4096 separators) with a 10 MB string: parsed, then 422
+  jpeg  the largest noisy JPEG a JSON body under MAX_JSON_BYTES can carry (reduced-scale decode)
+  keys  a JSON body at both limits (MAX_JSON_BYTES, 4096 separators), mostly one long string:
+        the costliest body to parse that is still parsed (then 422)
 
 It prints /health p50/p99 idle and under each load (goal: p99 < 100 ms under load), and the
 worker's peak RSS above idle for one request of each image (Linux VmHWM, reset between runs).
@@ -22,15 +23,15 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import json
+import multiprocessing
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -49,6 +50,7 @@ from flashfit_server.storebench import percentile_ms  # noqa: E402
 
 CACHE = REPO / ".cache" / "bench-models"
 GOAL_MS = 100.0
+JSON = {"content-type": "application/json"}
 
 
 def checkpoints(size: str) -> Path:
@@ -67,13 +69,13 @@ def worst_png(max_pixels: int) -> bytes:
 
 
 def worst_jpeg(max_bytes: int) -> bytes:
-    rng, side = np.random.default_rng(0), 2000
+    rng, side = np.random.default_rng(0), 600
     while True:  # the largest noisy JPEG under the byte limit
         buffer = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=95)
         if buffer.tell() > max_bytes:
             return previous
-        previous, side = buffer.getvalue(), side + 200
+        previous, side = buffer.getvalue(), side + 100
 
 
 def worst_keys(body_bytes: int) -> bytes:
@@ -131,47 +133,47 @@ def health_latencies(url: str, seconds: float, interval: float = 0.02) -> list[f
     return samples
 
 
-def under_load(url: str, send: Callable[[httpx.Client], httpx.Response], clients: int, seconds: float) -> tuple[list[float], dict[int, int]]:
-    stop, statuses, lock = threading.Event(), {}, threading.Lock()
+def _caller(url: str, body: bytes, stop, counts, lock) -> None:  # noqa: ANN001
+    with httpx.Client(base_url=url, timeout=120) as client:
+        while not stop.is_set():
+            code = client.post("/api/fusion/recommend", content=body, headers=JSON).status_code
+            with lock:
+                counts[code] = counts.get(code, 0) + 1
 
-    def caller() -> None:
-        with httpx.Client(base_url=url, timeout=120) as client:
-            while not stop.is_set():
-                code = send(client).status_code
-                with lock:
-                    statuses[code] = statuses.get(code, 0) + 1
 
-    threads = [threading.Thread(target=caller, daemon=True) for _ in range(clients)]
-    for thread in threads:
-        thread.start()
-    time.sleep(0.5)  # the first requests are in flight
-    samples = health_latencies(url, seconds)
-    stop.set()
-    for thread in threads:
-        thread.join(180)
-    return samples, statuses
+def under_load(url: str, body: bytes, clients: int, seconds: float) -> tuple[list[float], dict[int, int]]:
+    """/health latencies while `clients` processes (not threads: the callers must not share this
+    process's interpreter lock with the prober) send `body` back to back."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager:
+        stop, counts, lock = context.Event(), manager.dict(), manager.Lock()
+        callers = [context.Process(target=_caller, args=(url, body, stop, counts, lock)) for _ in range(clients)]
+        for caller in callers:
+            caller.start()
+        time.sleep(2.0)  # the callers have started and their first requests are in flight
+        samples = health_latencies(url, seconds)
+        stop.set()
+        for caller in callers:
+            caller.join(180)
+        return samples, dict(counts)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", choices=["tiny", "full"], default="tiny")
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=1, help="callers at once (1: the worst request, one after another)")
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     seconds = 4.0 if args.quick else args.seconds
     settings = Settings.from_env({})
-    png, jpeg = worst_png(settings.max_image_pixels), worst_jpeg(settings.max_image_bytes)
-    keys = worst_keys(settings.max_request_bytes - 64 * 1024 - MAX_JSON_SEPARATORS * 12)
-    bodies = {
-        "png": {"image_data": base64.b64encode(png).decode(), "limit": 3},
-        "jpeg": {"image_data": base64.b64encode(jpeg).decode(), "limit": 3},
-    }
-    json_header = {"content-type": "application/json"}
-    loads: dict[str, Callable[[httpx.Client], httpx.Response]] = {
-        "png": lambda c: c.post("/api/fusion/recommend", json=bodies["png"]),
-        "jpeg": lambda c: c.post("/api/fusion/recommend", json=bodies["jpeg"]),
-        "keys": lambda c: c.post("/api/fusion/recommend", content=keys, headers=json_header),
+    png = worst_png(settings.max_image_pixels)
+    jpeg = worst_jpeg(min(settings.max_image_bytes, settings.max_json_bytes * 3 // 4 - 1024))
+    keys = worst_keys(settings.max_json_bytes - 1024 - MAX_JSON_SEPARATORS * 6)
+    loads = {  # encoded once: the callers only send
+        "png": json.dumps({"image_data": base64.b64encode(png).decode(), "limit": 3}).encode(),
+        "jpeg": json.dumps({"image_data": base64.b64encode(jpeg).decode(), "limit": 3}).encode(),
+        "keys": keys,
     }
     print(f"models={args.models} clients={args.clients} seconds={seconds} cores={os.cpu_count()}")
     print(f"  png {len(png) / 1e3:.0f} kB ({int(settings.max_image_pixels**0.5) - 1}^2 px), "
@@ -185,8 +187,8 @@ def main() -> int:
             idle_p50, idle_p99 = percentile_ms(idle, 50), percentile_ms(idle, 99)
             print(f"/health idle:        p50 {idle_p50:7.1f} ms  p99 {idle_p99:7.1f} ms")
             worst_p99 = 0.0
-            for name, send in loads.items():
-                samples, statuses = under_load(server.url, send, args.clients, seconds)
+            for name, body in loads.items():
+                samples, statuses = under_load(server.url, body, args.clients, seconds)
                 p50, p99 = percentile_ms(samples, 50), percentile_ms(samples, 99)
                 worst_p99 = max(worst_p99, p99)
                 print(f"/health under {name:5s}: p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  "
@@ -199,7 +201,7 @@ def main() -> int:
                 server.reset_peak()
                 before = server.status_kib("VmRSS:") / 1024
                 with httpx.Client(base_url=server.url, timeout=120) as client:
-                    code = loads[name](client).status_code
+                    code = client.post("/api/fusion/recommend", content=loads[name], headers=JSON).status_code
                 peak = server.status_kib("VmHWM:") / 1024
                 print(f"peak RSS, one {name:4s} request: {peak:6.0f} MiB ({peak - before:+.0f} MiB over idle, "
                       f"{peak / max(before, 1e-9):.2f}x; answered {code})")

@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # add_middleware puts each new one outermost: the JSON shape check runs last, security
     # headers first (so even a rejection by another guard carries them).
-    app.add_middleware(JsonShapeLimit)
+    app.add_middleware(JsonShapeLimit, max_bytes=settings.max_json_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:
         app.add_middleware(

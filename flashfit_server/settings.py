@@ -5,8 +5,9 @@ VECTOR_STORE_DIR, MAX_BATCH_SIZE, INFERENCE_TIMEOUT (seconds of model time per r
 CORS_ORIGINS and ALLOWED_HOSTS (comma separated), JWT_SECRET_KEY, SECRET_KEY, APP_VERSION,
 CLIP_MODEL, BLIP_MODEL, FASHION_MODEL (checkpoint names under MODEL_CACHE_DIR), VECTOR_INDEX
 (flat|hnsw), MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, CAPTION_MAX_TOKENS, TORCH_THREADS (0 = cores
-divided among workers), FUSION_WEIGHTS (clip,blip,fashion, e.g. "0.4,0.3,0.3"), DECODE_CONCURRENCY
-(image decodes at once per worker), JWT_MAX_LIFETIME (seconds; a token expiring later is refused).
+divided among workers), FUSION_WEIGHTS (clip,blip,fashion, e.g. "0.4,0.3,0.3"),
+DECODE_CONCURRENCY (image decodes at once per worker), MAX_JSON_BYTES (the largest json body),
+JWT_MAX_LIFETIME (seconds; a token expiring later than that from now is refused).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Settings:
     fusion_weights: tuple[float, float, float] = (0.4, 0.3, 0.3)
     refresh_interval: float = 0.2
     decode_concurrency: int = 2
+    max_json_bytes: int = 4 * 1024 * 1024
     jwt_max_lifetime: int = 86_400
 
     @property
@@ -168,6 +170,7 @@ class Settings:
             torch_threads=int(number("TORCH_THREADS", defaults.torch_threads, int, 0)),
             fusion_weights=weights,
             decode_concurrency=int(number("DECODE_CONCURRENCY", defaults.decode_concurrency, int, 1)),
+            max_json_bytes=int(number("MAX_JSON_BYTES", defaults.max_json_bytes, int, 1024)),
             jwt_max_lifetime=int(number("JWT_MAX_LIFETIME", defaults.jwt_max_lifetime, int, 1)),
         )
 
