@@ -91,8 +91,8 @@ class AllowedHosts:
         await self.app(scope, receive, send)
 
 
-# A JSON body's cost is in its values, not its bytes: 13 MB of small keys took a worker's event
-# loop for seconds to parse and validate, while 13 MB of one base64 string parses in milliseconds.
+# A JSON body's cost is mostly in its values: 13 MB of small keys took a worker's event loop for
+# seconds to parse and validate, many times what one long base64 string of that size costs.
 # Every body this API accepts has a handful of keys (strings included, 1000 characters of
 # `text` are the most), so counting structural bytes before parsing rejects the costly shapes
 # cheaply. Nesting is bounded far below the JSON parser's recursion limit.
@@ -132,8 +132,8 @@ class JsonShapeLimit:
     """Reads a JSON body whole and refuses, with a 413 before anything parses it, one larger than
     `max_bytes` or with too many values; hands the rest on unchanged. JSON has its own byte limit,
     below the multipart one: the parser holds the event loop (and the interpreter lock) for the
-    whole body, about 15 ms per MB on this host's loaded cores, while multipart is parsed chunk by
-    chunk."""
+    whole body (tens of milliseconds per MB on this host's loaded cores), while multipart is
+    parsed chunk by chunk."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app

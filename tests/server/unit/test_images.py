@@ -124,3 +124,14 @@ def test_decode_slots_bound_decodes_at_once_and_refuse_after_waiting() -> None:
 
     asyncio.run(scenario())
     assert max(peak) == 2
+
+
+def test_json_shape_is_counted_across_chunk_boundaries() -> None:
+    from flashfit_server.middleware import MAX_JSON_OPENERS, MAX_JSON_SEPARATORS, JsonShape
+
+    shape = JsonShape()
+    assert shape.add(b'{"a":' + b"1," * (MAX_JSON_SEPARATORS - 1)) is None  # exactly at the limit
+    assert "values" in (shape.add(b"1,") or "")
+    nested = JsonShape()
+    assert nested.add(b"[" * MAX_JSON_OPENERS) is None
+    assert "arrays" in (nested.add(b"{") or "")
