@@ -16,7 +16,7 @@ from flashfit_server.errors import install_error_handlers
 from flashfit_server.fusion import initial_weights
 from flashfit_server.log import configure_logging
 from flashfit_server.metrics import Metrics, MetricsMiddleware
-from flashfit_server.middleware import AllowedHosts, BodySizeLimit
+from flashfit_server.middleware import AllowedHosts, BodySizeLimit, JsonShapeLimit, SecurityHeaders
 from flashfit_server.models.device import DeviceUnavailable
 from flashfit_server.models.registry import ModelNames, ModelRegistry
 from flashfit_server.readiness import WorkerReadiness
@@ -109,7 +109,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (health.router, items.router, fusion.router, admin.router):
         app.include_router(router)
 
-    # add_middleware puts each new one outermost: body limit runs last, metrics first.
+    # add_middleware puts each new one outermost: the JSON shape check runs last, security
+    # headers first (so even a rejection by another guard carries them).
+    app.add_middleware(JsonShapeLimit, max_bytes=settings.max_json_bytes)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     if settings.cors_origins:
         app.add_middleware(
@@ -118,4 +120,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(AllowedHosts, allowed=settings.allowed_hosts)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
     return app

@@ -48,18 +48,53 @@ def cmd_serve(args: argparse.Namespace) -> int:
             return EXIT_START_FAILED
     workers = args.workers or settings.workers
     os.environ["WORKERS"] = str(workers)  # workers read it to split CPU threads between them
-    ready_dir = None
-    if workers > 1:  # shared by the workers: metric files, and readiness (flashfit_server.readiness)
-        import tempfile
+    made: list[str] = []  # temporary folders this run made, removed however it ends
+    socket_path = os.environ.get("FLASHFIT_SOCKET") or None
+    try:
+        if workers > 1:
+            _share_between_workers(made)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            _clear_metrics_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+        code = _run_uvicorn(args, settings, workers, socket_path)
+        if code:
+            return code
+    finally:
+        if socket_path:
+            with contextlib.suppress(OSError):
+                os.unlink(socket_path)
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+    # uvicorn has drained every request and run the lifespan shutdown (stores are written at
+    # write time, never at exit). Skip the interpreter's teardown: joining torch's and faiss's
+    # thread pools there kept a stopped container alive for seconds, which a deploy waits on.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_OK)
 
-        from flashfit_server.readiness import READY_DIR_ENV
 
-        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flashfit-metrics-")
-        ready_dir = tempfile.mkdtemp(prefix="flashfit-ready-")
-        os.environ[READY_DIR_ENV] = ready_dir
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        _clear_metrics_dir(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+def _share_between_workers(made: list[str]) -> None:
+    """Folders the workers share: metric files, and readiness (flashfit_server.readiness). Until
+    uvicorn's supervisor installs its own handlers, SIGTERM and SIGINT raise SystemExit, so the
+    caller's `finally` still removes the folders (the default action would kill us where we stand)."""
+    import signal
+    import tempfile
+
+    from flashfit_server.readiness import READY_DIR_ENV
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        made.append(tempfile.mkdtemp(prefix="flashfit-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made[-1]
+    made.append(tempfile.mkdtemp(prefix="flashfit-ready-"))
+    os.environ[READY_DIR_ENV] = made[-1]
+
+
+def _run_uvicorn(args: argparse.Namespace, settings, workers: int, socket_path: str | None) -> int:  # noqa: ANN001
     import uvicorn
 
     from flashfit_server.log import uvicorn_log_config
@@ -77,33 +112,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # TCP (health gate, doctor, backups use the container address) and, when FLASHFIT_SOCKET is
     # set, a Unix socket in the folder shared with the proxy: nginx reaches the backend through a
     # slot link to it, so a deploy switches traffic by renaming a link instead of reloading nginx.
-    socket_path = os.environ.get("FLASHFIT_SOCKET") or None
     sockets = [config.bind_socket()]
     if socket_path:
         sockets.append(_bind_unix(socket_path))
-    try:
-        if workers > 1:
-            from uvicorn.supervisors import Multiprocess
+    if workers > 1:
+        from uvicorn.supervisors import Multiprocess
 
-            Multiprocess(config, sockets=sockets).run()
-        else:
-            server = uvicorn.Server(config)
-            server.run(sockets=sockets)
-            if not server.started:  # the app failed to start (as uvicorn.run reports it)
-                return EXIT_START_FAILED
-    finally:
-        if socket_path:
-            with contextlib.suppress(OSError):
-                os.unlink(socket_path)
-        if ready_dir:
-            shutil.rmtree(ready_dir, ignore_errors=True)
-    # uvicorn has drained every request and run the lifespan shutdown (stores are written at
-    # write time, never at exit). Skip the interpreter's teardown: joining torch's and faiss's
-    # thread pools there kept a stopped container alive for seconds, which a deploy waits on.
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_OK)
+        Multiprocess(config, sockets=sockets).run()
+        return EXIT_OK
+    server = uvicorn.Server(config)
+    server.run(sockets=sockets)
+    # not started: the app failed to start (as uvicorn.run reports it)
+    return EXIT_OK if server.started else EXIT_START_FAILED
 
 
 def _bind_unix(path: str):  # noqa: ANN202
@@ -159,6 +179,10 @@ def cmd_token(args: argparse.Namespace) -> int:
     from flashfit_server.auth import mint_token
 
     settings = _settings()
+    if not 1 <= args.ttl <= settings.jwt_max_lifetime:
+        print(f"error: --ttl must be between 1 and JWT_MAX_LIFETIME ({settings.jwt_max_lifetime}) seconds; "
+              "the server refuses tokens that live longer", file=sys.stderr)
+        return EXIT_CONFIG
     if not settings.jwt_secret_from_env:
         print("warning: JWT_SECRET_KEY is not set; this token is signed with the dev default", file=sys.stderr)
     print(mint_token(settings.jwt_secret_key, subject=args.subject, ttl_seconds=args.ttl))

@@ -1,14 +1,35 @@
-"""Request and response bodies of the HTTP API (they define the OpenAPI document too)."""
+"""Request and response bodies of the HTTP API (they define the OpenAPI document too).
+
+Request bodies are strict: unknown keys are refused, and JSON types are taken as they are (no
+`true` for an id, no `1` for a boolean, no "10" for a number).
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+import re
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 MAX_ITEM_ID = 2**62  # faiss ids are int64; leave headroom
+STRICT = ConfigDict(extra="forbid", strict=True)
+_PLAIN_DIGITS = re.compile(r"0|[1-9][0-9]{0,18}")
+
+
+def _plain_digits(value: object) -> object:
+    # Path and query values arrive as text, and pydantic's lax int would read "1_0" as 10 and
+    # " 10" or "+10" as 10 too: one number must have one spelling.
+    if isinstance(value, str) and not _PLAIN_DIGITS.fullmatch(value):
+        raise ValueError("must be a plain decimal number (digits only, no sign, spaces or leading zeros)")
+    return value
+
+
+# Put after the Path() or Query() of an int in a URL (item ids, offsets, limits): placed before
+# it, FastAPI writes the bounds into the OpenAPI document as bare "ge"/"le" keys.
+PLAIN_DIGITS = BeforeValidator(_plain_digits)
 
 
 class Preferences(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     style: str | None = Field(None, max_length=100)
     occasion: str | None = Field(None, max_length=100)
     season: str | None = Field(None, max_length=100)
@@ -21,6 +42,7 @@ class RecommendRequest(BaseModel):
     # Exactly one query field, stated in the schema too so clients (and fuzzers) can see it.
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"oneOf": [{"required": ["image_data"]}, {"required": ["item_id"]}, {"required": ["text"]}]},
     )
     image_data: str | None = Field(None, description="base64 image (a data: URL prefix is accepted)")
@@ -69,14 +91,15 @@ class RecommendResponse(BaseModel):
 
 
 class FeedbackScores(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = STRICT
     clip_score: float = Field(ge=-1.0, le=1.0)
     blip_score: float = Field(ge=-1.0, le=1.0)
     fashion_score: float = Field(ge=-1.0, le=1.0)
+    fusion_score: float | None = Field(None, description="accepted so a recommendation's scores can be sent back whole; unused")
 
 
 class FeedbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     item_id: int = Field(ge=1, le=MAX_ITEM_ID)
     liked: bool
     scores: FeedbackScores | None = Field(

@@ -19,6 +19,7 @@ from flashfit_server.errors import ApiError
 from flashfit_server.fusion import LEARNING_RATE, MAX_WEIGHT, MIN_WEIGHT, apply_feedback
 from flashfit_server.images import (
     DecodedImage,
+    DecodeSlots,
     base64_payload,
     decode_base64_image,
     decode_image,
@@ -92,6 +93,8 @@ class Service:
         self.recommendations_served = 0
         self._served: OrderedDict[int, dict[str, float]] = OrderedDict()
         self._served_lock = threading.Lock()
+        # Bounded decodes at once; a request waits for a slot no longer than for the models.
+        self.decoder = DecodeSlots(settings.decode_concurrency, settings.inference_timeout)
 
     @property
     def ready(self) -> bool:
@@ -145,7 +148,7 @@ class Service:
             if data is not None and is_cheap_to_decode(data):
                 image = decode_image(data, *limits)  # ~1 ms: cheaper than a thread handoff
             else:
-                image = await run_in_threadpool(decode_base64_image, req.image_data, *limits)
+                image = await self.decoder.run(decode_base64_image, req.image_data, *limits)
             futures += self.registry.submit_images("clip", [image.image])
             futures += self.registry.submit_images("fashion", [image.image])
         if preference:

@@ -7,12 +7,15 @@ CLIP_MODEL, BLIP_MODEL, FASHION_MODEL (checkpoint names under MODEL_CACHE_DIR), 
 (flat|hnsw), MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, CAPTION_MAX_TOKENS, TORCH_THREADS (0 = cores
 divided among workers), FUSION_WEIGHTS (clip,blip,fashion, e.g. "0.4,0.3,0.3"), DEVICE
 (auto|cpu|cuda), PRECISION (auto|fp32|fp16; the CPU always runs fp32), MAX_BATCH_SIZE_CUDA (the
-batch limit when the models run on the GPU; MAX_BATCH_SIZE is the CPU's).
+batch limit when the models run on the GPU; MAX_BATCH_SIZE is the CPU's),
+DECODE_CONCURRENCY (image decodes at once per worker), MAX_JSON_BYTES (the largest json body),
+JWT_MAX_LIFETIME (seconds; a token expiring later than that from now is refused).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +80,9 @@ class Settings:
     device: str = "auto"
     precision: str = "auto"
     max_batch_size_cuda: int = 64
+    decode_concurrency: int = 2
+    max_json_bytes: int = 4 * 1024 * 1024
+    jwt_max_lifetime: int = 86_400
 
     @property
     def is_production(self) -> bool:
@@ -118,10 +124,10 @@ class Settings:
             raw = env.get(name, "").strip()
             if not raw:
                 return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+            # Plain decimal digits only: int() would also take "1_0", float() "nan" and "inf".
+            if not re.fullmatch(r"[0-9]+" if kind is int else r"[0-9]+(\.[0-9]*)?|\.[0-9]+", raw):
+                raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}")
+            value = kind(raw)
             if value < minimum:
                 raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
             return value
@@ -171,6 +177,9 @@ class Settings:
             device=choice("DEVICE", defaults.device, {"auto", "cpu", "cuda"}),
             precision=choice("PRECISION", defaults.precision, {"auto", "fp32", "fp16"}),
             max_batch_size_cuda=int(number("MAX_BATCH_SIZE_CUDA", defaults.max_batch_size_cuda, int, 1)),
+            decode_concurrency=int(number("DECODE_CONCURRENCY", defaults.decode_concurrency, int, 1)),
+            max_json_bytes=int(number("MAX_JSON_BYTES", defaults.max_json_bytes, int, 1024)),
+            jwt_max_lifetime=int(number("JWT_MAX_LIFETIME", defaults.jwt_max_lifetime, int, 1)),
         )
 
     def __repr__(self) -> str:  # never let a secret reach a log line or a traceback

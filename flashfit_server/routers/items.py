@@ -11,12 +11,12 @@ from starlette.concurrency import run_in_threadpool
 from flashfit_server.auth import require_auth
 from flashfit_server.errors import ApiError
 from flashfit_server.images import MEDIA_TYPES, decode_image, too_large
-from flashfit_server.schemas import MAX_ITEM_ID, ErrorBody, ItemOut, ItemPage
+from flashfit_server.schemas import MAX_ITEM_ID, PLAIN_DIGITS, ErrorBody, ItemOut, ItemPage
 from flashfit_server.service import ItemFields
 
 router = APIRouter(prefix="/api/items", tags=["items"])
 
-ItemId = Annotated[int, Path(ge=1, le=MAX_ITEM_ID)]
+ItemId = Annotated[int, Path(ge=1, le=MAX_ITEM_ID), PLAIN_DIGITS]
 ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)}
 MAX_TAGS = 32
 
@@ -52,7 +52,7 @@ async def add_item(
     service = request.app.state.service
     settings = request.app.state.settings
     data = await _read_upload(image, settings.max_image_bytes)
-    decoded = await run_in_threadpool(decode_image, data, settings.max_image_bytes, settings.max_image_pixels)
+    decoded = await service.decoder.run(decode_image, data, settings.max_image_bytes, settings.max_image_pixels)
     fields = ItemFields(
         name=(name or "").strip() or (image.filename or "item").rsplit(".", 1)[0][:200] or "item",
         category=category or None, color=color or None, tags=_tags(tags), user_id=user_id or None,
@@ -64,8 +64,8 @@ async def add_item(
 @router.get("", response_model=ItemPage, responses=ERRORS)
 def list_items(
     request: Request,
-    offset: Annotated[int, Query(ge=0, le=MAX_ITEM_ID)] = 0,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=MAX_ITEM_ID), PLAIN_DIGITS] = 0,
+    limit: Annotated[int, Query(ge=1, le=100), PLAIN_DIGITS] = 20,
     user_id: Annotated[str | None, Query(max_length=128)] = None,
 ) -> dict:
     with request.app.state.service.datastore.read() as state:

@@ -87,3 +87,11 @@ def test_bad_setting_exits_2(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(SystemExit) as info:
         main(["token"])
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("ttl", ["0", "-5", "90000"])
+def test_token_ttl_beyond_the_max_lifetime_exits_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, ttl: str) -> None:
+    monkeypatch.setenv("JWT_SECRET_KEY", "s" * 40)
+    assert main(["token", "--ttl", ttl]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "JWT_MAX_LIFETIME" in captured.err

@@ -77,3 +77,41 @@ def test_secrets_can_come_from_files(tmp_path) -> None:
     assert settings.jwt_secret_key == "y" * 40
     with pytest.raises(SettingsError, match="JWT_SECRET_KEY_FILE"):
         Settings.from_env({"JWT_SECRET_KEY_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize("raw", ["1_0", "+2", " 3x", "nan", "inf", "1e3", "-1"])
+def test_numbers_in_variables_are_plain_decimals(raw: str) -> None:
+    with pytest.raises(SettingsError, match="MAX_BATCH_SIZE"):
+        Settings.from_env({"MAX_BATCH_SIZE": raw})
+    with pytest.raises(SettingsError, match="INFERENCE_TIMEOUT"):
+        Settings.from_env({"INFERENCE_TIMEOUT": raw})
+
+
+def test_hardening_variables_are_read() -> None:
+    settings = Settings.from_env({"JWT_MAX_LIFETIME": "600", "DECODE_CONCURRENCY": "3", "MAX_JSON_BYTES": "2048"})
+    assert (settings.jwt_max_lifetime, settings.decode_concurrency, settings.max_json_bytes) == (600, 3, 2048)
+    assert Settings.from_env({"INFERENCE_TIMEOUT": "2.5"}).inference_timeout == 2.5
+
+
+def _signed(claims: dict) -> str:
+    import jwt
+
+    return jwt.encode(claims, GOOD_SECRET, algorithm="HS256")
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [{"exp": "99999999999"}, {"exp": 1e12}, {"exp": 2_000_000_000, "iat": "1"}, {"exp": 2_000_000_000, "nbf": True}],
+)
+def test_time_claims_must_be_numbers_within_the_max_lifetime(claims: dict) -> None:
+    now = 1_999_999_000
+    with pytest.raises(ApiError) as info:
+        verify_token(_signed(claims), GOOD_SECRET, max_lifetime=86_400, now=now)
+    assert info.value.status == 401
+
+
+def test_a_token_inside_the_max_lifetime_passes() -> None:
+    token = mint_token(GOOD_SECRET, ttl_seconds=600)
+    assert verify_token(token, GOOD_SECRET, max_lifetime=600)["sub"] == "ops"
+    with pytest.raises(ApiError):
+        verify_token(mint_token(GOOD_SECRET, ttl_seconds=7200), GOOD_SECRET, max_lifetime=600)
