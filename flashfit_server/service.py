@@ -175,7 +175,7 @@ class Service:
         with self.datastore.read() as state:
             weights = dict(state.fusion.weights)
             ranking = rank(state, queries, weights, req.limit, exclude, req.user_id)
-            items = {r.item_id: state.catalog.items[r.item_id] for r in ranking.results}
+            items = state.catalog.fetch(r.item_id for r in ranking.results)
         return ranking, items, weights
 
     def _remember(self, results: list[Ranked]) -> None:
