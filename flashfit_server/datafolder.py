@@ -218,9 +218,26 @@ def check_legacy_items(folder: Path) -> None:
     for index, raw in enumerate(items):
         if not isinstance(raw, dict):
             raise DataFolderError(f"items.json: items[{index}] must be an object")
-        _int(raw.get("id"), f"items.json: items[{index}].id", 1)
+        _int(raw.get("id"), f"items.json: items[{index}].id")
         if raw.get("image_file"):
             check_image_file(folder, raw["image_file"], f"items.json: items[{index}].image_file")
+
+
+def check_legacy_stores(folder: Path) -> None:
+    """<store>.json of the previous format names its index file: a plain name in the folder."""
+    for name in STORE_NAMES:
+        path = folder / f"{name}.json"
+        if not path.exists():
+            continue
+        try:
+            meta = json.loads(path.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataFolderError(f"{name}.json is not valid JSON: {exc}") from None
+        index_file = meta.get("index_file") if isinstance(meta, dict) else None
+        where = f"{name}.json: index_file"
+        if not isinstance(index_file, str) or "/" in index_file:
+            raise DataFolderError(f"{where} must be a plain file name, got {index_file!r:.80}")
+        inside(folder, index_file, where)
 
 
 def validate_data_folder(folder: Path, verify_hashes: bool = True) -> Manifest | None:
@@ -231,6 +248,7 @@ def validate_data_folder(folder: Path, verify_hashes: bool = True) -> Manifest |
             verify_segment(folder, entry)
     check_catalog(folder)
     check_legacy_items(folder)
+    check_legacy_stores(folder)
     return manifest
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashfit_server.atomic import read_json, write_json_atomic
+from flashfit_server.atomic import write_json_atomic
 from flashfit_server.catalog import CatalogDB, LegacyCatalog
 from flashfit_server.datafolder import (
     CATALOG_NAME,
@@ -26,7 +26,7 @@ from flashfit_server.datafolder import (
     Manifest,
     SegmentEntry,
     check_legacy_items,
-    inside,
+    check_legacy_stores,
 )
 from flashfit_server.segments import write_segment
 
@@ -45,15 +45,7 @@ def _load_vectors(folder: Path, name: str, dim: int) -> tuple[np.ndarray, np.nda
     meta_path = folder / f"{name}.json"
     if not meta_path.exists():
         return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
-    try:
-        meta = read_json(meta_path)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataFolderError(f"{name}.json is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("index_file"), str):
-        raise DataFolderError(f"{name}.json: index_file must be a file name")
-    inside(folder, meta["index_file"], f"{name}.json: index_file")
-    if "/" in meta["index_file"]:
-        raise DataFolderError(f"{name}.json: index_file must name a file of the data folder itself")
+    check_legacy_stores(folder)
     try:
         store = VectorStore.load(folder, name, dim)
     except (StoreError, KeyError, TypeError, RuntimeError) as exc:

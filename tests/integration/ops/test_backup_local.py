@@ -277,7 +277,9 @@ def test_round_trip_through_the_servers_snapshot_endpoint(tmp_path: Path) -> Non
         assert result["source"] == "server-snapshot" and result["server_version"]
         assert not list((data / "_snapshots").iterdir())  # the snapshot folder is removed afterwards
         paths = {e["path"] for e in json.loads((site_dir / "backups" / "snapshots" / f"{result['id']}.json").read_text())["files"]}
-        assert {"data/items.json", "data/clip.json"} <= paths and any(p.startswith("data/images/") for p in paths)
+        assert {"data/catalog.sqlite3", "data/manifest.json"} <= paths and any(p.startswith("data/images/") for p in paths)
+        assert any(p.startswith("data/segments/") for p in paths)
+        assert not any(p.endswith(("-wal", "-shm")) for p in paths)  # the live catalogue's log never
         assert not any(p.startswith("data/_snapshots") for p in paths)
 
         add(3, "hat")
@@ -292,3 +294,30 @@ def test_round_trip_through_the_servers_snapshot_endpoint(tmp_path: Path) -> Non
         assert restored["previous"] and Path(restored["previous"]).is_dir()
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"items.json": {"items": [{"id": 1, "name": "x", "image_file": "../../../etc/passwd"}]}},
+        {"items.json": {"items": [{"id": 1, "name": "x", "image_file": "/etc/shadow"}]}},
+        {"clip.json": {"name": "clip", "index_file": "../../secrets/flashfit.env", "size": 1}},
+        {"manifest.json": {"format": "flashfit-store/2", "generation": 1, "dims": {"clip": 2, "blip": 2, "fashion": 2},
+                           "stores": {"clip": [{"file": "segments/../../../etc/passwd", "seq": 1, "count": 1,
+                                                "size": 1, "sha256": "0" * 64}], "blip": [], "fashion": []},
+                           "tombstones": []}},
+    ],
+)
+def test_restore_refuses_data_that_names_files_outside_the_data_folder(site: dict, hostile: dict) -> None:
+    for rel, doc in hostile.items():
+        (site["data"] / rel).write_text(json.dumps(doc))
+    code, created, out = cli(site, "backup", "create", "--no-server")
+    assert code == 0, out
+    for rel in hostile:
+        (site["data"] / rel).unlink()
+    before = read_tree(site["data"])
+    code, error, out = cli(site, "restore", created["id"])
+    assert code == 5, out
+    assert "unsafe data" in error["message"] and ("image_file" in error["message"] or "file" in error["message"])
+    assert read_tree(site["data"]) == before
+    assert not list(site["data"].parent.glob(".data.restore-*"))
