@@ -68,7 +68,7 @@ def list_items(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     user_id: Annotated[str | None, Query(max_length=128)] = None,
 ) -> dict:
-    with request.app.state.service.datastore.read() as state:
+    with request.app.state.service.read() as state:
         page, total = state.catalog.page(offset, limit, user_id)
     return {"items": [i.to_api() for i in page], "total": total, "offset": offset, "limit": limit}
 
