@@ -18,7 +18,7 @@ import numpy as np
 from flashfit_server.segments import Segment
 
 HNSW_MIN_ROWS = 20_000
-TORCH_SCAN_FLOATS = 1 << 21  # from this many floats a torch matmul beats numpy here (see vector_store)
+TORCH_SCAN_FLOATS = 1 << 21  # from this many floats torch's threaded matmul wins (see vector_store)
 _graph_lock = threading.Lock()
 
 
@@ -46,7 +46,9 @@ def _scores(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
             matrix = torch.from_numpy(vectors)
         with torch.inference_mode():
             return (torch.from_numpy(queries) @ matrix.T).numpy()
-    return queries @ vectors.T
+    # Small segments: a plain C loop. numpy's BLAS would start its own thread team, which on a
+    # busy host costs tens of milliseconds (measured) and competes with the encoders' threads.
+    return np.einsum("qd,nd->qn", queries, vectors)
 
 
 class SegmentedIndex:

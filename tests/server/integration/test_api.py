@@ -177,7 +177,8 @@ def test_feedback_moves_weights_within_bounds_and_persists(live_server: LiveServ
     assert sum(weights.values()) == pytest.approx(1.0)
     assert all(after["weight_bounds"]["min"] - 1e-9 <= w <= after["weight_bounds"]["max"] + 1e-9 for w in weights.values())
     assert after["feedback"]["liked"] >= before["feedback"]["liked"] + 40
-    stored = json.loads((live_server.data_dir / "fusion.json").read_text())
+    with sqlite3.connect(live_server.data_dir / "catalog.sqlite3") as conn:  # persisted in the catalogue
+        stored = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'fusion'").fetchone()[0])
     assert stored["weights"] == pytest.approx(weights)
 
 
