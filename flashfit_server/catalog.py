@@ -180,6 +180,9 @@ class CatalogDB:
             raise
         return item
 
+    def set_meta(self, key: str, value: str) -> None:
+        self.connect().execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
     def update_meta(self, key: str, change) -> str:  # noqa: ANN001 - (str | None) -> str
         """Read-modify-write of one meta value in one write transaction (feedback counters)."""
         conn = self.connect()

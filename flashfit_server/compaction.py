@@ -145,7 +145,10 @@ def compact(store: DataStore, full: bool = False) -> bool:
             candidate = replace(swapped(current.manifest), generation=current.generation + 1)
             state = store._build(candidate, previous=prepared)
             final = replace(candidate, tombstones=_needed_tombstones(state))
+            consistent = store.db.meta("committed_seq") == str(current.generation)
             write_json_atomic(store.manifest_path, final.to_json())
+            if consistent:  # the catalogue still agrees: spare the next writer its orphan scan
+                store.db.set_meta("committed_seq", str(final.generation))
             store._state = store._build(final, previous=state)
             store._seen = store._signature()
             _remove_unreferenced(store)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flashfit_server.atomic import fault_point, file_lock, write_bytes_atomic, write_json_atomic
+from flashfit_server.atomic import fault_point, file_lock, fsync_dir, write_bytes_atomic, write_json_atomic
 from flashfit_server.catalog import CatalogDB, CatalogView, Item
 from flashfit_server.datafolder import (
     CATALOG_NAME,
@@ -53,7 +53,7 @@ from flashfit_server.datafolder import (
 )
 from flashfit_server.fusion import MODELS, Weights, initial_weights, project_to_bounded_simplex
 from flashfit_server.segmented import SegmentedIndex, live_mask
-from flashfit_server.segments import Segment, write_segment
+from flashfit_server.segments import SEGMENTS_DIR, Segment, write_segment
 
 log = logging.getLogger(__name__)
 
@@ -371,8 +371,9 @@ class DataStore:
                 tombstones: dict[int, int]) -> Manifest:
         stores = dict(state.manifest.stores)
         for name in STORE_NAMES:
-            entry = write_segment(self.folder, name, seq, ids, vectors[name])
+            entry = write_segment(self.folder, name, seq, ids, vectors[name], sync_dir=False)
             stores[name] = (*stores[name], SegmentEntry(**entry))
+        fsync_dir(self.folder / SEGMENTS_DIR)  # once for the three, before the manifest names them
         return replace(state.manifest, generation=seq, stores=stores,
                        tombstones={**state.manifest.tombstones, **tombstones})
 
@@ -389,7 +390,7 @@ class DataStore:
             for item_id, new in zip(ids.tolist(), new_items, strict=True):
                 image_file = f"{item_id}.{new.image_extension}"
                 check_image_file(self.folder, image_file, "image file")
-                write_bytes_atomic(self.images_dir / image_file, new.image_data)
+                write_bytes_atomic(self.images_dir / image_file, new.image_data, sync_dir=False)
                 items.append(Item(
                     id=item_id, name=new.name, category=new.category, color=new.color, tags=list(new.tags),
                     user_id=new.user_id, caption=new.caption, image_file=image_file, created_at=created_at,
@@ -399,6 +400,7 @@ class DataStore:
                 vectors[name] = np.stack([new.vectors[name] for new in new_items]).astype(np.float32)
                 if vectors[name].shape[1] != state.manifest.dims[name]:
                     raise ValueError(f"{name}: expected {state.manifest.dims[name]}-d vectors, got {vectors[name].shape}")
+            fsync_dir(self.images_dir)
             manifest = self._append(state, seq, ids, vectors, self._orphan_tombstones(state, seq))
             self._commit_manifest(manifest)
             self.db.insert(items, seq, int(ids[-1]) + 1)

@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flashfit_server.atomic import file_lock, fsync_dir, write_json_atomic
-from flashfit_server.datafolder import CATALOG_NAME, MANIFEST_NAME, DataFolderError, check_image_file
+from flashfit_server.datafolder import CATALOG_NAME, MANIFEST_NAME, DataFolderError, check_image_file, read_manifest
 from flashfit_server.datastore import DataStore
 
 SNAPSHOT_MANIFEST = "snapshot.json"
@@ -106,8 +106,9 @@ def take_snapshot(store: DataStore, dest: str, app_version: str) -> dict:
         raise SnapshotError(f"cannot make {dest}: {exc.strerror}", conflict=True) from None
     files: list[dict] = []
     with file_lock(store.lock_path, shared=True):
-        with store.read() as state:
-            manifest = state.manifest
+        manifest = read_manifest(store.folder)  # what is on disk now (this worker may lag behind)
+        if manifest is None:
+            raise SnapshotError("the data folder has no manifest yet")
         write_json_atomic(target / MANIFEST_NAME, manifest.to_json())
         for entry in manifest.entries():
             _copy(store.folder / entry.file, target / entry.file)
