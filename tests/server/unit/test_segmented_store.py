@@ -62,7 +62,6 @@ def test_delete_is_a_tombstone_that_hides_the_vector_everywhere(tmp_path: Path) 
     assert json.loads((tmp_path / "manifest.json").read_text())["tombstones"] == [[2, 2]]
     reader = open_store(tmp_path)
     for name in STORE_NAMES:
-        assert 2 not in reader.sizes() or True
         with reader.read() as state:
             assert 2 not in state.stores[name] and len(state.stores[name]) == 3
             assert 2 not in top(reader, name, new_item(1).vectors[name], 4)
@@ -263,3 +262,49 @@ def test_a_previous_format_folder_naming_an_index_outside_is_refused(tmp_path: P
     (tmp_path / "clip.json").write_text(json.dumps({"index_file": "../../etc/passwd", "sha256": "0" * 64, "size": 1}))
     with pytest.raises(DataFolderError, match="clip.json: index_file"):
         open_store(tmp_path)
+
+
+# --- refresh ---------------------------------------------------------------------------------------
+
+
+def test_a_refresh_hashes_and_maps_only_the_new_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import flashfit_server.datastore as datastore_module
+
+    writer, reader = open_store(tmp_path), open_store(tmp_path)
+    for seed in range(10):
+        writer.add_items([new_item(seed)])
+    assert reader.refresh()
+    writer.add_items([new_item(77)])
+    writer.delete_item(3)
+    verified: list[str] = []
+    real = datastore_module.verify_segment
+    monkeypatch.setattr(datastore_module, "verify_segment", lambda folder, entry: (verified.append(entry.file), real(folder, entry)))
+    assert reader.refresh()
+    assert sorted(f.split("-")[0] for f in verified) == ["segments/blip", "segments/clip", "segments/fashion"]
+    with reader.read() as state:
+        assert 11 in state.catalog.items and 3 not in state.stores["clip"] and len(state.stores["clip"]) == 10
+
+
+def test_requests_never_wait_for_a_refresh_in_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    writer, reader = open_store(tmp_path), open_store(tmp_path)
+    writer.add_items([new_item(1)])
+    entered, release = threading.Event(), threading.Event()
+    real_build = reader._build
+
+    def slow_build(manifest, previous):  # noqa: ANN001, ANN202
+        entered.set()
+        release.wait(30)
+        return real_build(manifest, previous)
+
+    monkeypatch.setattr(reader, "_build", slow_build)
+    refresher = threading.Thread(target=reader.refresh)
+    refresher.start()
+    assert entered.wait(30)
+    with reader.read() as state:  # answered from the state it has, while the refresh is stuck
+        assert state.generation == 0 and len(state.catalog.items) == 0
+    release.set()
+    refresher.join(30)
+    with reader.read() as state:
+        assert state.generation == 1 and sorted(state.catalog.items) == [1]
