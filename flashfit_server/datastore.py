@@ -18,7 +18,8 @@ handed out again after such a crash.
 
 Readers never reload on the request path: a background thread watches manifest.json (a stat
 per interval), maps only the new segments (their sha256 checked first) and swaps in a new
-immutable DataState. Compaction (compaction.py) merges small segments in the background.
+immutable DataState. A read that notices a small change (at most INLINE_REFRESH_BYTES of new
+segments) applies it itself, so a client reads its own write through another worker. Compaction (compaction.py) merges small segments in the background.
 Folders of the previous format (clip.json + clip-*.index, items.json, fusion.json) are migrated
 on first open (legacy.py).
 """
@@ -30,6 +31,7 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -61,6 +63,7 @@ STORE_NAMES = MODELS  # one store per model slot: clip, blip, fashion
 FUSION_KEY = "fusion"
 MIN_REFRESH_INTERVAL = 0.02
 COMPACT_CHECK_INTERVAL = 5.0  # seconds between looks at the segment counts
+INLINE_REFRESH_BYTES = 1 << 20  # new segment bytes a read may map itself (a few commits' worth)
 
 
 class NotFound(KeyError):
@@ -145,6 +148,7 @@ class DataStore:
         self._state: DataState | None = None
         self._dims: dict[str, int] | None = None
         self._seen: tuple | None = None  # stat signature of the manifest the state came from
+        self._last_look = 0.0
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
 
@@ -243,7 +247,7 @@ class DataStore:
             stores[name] = index
         return DataState(manifest, stores, self.db, self.default_weights)
 
-    def refresh(self, force: bool = False) -> bool:
+    def refresh(self, force: bool = False, inline_limit: int | None = None) -> bool:
         """Apply a newer manifest if there is one; True if a new state was swapped in. Called
         by the background thread (and by writers, to catch up), never by a request."""
         if self._state is None:
@@ -260,6 +264,10 @@ class DataStore:
             if manifest.generation == state.generation and manifest == state.manifest:
                 self._seen = signature
                 return False
+            if inline_limit is not None:
+                known = {e.file for e in state.manifest.entries()}
+                if sum(e.size for e in manifest.entries() if e.file not in known) > inline_limit:
+                    return False
             new_state = self._build(manifest, previous=state)
         except FileNotFoundError:
             return False  # compaction replaced a segment we were about to map: look again soon
@@ -319,9 +327,25 @@ class DataStore:
         self._stop.set()
         self.db.close()
 
+    def _catch_up_small(self) -> None:
+        """At most every refresh interval, a stat of the manifest; a change that brings only
+        small new segments (a few commits) is applied here, so a client that wrote through one
+        worker reads its write through another; anything bigger (a compaction) is left to the
+        background thread, so no request ever waits on a large reload."""
+        now = time.monotonic()
+        if now - self._last_look < self.refresh_interval or self._signature() == self._seen:
+            return
+        self._last_look = now
+        try:
+            self.refresh(inline_limit=INLINE_REFRESH_BYTES)
+        except Exception:  # noqa: BLE001 - the background thread retries and reports
+            return
+
     @contextlib.contextmanager
     def read(self) -> Iterator[DataState]:
         """The current state; immutable, so it is used without any lock."""
+        if self._state is not None and self._refresher is not None:
+            self._catch_up_small()
         state = self._state
         if state is None:
             raise RuntimeError("data store is not open yet")
