@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from flashfit_server import __version__
-from flashfit_server.datastore import DataStore
+from flashfit_server.datastore import DataStore, StoreError
 from flashfit_server.errors import install_error_handlers
 from flashfit_server.fusion import initial_weights
 from flashfit_server.log import configure_logging
@@ -23,7 +23,7 @@ from flashfit_server.readiness import WorkerReadiness
 from flashfit_server.routers import admin, fusion, health, items
 from flashfit_server.service import Service
 from flashfit_server.settings import Settings
-from flashfit_server.vector_store import StoreError, configure_faiss
+from flashfit_server.vector_store import configure_faiss
 
 log = logging.getLogger("flashfit_server")
 
@@ -40,9 +40,10 @@ def _load_in_background(app: FastAPI) -> None:
             return
         try:
             service.datastore.open(registry.dims())
-        except (StoreError, OSError, ValueError) as exc:
-            log.error("cannot open vector stores: %s", exc)
-            app.state.startup_error = f"vector stores: {exc}"
+        except Exception as exc:  # noqa: BLE001 - any failure must reach /ready, not kill the thread silently
+            reason = exc if isinstance(exc, StoreError | OSError | ValueError) else f"{type(exc).__name__}: {exc}"
+            log.error("data folder: cannot open the stores: %s", reason)
+            app.state.startup_error = f"data folder: {reason}"
             return
         app.state.readiness.mark_ready()
         log.info("ready: stores %s", service.datastore.sizes())

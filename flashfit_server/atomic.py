@@ -39,7 +39,9 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(target: Path, data: bytes | memoryview) -> None:
+def write_bytes_atomic(target: Path, data: bytes | memoryview, sync_dir: bool = True) -> None:
+    """`sync_dir=False` leaves the folder's fsync to the caller, who writes several files into
+    it and syncs it once before anything names them."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)
@@ -47,7 +49,8 @@ def write_bytes_atomic(target: Path, data: bytes | memoryview) -> None:
         os.fsync(handle.fileno())
     fault_point(f"before-rename:{target.name}")
     os.replace(tmp, target)
-    fsync_dir(target.parent)
+    if sync_dir:
+        fsync_dir(target.parent)
 
 
 def write_json_atomic(target: Path, payload: Any) -> None:

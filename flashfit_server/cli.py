@@ -295,44 +295,62 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_store(args: argparse.Namespace) -> int:
-    from flashfit_server.datastore import STORE_NAMES
+    from flashfit_server.datafolder import DataFolderError, read_manifest
+    from flashfit_server.datastore import STORE_NAMES, DataStore, StoreError
     from flashfit_server.storebench import time_store
-    from flashfit_server.vector_store import StoreError, VectorStore, configure_faiss
+    from flashfit_server.vector_store import configure_faiss
 
     settings = _settings()
     configure_faiss(args.threads or (os.cpu_count() or 1))
+    try:
+        manifest = read_manifest(settings.vector_store_dir)
+        if manifest is None:
+            print(f"no store in {settings.vector_store_dir}", file=sys.stderr)
+            return EXIT_FAILED
+        store = DataStore(settings.vector_store_dir, settings.vector_index, compact_in_background=False)
+        store.open(manifest.dims, background=False)
+    except (DataFolderError, StoreError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     measured = 0
-    for name in STORE_NAMES:
-        try:
-            store = VectorStore.load(settings.vector_store_dir, name, kind=settings.vector_index)  # type: ignore[arg-type]
-        except StoreError as exc:
-            print(f"{name}: {exc}", file=sys.stderr)
-            continue
-        if len(store) == 0:
-            print(f"{name}: empty")
-            continue
-        print(time_store(store, queries=args.queries, k=args.k).line())
-        measured += 1
+    with store.read() as state:
+        for name in STORE_NAMES:
+            if len(state.stores[name]) == 0:
+                print(f"{name}: empty")
+                continue
+            print(time_store(state.stores[name], queries=args.queries, k=args.k).line())  # type: ignore[arg-type]
+            measured += 1
     return EXIT_OK if measured else EXIT_FAILED
 
 
 def cmd_clear_cache(args: argparse.Namespace) -> int:
-    """Delete what can be regenerated: temp files and unreferenced index files left by interrupted
-    writes, stale multiprocess metric files, and (with --models) the model checkpoints."""
+    """Delete what can be regenerated: temp files, segment files no manifest names and index
+    files no store json names (left by interrupted writes), stale multiprocess metric files, and
+    (with --models) the model checkpoints."""
     from flashfit_server.atomic import file_lock, read_json
+    from flashfit_server.datafolder import DataFolderError, read_manifest
     from flashfit_server.datastore import STORE_NAMES
 
     settings = _settings()
     data = settings.vector_store_dir
     removed = 0
     if data.is_dir():
-        with file_lock(data / ".lock"):  # no writer is mid-transaction while we look
+        # No writer is mid-transaction and no compaction is writing while we look.
+        with file_lock(data / ".compact.lock"), file_lock(data / ".lock"):
             referenced = set()
             for name in STORE_NAMES:
                 if (data / f"{name}.json").exists():
                     referenced.add(read_json(data / f"{name}.json")["index_file"])
-            debris = [*data.glob(".*.tmp"), *data.glob("images/.*.tmp")]
+            debris = [*data.glob(".*.tmp"), *data.glob("images/.*.tmp"), *data.glob("segments/.*.tmp")]
             debris += [p for p in data.glob("*.index") if p.name not in referenced]
+            try:
+                manifest = read_manifest(data)
+            except DataFolderError as exc:
+                print(f"error: {exc}; segments left as they are", file=sys.stderr)
+                manifest = None
+            if manifest is not None:
+                live = {e.file for e in manifest.entries()}
+                debris += [p for p in data.glob("segments/*.seg") if f"segments/{p.name}" not in live]
             for path in debris:
                 path.unlink(missing_ok=True)
                 print(f"removed {path}")

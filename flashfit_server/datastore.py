@@ -1,48 +1,77 @@
-"""The data folder (VECTOR_STORE_DIR) shared by every worker: three vector stores, the
-catalogue, the fusion weights and the item images, kept consistent across processes.
+"""The data folder (VECTOR_STORE_DIR) shared by every worker, as a segmented store.
 
 Layout:
-  clip.json + clip-*.index, blip.json + blip-*.index, fashion.json + fashion-*.index
-  items.json        catalogue (commit point of an item's existence)
-  fusion.json       fusion weights and feedback counters
-  images/<id>.<ext> the uploaded image bytes
-  generation        an integer bumped after every committed change
-  .lock             fcntl lock: exclusive for a writer's whole transaction, shared for readers
+  manifest.json          the commit point of the vectors: live segments of each store (file,
+                         size, sha256, count, commit seq) and tombstones (deleted id -> commit)
+  segments/<store>-<seq>-<sha16>.seg   immutable vectors + ids, written once (see segments.py)
+  catalog.sqlite3 (+ -wal, -shm)       items, fusion weights, feedback counters (see catalog.py)
+  images/<id>.<ext>      the uploaded image bytes
+  .lock                  fcntl lock: exclusive for a writer's transaction, shared for snapshots
 
-Cross-worker visibility: each worker compares the generation file with the generation it has
-loaded, at most every `refresh_interval` (0.2 s), and reloads what changed (stores whose json
-changed, the catalogue, the weights) under a shared lock. A writer first catches up the same way
-under the exclusive lock, so it never overwrites another worker's change.
+A commit writes only what changed: one small segment per store for an add, a tombstone for a
+delete, then the manifest is atomically replaced. The order keeps every shown item complete:
+  add:    images -> segments -> manifest (vectors live, not yet listed) -> catalogue row (commit)
+  delete: catalogue row removed (commit) -> manifest with a tombstone -> image unlinked
+A kill between the steps leaves vectors no row lists; they are invisible and the next writer
+tombstones them. A tombstone hides its id only in segments of earlier commits, so an id can be
+handed out again after such a crash.
+
+Readers never reload on the request path: a background thread watches manifest.json (a stat
+per interval), maps only the new segments (their sha256 checked first) and swaps in a new
+immutable DataState. A read that notices a small change (at most INLINE_REFRESH_BYTES of new
+segments) applies it itself, so a client reads its own write through another worker. Compaction (compaction.py) merges small segments in the background.
+Folders of the previous format (clip.json + clip-*.index, items.json, fusion.json) are migrated
+on first open (legacy.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
+import json
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from flashfit_server.atomic import file_lock, read_json, write_bytes_atomic, write_json_atomic
-from flashfit_server.catalog import Catalog, Item
+from flashfit_server.atomic import fault_point, file_lock, fsync_dir, write_bytes_atomic, write_json_atomic
+from flashfit_server.catalog import CatalogDB, CatalogView, Item
+from flashfit_server.datafolder import (
+    CATALOG_NAME,
+    MANIFEST_NAME,
+    DataFolderError,
+    Manifest,
+    SegmentEntry,
+    check_catalog,
+    check_image_file,
+    read_manifest,
+    verify_segment,
+)
 from flashfit_server.fusion import MODELS, Weights, initial_weights, project_to_bounded_simplex
-from flashfit_server.vector_store import IndexKind, VectorStore
+from flashfit_server.segmented import SegmentedIndex, live_mask
+from flashfit_server.segments import SEGMENTS_DIR, Segment, write_segment
 
 log = logging.getLogger(__name__)
 
 STORE_NAMES = MODELS  # one store per model slot: clip, blip, fashion
+FUSION_KEY = "fusion"
+MIN_REFRESH_INTERVAL = 0.02
+COMPACT_CHECK_INTERVAL = 5.0  # seconds between looks at the segment counts
+INLINE_REFRESH_BYTES = 1 << 20  # new segment bytes a read may map itself (a few commits' worth)
 
 
 class NotFound(KeyError):
     pass
+
+
+class StoreError(RuntimeError):
+    """The data folder cannot be opened as it is (another model dimension, a bad file)."""
 
 
 @dataclass
@@ -60,15 +89,21 @@ class FusionState:
         return cls(project_to_bounded_simplex(weights), int(data.get("liked", 0)), int(data.get("disliked", 0)))
 
 
-@dataclass
 class DataState:
-    """One consistent view of the data folder, as loaded by this worker."""
+    """One consistent, immutable view: the stores of one manifest and the catalogue rows it covers."""
 
-    generation: int
-    stores: dict[str, VectorStore]
-    catalog: Catalog
-    fusion: FusionState
-    store_shas: dict[str, str] = field(default_factory=dict)
+    def __init__(self, manifest: Manifest, stores: dict[str, SegmentedIndex], db: CatalogDB, default: Weights):
+        self.manifest = manifest
+        self.generation = manifest.generation
+        self.stores = stores
+        self.catalog = CatalogView(db, manifest.generation)
+        self._db = db
+        self._default = default
+
+    @property
+    def fusion(self) -> FusionState:
+        raw = self._db.meta(FUSION_KEY)
+        return FusionState.from_json(json.loads(raw) if raw else {}, self._default)
 
 
 @dataclass
@@ -86,22 +121,36 @@ class NewItem:
     user_id: str | None = None
 
 
+def _tombstone_arrays(tombstones: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.fromiter(tombstones.keys(), np.int64, len(tombstones))
+    seqs = np.fromiter(tombstones.values(), np.int64, len(tombstones))
+    order = np.argsort(ids)
+    return ids[order], seqs[order]
+
+
 class DataStore:
     def __init__(
         self,
         folder: Path,
-        kind: IndexKind = "flat",
+        kind: str = "flat",
         default_weights: Weights | None = None,
         refresh_interval: float = 0.2,
+        compact_in_background: bool = True,
     ):
         self.folder = folder
         self.kind = kind
         self.default_weights = default_weights or initial_weights(0.4, 0.3, 0.3)
         self.refresh_interval = refresh_interval
-        self._lock = threading.RLock()
+        self.compact_in_background = compact_in_background
+        self.db = CatalogDB(folder / CATALOG_NAME)
+        self.problem: str | None = None  # why the latest manifest on disk could not be applied
+        self._write_lock = threading.RLock()
         self._state: DataState | None = None
         self._dims: dict[str, int] | None = None
-        self._last_check = 0.0
+        self._seen: tuple | None = None  # stat signature of the manifest the state came from
+        self._last_look = 0.0
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
 
     # --- paths ---------------------------------------------------------------------------------
 
@@ -110,16 +159,8 @@ class DataStore:
         return self.folder / ".lock"
 
     @property
-    def generation_path(self) -> Path:
-        return self.folder / "generation"
-
-    @property
-    def items_path(self) -> Path:
-        return self.folder / "items.json"
-
-    @property
-    def fusion_path(self) -> Path:
-        return self.folder / "fusion.json"
+    def manifest_path(self) -> Path:
+        return self.folder / MANIFEST_NAME
 
     @property
     def images_dir(self) -> Path:
@@ -131,74 +172,184 @@ class DataStore:
     def is_open(self) -> bool:
         return self._state is not None
 
-    def open(self, dims: dict[str, int]) -> None:
-        """Load (or create) the stores for models producing `dims`-dimensional vectors."""
+    def open(self, dims: dict[str, int], background: bool = True) -> None:
+        """Open (creating, or migrating from the previous format) the folder for models that
+        produce `dims`-dimensional vectors; every file is validated and every segment's sha256
+        checked. Raises DataFolderError / StoreError with a message naming the problem."""
+        from flashfit_server.legacy import migrate_if_needed
+
         self.folder.mkdir(parents=True, exist_ok=True)
         self.images_dir.mkdir(exist_ok=True)
-        self._dims = dict(dims)
-        with self._lock, file_lock(self.lock_path, shared=True):
-            self._state = self._load(previous=None)
+        self._dims = {name: int(dims[name]) for name in STORE_NAMES}
+        with self._write_lock, file_lock(self.lock_path):
+            migrate_if_needed(self.folder, self._dims)
+            self.db.create()
+            check_catalog(self.folder)
+            manifest = read_manifest(self.folder)
+            if manifest is None:
+                manifest = Manifest(0, dict(self._dims), {n: () for n in STORE_NAMES}, {})
+                write_json_atomic(self.manifest_path, manifest.to_json())
+            self._check_dims(manifest)
+            signature = self._signature()
+            self._state = self._build(manifest, previous=None)
+            self._seen = signature
+        if background:
+            self._start_refresher()
 
-    def _disk_generation(self) -> int:
-        try:
-            return int(self.generation_path.read_text().strip() or 0)
-        except FileNotFoundError:
-            return 0
-        except ValueError:
-            return -1  # half-written by hand? force a reload; writers always rename a full file
-
-    def _load(self, previous: DataState | None) -> DataState:
-        """Read the committed state; unchanged stores are reused from `previous`."""
+    def _check_dims(self, manifest: Manifest) -> None:
         assert self._dims is not None
-        generation = self._disk_generation()
-        stores: dict[str, VectorStore] = {}
-        shas: dict[str, str] = {}
         for name in STORE_NAMES:
-            meta_path = self.folder / f"{name}.json"
-            sha = read_json(meta_path)["sha256"] if meta_path.exists() else ""
-            if previous is not None and previous.store_shas.get(name) == sha and sha:
-                stores[name] = previous.stores[name]
-            else:
-                stores[name] = VectorStore.load(self.folder, name, self._dims[name], self.kind)
-            shas[name] = sha
-        catalog = Catalog.load(self.items_path)
-        fusion_data = read_json(self.fusion_path) if self.fusion_path.exists() else {}
-        fusion = FusionState.from_json(fusion_data, self.default_weights)
-        missing = [i for i in catalog.items if any(i not in stores[n] for n in STORE_NAMES)]
-        if missing:
-            # Only a hand-edited folder gets here; hide such items rather than score them as 0.
-            log.error("items %s are listed but missing from a store; hiding them", missing[:10])
-            for item_id in missing:
-                catalog.items.pop(item_id)
-        return DataState(generation, stores, catalog, fusion, shas)
+            if manifest.dims[name] != self._dims[name]:
+                raise StoreError(
+                    f"store {name!r} holds {manifest.dims[name]}-d vectors but the model makes "
+                    f"{self._dims[name]}-d ones; re-ingest the catalogue after changing checkpoints"
+                )
 
-    def refresh(self, force: bool = False) -> bool:
-        """Catch up with other workers' commits; cheap when nothing changed. True if reloaded."""
-        now = time.monotonic()
-        if self._state is None or (not force and now - self._last_check < self.refresh_interval):
+    def _signature(self) -> tuple | None:
+        try:
+            st = os.stat(self.manifest_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _build(self, manifest: Manifest, previous: DataState | None) -> DataState:
+        """Map the manifest's segments, reusing those `previous` already has; only new segments
+        are hashed and mapped, only new tombstones touch the masks."""
+        tomb_ids, tomb_seqs = _tombstone_arrays(manifest.tombstones)
+        new_tombs: dict[int, int] | None = None
+        if previous is not None:
+            old = previous.manifest.tombstones
+            new_tombs = {i: s for i, s in manifest.tombstones.items() if old.get(i) != s}
+        stores: dict[str, SegmentedIndex] = {}
+        for name in STORE_NAMES:
+            prev_index = previous.stores[name] if previous is not None else None
+            prev_by_file = {}
+            if prev_index is not None:
+                prev_by_file = {s.file: (s, m) for s, m in zip(prev_index.segments, prev_index.masks, strict=True)}
+            segments, masks = [], []
+            for entry in manifest.stores[name]:
+                if entry.file in prev_by_file and new_tombs is not None:
+                    segment, mask = prev_by_file[entry.file]
+                    if new_tombs:
+                        ids, seqs = _tombstone_arrays(new_tombs)
+                        extra = live_mask(segment, ids, seqs)
+                        if extra is not None:
+                            mask = extra if mask is None else (mask & extra)
+                else:
+                    verify_segment(self.folder, entry)
+                    segment = Segment.open(self.folder, entry.to_json(), manifest.dims[name])
+                    mask = live_mask(segment, tomb_ids, tomb_seqs)
+                segments.append(segment)
+                masks.append(mask)
+            graphs = prev_index.graphs() if prev_index is not None else None
+            index = SegmentedIndex(name, manifest.dims[name], self.kind, tuple(segments), tuple(masks), graphs)
+            index.prepare()
+            stores[name] = index
+        return DataState(manifest, stores, self.db, self.default_weights)
+
+    def refresh(self, force: bool = False, inline_limit: int | None = None) -> bool:
+        """Apply a newer manifest if there is one; True if a new state was swapped in. Called
+        by the background thread (and by writers, to catch up), never by a request."""
+        if self._state is None:
             return False
-        self._last_check = now
-        if self._disk_generation() == self._state.generation:
+        signature = self._signature()
+        if signature == self._seen and not force:
             return False
         try:
-            with _try_shared_lock(self.lock_path):
-                new_state = self._load(previous=self._state)
-        except BlockingIOError:
-            return False  # a writer is mid-transaction; serve what we have, look again soon
-        with self._lock:
-            # An in-process commit may have landed while we loaded; never step backwards.
-            if new_state.generation > self._state.generation:
+            manifest = read_manifest(self.folder)
+            if manifest is None:
+                raise DataFolderError(f"{MANIFEST_NAME} disappeared")
+            self._check_dims(manifest)
+            state = self._state
+            if manifest.generation == state.generation and manifest == state.manifest:
+                self._seen = signature
+                return False
+            if inline_limit is not None:
+                known = {e.file for e in state.manifest.entries()}
+                if sum(e.size for e in manifest.entries() if e.file not in known) > inline_limit:
+                    return False
+            new_state = self._build(manifest, previous=state)
+        except FileNotFoundError:
+            return False  # compaction replaced a segment we were about to map: look again soon
+        except (DataFolderError, StoreError, ValueError, OSError) as exc:
+            if self._signature() != signature:
+                return False  # replaced while we read it (a compaction): look again next round
+            if self.problem != str(exc):
+                log.error("data folder: cannot apply the new manifest, still serving generation %s: %s",
+                          self._state.generation, exc)
+            self.problem = str(exc)
+            return False
+        with self._write_lock:
+            if self._state is None or new_state.generation > self._state.generation:
                 self._state = new_state
+            self._seen = signature
+        self.problem = None
         return True
+
+    def _start_refresher(self) -> None:
+        if self._refresher is not None:
+            return
+        interval = max(self.refresh_interval, MIN_REFRESH_INTERVAL)
+        this = weakref.ref(self)
+        stop = self._stop
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                store = this()
+                if store is None:
+                    return
+                try:
+                    store.refresh()
+                except Exception:  # noqa: BLE001 - a refresher that dies would leave the worker stale
+                    log.exception("data folder refresh failed; retrying")
+                del store
+
+        def compact_loop() -> None:
+            from flashfit_server.compaction import compact, needs_compaction
+
+            while not stop.wait(COMPACT_CHECK_INTERVAL):
+                store = this()
+                if store is None:
+                    return
+                try:
+                    if store._state is not None and needs_compaction(store._state):
+                        compact(store)
+                except Exception:  # noqa: BLE001 - the next round tries again; reads are unaffected
+                    log.exception("compaction failed; the store stays as it was")
+                del store
+
+        self._refresher = threading.Thread(target=loop, name="datastore-refresh", daemon=True)
+        self._refresher.start()
+        if self.compact_in_background:
+            threading.Thread(target=compact_loop, name="datastore-compact", daemon=True).start()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.db.close()
+
+    def _catch_up_small(self) -> None:
+        """At most every refresh interval, a stat of the manifest; a change that brings only
+        small new segments (a few commits) is applied here, so a client that wrote through one
+        worker reads its write through another; anything bigger (a compaction) is left to the
+        background thread, so no request ever waits on a large reload."""
+        now = time.monotonic()
+        if now - self._last_look < self.refresh_interval or self._signature() == self._seen:
+            return
+        self._last_look = now
+        try:
+            self.refresh(inline_limit=INLINE_REFRESH_BYTES)
+        except Exception:  # noqa: BLE001 - the background thread retries and reports
+            return
 
     @contextlib.contextmanager
     def read(self) -> Iterator[DataState]:
-        """The current state, held steady (no in-process writer) while the caller uses it."""
-        self.refresh()
-        with self._lock:
-            if self._state is None:
-                raise RuntimeError("data store is not open yet")
-            yield self._state
+        """The current state; immutable, so it is used without any lock."""
+        if self._state is not None and self._refresher is not None:
+            self._catch_up_small()
+        state = self._state
+        if state is None:
+            raise RuntimeError("data store is not open yet")
+        yield state
 
     def sizes(self) -> dict[str, int]:
         state = self._state
@@ -212,125 +363,104 @@ class DataStore:
     def _transaction(self) -> Iterator[DataState]:
         if self._state is None:
             raise RuntimeError("data store is not open yet")
-        with self._lock, file_lock(self.lock_path):
-            if self._disk_generation() != self._state.generation:
-                self._state = self._load(previous=self._state)
-            self._prune_orphans(self._state)
-            try:
-                yield self._state
-            except BaseException:
-                # The in-memory state may be half-changed; the disk is not. Start again from it.
-                self._state = self._load(previous=None)
-                raise
+        with self._write_lock, file_lock(self.lock_path):
+            self.refresh()
+            if self.problem:
+                raise StoreError(f"the data folder on disk is not valid, refusing to write: {self.problem}")
+            yield self._state  # type: ignore[misc]
 
-    def _prune_orphans(self, state: DataState) -> None:
-        """Vectors whose item never got committed (a writer killed mid-add) are removed, so
-        their ids can be handed out again."""
-        for name, store in state.stores.items():
-            if len(store) == len(state.catalog.items):
-                continue  # every listed item is in every store, so equal sizes mean no orphans
-            orphans = [int(i) for i in store.ids() if int(i) not in state.catalog.items]
-            if orphans:
-                log.warning("removing %d uncommitted vectors from %s", len(orphans), name)
-                store.remove(orphans)
+    def _orphan_tombstones(self, state: DataState, seq: int) -> dict[int, int]:
+        """Vectors whose catalogue row never got committed (a writer killed mid-add, or mid-delete
+        before its tombstone). Every catalogue commit records the manifest generation it goes
+        with, so the full comparison runs only after such a kill (or a compaction)."""
+        if self.db.meta("committed_seq") == str(state.generation):
+            return {}
+        listed = self.db.count()
+        if all(len(store) == listed for store in state.stores.values()):
+            return {}
+        known = self.db.all_ids()
+        orphans = {int(i) for store in state.stores.values() for i in store.ids().tolist() if int(i) not in known}
+        if orphans:
+            log.warning("tombstoning %d vectors of an interrupted add", len(orphans))
+        return {item_id: seq for item_id in orphans}
 
-    def _next_generation(self, state: DataState) -> int:
-        return max(state.generation, self._disk_generation()) + 1
+    def _commit_manifest(self, manifest: Manifest) -> DataState:
+        write_json_atomic(self.manifest_path, manifest.to_json())
+        assert self._state is not None
+        state = self._build(manifest, previous=self._state)
+        self._state, self._seen = state, self._signature()
+        return state
 
-    def _publish(self, state: DataState, generation: int) -> None:
-        write_bytes_atomic(self.generation_path, f"{generation}\n".encode())
-        state.generation = generation
-
-    def _save_stores(self, state: DataState, generation: int) -> None:
+    def _append(self, state: DataState, seq: int, ids: np.ndarray, vectors: dict[str, np.ndarray],
+                tombstones: dict[int, int]) -> Manifest:
+        stores = dict(state.manifest.stores)
         for name in STORE_NAMES:
-            meta = state.stores[name].save(self.folder, generation)
-            state.store_shas[name] = meta["sha256"]
+            entry = write_segment(self.folder, name, seq, ids, vectors[name], sync_dir=False)
+            stores[name] = (*stores[name], SegmentEntry(**entry))
+        fsync_dir(self.folder / SEGMENTS_DIR)  # once for the three, before the manifest names them
+        return replace(state.manifest, generation=seq, stores=stores,
+                       tombstones={**state.manifest.tombstones, **tombstones})
 
     def add_items(self, new_items: list[NewItem]) -> list[Item]:
-        """Store a batch: images, then vectors, then the catalogue entry (the commit)."""
+        """Store a batch: images, segments, manifest, then the catalogue rows (the commit)."""
         if not new_items:
             return []
         created_at = datetime.now(UTC).isoformat(timespec="seconds")
         with self._transaction() as state:
-            generation = self._next_generation(state)
-            first_id = state.catalog.next_id
-            ids = list(range(first_id, first_id + len(new_items)))
+            seq = state.generation + 1
+            first_id = self.db.next_id()
+            ids = np.arange(first_id, first_id + len(new_items), dtype=np.int64)
             items = []
-            for item_id, new in zip(ids, new_items, strict=True):
+            for item_id, new in zip(ids.tolist(), new_items, strict=True):
                 image_file = f"{item_id}.{new.image_extension}"
-                write_bytes_atomic(self.images_dir / image_file, new.image_data)
-                items.append(
-                    Item(
-                        id=item_id, name=new.name, category=new.category, color=new.color,
-                        tags=list(new.tags), user_id=new.user_id, caption=new.caption,
-                        image_file=image_file, created_at=created_at,
-                    )
-                )
+                check_image_file(self.folder, image_file, "image file")
+                write_bytes_atomic(self.images_dir / image_file, new.image_data, sync_dir=False)
+                items.append(Item(
+                    id=item_id, name=new.name, category=new.category, color=new.color, tags=list(new.tags),
+                    user_id=new.user_id, caption=new.caption, image_file=image_file, created_at=created_at,
+                ))
+            vectors = {}
             for name in STORE_NAMES:
-                vectors = np.stack([new.vectors[name] for new in new_items]).astype(np.float32)
-                state.stores[name].add(np.asarray(ids, dtype=np.int64), vectors)
-            self._save_stores(state, generation)
-            for item in items:
-                state.catalog.items[item.id] = item
-            state.catalog.next_id = ids[-1] + 1
-            state.catalog.save(self.items_path)
-            self._publish(state, generation)
+                vectors[name] = np.stack([new.vectors[name] for new in new_items]).astype(np.float32)
+                if vectors[name].shape[1] != state.manifest.dims[name]:
+                    raise ValueError(f"{name}: expected {state.manifest.dims[name]}-d vectors, got {vectors[name].shape}")
+            fsync_dir(self.images_dir)
+            manifest = self._append(state, seq, ids, vectors, self._orphan_tombstones(state, seq))
+            self._commit_manifest(manifest)
+            self.db.insert(items, seq, int(ids[-1]) + 1)
+            fault_point("after-commit:catalog")
             return items
 
     def add_vectors_unchecked(self, ids: np.ndarray, vectors: dict[str, np.ndarray], items: list[Item]) -> None:
         """Bulk load of synthetic items (benchmarks): no images, one commit."""
         with self._transaction() as state:
-            generation = self._next_generation(state)
-            for name in STORE_NAMES:
-                state.stores[name].add(ids, vectors[name])
-            self._save_stores(state, generation)
-            for item in items:
-                state.catalog.items[item.id] = item
-            state.catalog.next_id = max(state.catalog.next_id, int(ids.max()) + 1)
-            state.catalog.save(self.items_path)
-            self._publish(state, generation)
+            seq = state.generation + 1
+            ids = np.asarray(ids, dtype=np.int64)
+            manifest = self._append(state, seq, ids, {n: np.asarray(v, np.float32) for n, v in vectors.items()}, {})
+            self._commit_manifest(manifest)
+            self.db.insert(items, seq, max(self.db.next_id(), int(ids.max()) + 1))
 
     def delete_item(self, item_id: int) -> Item:
-        """Remove from the catalogue first (the commit), then the vectors, then the image."""
+        """Remove the catalogue row first (the commit), then tombstone the vectors, then the image."""
         with self._transaction() as state:
-            item = state.catalog.items.get(item_id)
+            seq = state.generation + 1
+            item = self.db.delete(item_id, seq)
             if item is None:
                 raise NotFound(item_id)
-            generation = self._next_generation(state)
-            del state.catalog.items[item_id]
-            state.catalog.save(self.items_path)
-            for store in state.stores.values():
-                store.remove([item_id])
-            self._save_stores(state, generation)
-            self._publish(state, generation)
-        (self.images_dir / item.image_file).unlink(missing_ok=True)
+            tombstones = {**state.manifest.tombstones, item_id: seq, **self._orphan_tombstones(state, seq)}
+            self._commit_manifest(replace(state.manifest, generation=seq, tombstones=tombstones))
+        with contextlib.suppress(DataFolderError):
+            check_image_file(self.folder, item.image_file, "image file").unlink(missing_ok=True)
         return item
 
     def update_fusion(self, change: Callable[[FusionState], FusionState]) -> FusionState:
-        with self._transaction() as state:
-            generation = self._next_generation(state)
-            state.fusion = change(state.fusion)
-            write_json_atomic(self.fusion_path, state.fusion.to_json())
-            self._publish(state, generation)
-            return state.fusion
+        """One SQLite write transaction: every worker reads the weights from the catalogue."""
+        def apply(raw: str | None) -> str:
+            current = FusionState.from_json(json.loads(raw) if raw else {}, self.default_weights)
+            return json.dumps(change(current).to_json())
+
+        return FusionState.from_json(json.loads(self.db.update_meta(FUSION_KEY, apply)), self.default_weights)
 
     def image_path(self, item: Item) -> Path:
-        return self.images_dir / item.image_file
-
-
-@contextlib.contextmanager
-def _try_shared_lock(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise BlockingIOError from exc
-            raise
-        try:
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+        """The image file, refused (DataFolderError) if the catalogue names anything outside images/."""
+        return check_image_file(self.folder, item.image_file, f"item {item.id} image_file")

@@ -51,10 +51,9 @@ def gather_candidates(state: DataState, queries: Mapping[str, np.ndarray], k: in
         found = list(_search_pool.map(search, STORE_NAMES))
     else:
         found = [search(name) for name in STORE_NAMES]
-    listed = state.catalog.items
-    union = {int(i) for ids in found for i in ids.tolist()}
+    union = {int(i) for ids in found for i in ids.tolist()} - exclude
     # Vectors not in the catalogue are uncommitted leftovers of an interrupted add.
-    return np.array(sorted(i for i in union if i in listed and i not in exclude), dtype=np.int64)
+    return np.array(sorted(state.catalog.present(union)), dtype=np.int64)
 
 
 def score_candidates(

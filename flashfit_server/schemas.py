@@ -130,7 +130,7 @@ class SnapshotRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     dest: str = Field(
         min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$",
-        description="folder under the data dir, e.g. snapshots/2025-01-01",
+        description="folder under <data dir>/_snapshots, e.g. _snapshots/2025-01-01",
     )
 
 

@@ -3,10 +3,12 @@ and storing through the data store. One instance per worker process (app.state.s
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -14,7 +16,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from flashfit_server.catalog import Item
-from flashfit_server.datastore import STORE_NAMES, DataStore, FusionState, NewItem, NotFound
+from flashfit_server.datastore import STORE_NAMES, DataState, DataStore, FusionState, NewItem, NotFound
 from flashfit_server.errors import ApiError
 from flashfit_server.fusion import LEARNING_RATE, MAX_WEIGHT, MIN_WEIGHT, apply_feedback
 from flashfit_server.images import (
@@ -100,6 +102,14 @@ class Service:
     def ready(self) -> bool:
         return self.registry.all_loaded and self.datastore.is_open
 
+    @contextlib.contextmanager
+    def read(self) -> Iterator[DataState]:
+        """The data store's current state, or a 503 while it is not open (never a 500)."""
+        if not self.datastore.is_open:
+            raise ApiError(503, "not_ready", "the data folder is not open; see /ready")
+        with self.datastore.read() as state:
+            yield state
+
     def require_ready(self) -> None:
         if not self.ready:
             raise ApiError(503, "not_ready", "models or vector stores are still loading; retry shortly")
@@ -169,16 +179,16 @@ class Service:
         return queries, exclude
 
     def _stored_vectors(self, item_id: int) -> dict[str, np.ndarray]:
-        with self.datastore.read() as state:
+        with self.read() as state:
             if item_id not in state.catalog.items:
                 raise not_found(item_id)
             return {name: state.stores[name].vectors([item_id])[0] for name in STORE_NAMES}
 
     def _rank(self, req: RecommendRequest, queries: dict[str, np.ndarray], exclude: set[int]):  # noqa: ANN202
-        with self.datastore.read() as state:
+        with self.read() as state:
             weights = dict(state.fusion.weights)
             ranking = rank(state, queries, weights, req.limit, exclude, req.user_id)
-            items = {r.item_id: state.catalog.items[r.item_id] for r in ranking.results}
+            items = state.catalog.fetch(r.item_id for r in ranking.results)
         return ranking, items, weights
 
     def _remember(self, results: list[Ranked]) -> None:
@@ -228,7 +238,7 @@ class Service:
     # --- feedback and stats --------------------------------------------------------------------
 
     def feedback(self, req: FeedbackRequest) -> dict:
-        with self.datastore.read() as state:
+        with self.read() as state:
             if req.item_id not in state.catalog.items:
                 raise not_found(req.item_id)
         if req.scores is not None:
@@ -250,7 +260,7 @@ class Service:
         }
 
     def stats(self) -> dict:
-        with self.datastore.read() as state:
+        with self.read() as state:
             fusion = state.fusion
             item_count = len(state.catalog.items)
         return {
@@ -265,7 +275,7 @@ class Service:
         }
 
     def get_item(self, item_id: int) -> Item:
-        with self.datastore.read() as state:
+        with self.read() as state:
             item = state.catalog.items.get(item_id)
         if item is None:
             raise not_found(item_id)

@@ -1,24 +1,33 @@
 """Consistent copies of the data folder for backups (`POST /api/admin/snapshot`).
 
-A snapshot is taken under the shared data lock, so no writer commits while files are copied; it
-holds every committed store (json + the index file it names), items.json, fusion.json and the
-item images, and is written into <data dir>/<dest>. manifest.json is written last: a folder
-without one is an interrupted snapshot and must not be trusted.
+A snapshot is taken under the shared data lock, so no writer commits while it is made: the store
+manifest, the segments it names (immutable files: hard-linked when the file system allows, so a
+snapshot costs no copy), a consistent copy of the SQLite catalogue (SQLite's online backup) and
+the images the catalogue names. Because segments are immutable and named by content, a backup
+store that deduplicates by hash uploads only the segments added since the previous backup.
 
-Manifest format (manifest.json, UTF-8 JSON):
+Destinations are confined to their own folder: `dest` must be `_snapshots/<name>` (plain names),
+so a snapshot can never land on or inside a store file (manifest.json, segments/, the catalogue,
+images/). snapshot.json is written last: a folder without one is an interrupted snapshot. The
+folder's other files form a data folder as they are (its manifest.json is the store manifest), so
+a backup restores them in place.
+
+Snapshot manifest (snapshot.json, also the endpoint's answer; UTF-8 JSON):
   {
     "format": "flashfit-snapshot/1",
     "created_at": "2025-01-01T00:00:00+00:00",   ISO 8601, UTC
-    "generation": 42,                             data generation the copy reflects
+    "generation": 42,                             store manifest generation the copy reflects
     "app_version": "1.2.3",
     "item_count": 1000,
-    "files": [                                    every file of the snapshot except manifest.json
-      {"path": "clip.json", "size": 312, "sha256": "<hex>"},
+    "files": [                                    every file of the snapshot except snapshot.json
+      {"path": "catalog.sqlite3", "size": 8192, "sha256": "<hex>"},
       {"path": "images/1.png", "size": 5120, "sha256": "<hex>"},
+      {"path": "manifest.json", "size": 312, "sha256": "<hex>"},
+      {"path": "segments/clip-0000000001-<sha16>.seg", "size": 2112, "sha256": "<hex>"},
       ...
     ]
   }
-Paths are relative to the snapshot folder and use "/" separators; sorted by path.
+Paths are relative to the snapshot folder, "/" separators, sorted.
 """
 
 from __future__ import annotations
@@ -26,17 +35,18 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from flashfit_server.atomic import file_lock, fsync_dir, read_json, write_json_atomic
-from flashfit_server.datastore import STORE_NAMES, DataStore
-from flashfit_server.vector_store import committed_files
+from flashfit_server.atomic import file_lock, fsync_dir, write_json_atomic
+from flashfit_server.datafolder import CATALOG_NAME, MANIFEST_NAME, DataFolderError, check_image_file, read_manifest
+from flashfit_server.datastore import DataStore
 
-MANIFEST_NAME = "manifest.json"
+SNAPSHOT_MANIFEST = "snapshot.json"
 MANIFEST_FORMAT = "flashfit-snapshot/1"
-_SAFE_DEST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$")
-_RESERVED = {"images"}
+SNAPSHOT_ROOT = "_snapshots"
+_PLAIN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
 class SnapshotError(ValueError):
@@ -46,67 +56,97 @@ class SnapshotError(ValueError):
 
 
 def resolve_dest(data_dir: Path, dest: str) -> Path:
-    """A folder strictly inside the data dir, named with plain path segments only."""
+    """`<data dir>/_snapshots/<name>[/<name>...]`, plain names only, and nowhere else."""
     dest = dest.strip().rstrip("/") if dest else ""
     if dest.startswith("/"):
         raise SnapshotError("dest must be relative to the data dir, not an absolute path")
-    if not dest or len(dest) > 200 or not _SAFE_DEST.match(dest) or ".." in dest.split("/"):
-        raise SnapshotError("dest must be a relative folder of plain names (letters, digits, . _ -)")
-    if dest.split("/")[0] in _RESERVED:
-        raise SnapshotError(f"dest may not be inside {dest.split('/')[0]}/")
+    parts = dest.split("/") if dest else []
+    if len(parts) < 2 or parts[0] != SNAPSHOT_ROOT or len(dest) > 200:
+        raise SnapshotError(f"dest must be a folder under {SNAPSHOT_ROOT}/, e.g. {SNAPSHOT_ROOT}/2025-01-01")
+    if not all(_PLAIN.match(p) and p not in (".", "..") for p in parts[1:]):
+        raise SnapshotError("dest must be made of plain names (letters, digits, . _ -)")
+    root = (data_dir / SNAPSHOT_ROOT).resolve()
     target = (data_dir / dest).resolve()
-    if data_dir.resolve() not in target.parents:
-        raise SnapshotError("dest must stay inside the data dir")
+    if root != data_dir.resolve() / SNAPSHOT_ROOT or root not in target.parents:
+        raise SnapshotError(f"dest must stay inside {SNAPSHOT_ROOT}/ of the data dir")
     return target
 
 
-def _copy_with_hash(src: Path, dst: Path) -> tuple[int, str]:
+def _hash(path: Path) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with open(src, "rb") as reader, open(dst, "wb") as writer:
+    with open(path, "rb") as reader:
         for block in iter(lambda: reader.read(1 << 20), b""):
             digest.update(block)
-            writer.write(block)
             size += len(block)
+    return size, digest.hexdigest()
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # immutable files: a second name is as good as a copy
+        return
+    except OSError:
+        pass
+    with open(src, "rb") as reader, open(dst, "wb") as writer:
+        for block in iter(lambda: reader.read(1 << 20), b""):
+            writer.write(block)
         writer.flush()
         os.fsync(writer.fileno())
-    return size, digest.hexdigest()
 
 
 def take_snapshot(store: DataStore, dest: str, app_version: str) -> dict:
     target = resolve_dest(store.folder, dest)
-    if target.exists() and any(target.iterdir()):
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise SnapshotError(f"{dest} already exists and is not empty", conflict=True)
-    with file_lock(store.lock_path, shared=True):
-        sources: list[Path] = []
-        for name in STORE_NAMES:
-            sources += committed_files(store.folder, name)
-        for extra in (store.items_path, store.fusion_path):
-            if extra.exists():
-                sources.append(extra)
-        items = read_json(store.items_path)["items"] if store.items_path.exists() else []
-        sources += [store.images_dir / item["image_file"] for item in items if item.get("image_file")]
-        generation = int(store.generation_path.read_text().strip() or 0) if store.generation_path.exists() else 0
-        files = []
+    try:
         target.mkdir(parents=True, exist_ok=True)
-        for src in sources:
-            if not src.exists():
-                continue  # an image missing from a hand-edited folder; the manifest tells the truth
-            rel = src.relative_to(store.folder).as_posix()
-            size, sha = _copy_with_hash(src, target / rel)
-            files.append({"path": rel, "size": size, "sha256": sha})
-    for folder in (target, target / "images"):
+    except OSError as exc:  # a file where a folder of the path should be
+        raise SnapshotError(f"cannot make {dest}: {exc.strerror}", conflict=True) from None
+    files: list[dict] = []
+    with file_lock(store.lock_path, shared=True):
+        manifest = read_manifest(store.folder)  # what is on disk now (this worker may lag behind)
+        if manifest is None:
+            raise SnapshotError("the data folder has no manifest yet")
+        write_json_atomic(target / MANIFEST_NAME, manifest.to_json())
+        for entry in manifest.entries():
+            _copy(store.folder / entry.file, target / entry.file)
+            files.append({"path": entry.file, "size": entry.size, "sha256": entry.sha256})
+        source = sqlite3.connect(store.folder / CATALOG_NAME)
+        copy = sqlite3.connect(target / CATALOG_NAME)
+        try:
+            source.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file, no -wal beside it
+        finally:
+            copy.close()
+            source.close()
+        rows = sqlite3.connect(f"{(target / CATALOG_NAME).as_uri()}?mode=ro", uri=True)
+        try:
+            images = [r[0] for r in rows.execute("SELECT image_file FROM items WHERE image_file != ''")]
+            item_count = int(rows.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        finally:
+            rows.close()
+        for name in images:
+            try:
+                src = check_image_file(store.folder, name, "image_file")
+            except DataFolderError:
+                continue  # refused on open already; never copied
+            if src.is_file():
+                _copy(src, target / "images" / name)
+    for rel in (MANIFEST_NAME, CATALOG_NAME, *(f"images/{n}" for n in images if (target / "images" / n).is_file())):
+        size, sha = _hash(target / rel)
+        files.append({"path": rel, "size": size, "sha256": sha})
+    for folder in (target, target / "images", target / "segments"):
         if folder.is_dir():
             fsync_dir(folder)
-    manifest = {
+    result = {
         "format": MANIFEST_FORMAT,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "generation": generation,
+        "generation": manifest.generation,
         "app_version": app_version,
-        "item_count": len(items),
+        "item_count": item_count,
         "files": sorted(files, key=lambda f: f["path"]),
     }
-    write_json_atomic(target / MANIFEST_NAME, manifest)
-    return manifest
-
+    write_json_atomic(target / SNAPSHOT_MANIFEST, result)
+    return result

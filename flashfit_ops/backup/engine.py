@@ -741,6 +741,7 @@ def restore_backup(
         for name, plain in secrets_plain.items():
             atomic_write_bytes(review_tmp / "secrets" / name, plain, mode=0o600)
         fsync_dir(staging)
+        _refuse_unsafe_data(staging, backup_id)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(review_tmp, ignore_errors=True)
@@ -803,6 +804,17 @@ def restore_backup(
     result["review_folder"] = str(review)
     result["seconds"] = round(time.monotonic() - started, 3)
     return result
+
+
+def _refuse_unsafe_data(staging: Path, backup_id: str) -> None:
+    """What the data files name (segments, images, index files) must stay inside the folder,
+    and every segment must match its hash: the server's own validator, before the swap."""
+    from flashfit_server.datafolder import problems
+
+    found = problems(staging)
+    if found:
+        raise IntegrityFailure(f"backup {backup_id} holds unsafe data: {found[0]}",
+                               hint="nothing was changed; restore an older backup")
 
 
 def _swap_in(staging: Path, live: Path, previous: Path) -> Path | None:

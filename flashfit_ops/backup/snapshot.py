@@ -27,8 +27,10 @@ SNAPSHOT_DIRS = frozenset({"_snapshots", ".snapshots", "snapshots"})
 # The server accepts plain names only (no leading dot), see flashfit_server.snapshot.resolve_dest.
 SNAPSHOT_ROOT = "_snapshots"
 # Parts of the data folder a server snapshot covers: taken from the snapshot, never from live files.
-SNAPSHOT_COVERS_SUFFIXES = (".index",)
-SNAPSHOT_COVERS_DIRS = ("images",)
+# (The SQLite catalogue's -wal/-shm belong to the live file: beside the snapshot's copy they
+# would corrupt it.)
+SNAPSHOT_COVERS_SUFFIXES = (".index", ".seg", ".sqlite3-wal", ".sqlite3-shm")
+SNAPSHOT_COVERS_DIRS = ("images", "segments")
 
 
 @dataclass

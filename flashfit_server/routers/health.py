@@ -53,6 +53,8 @@ def ready(request: Request) -> JSONResponse:
     problems = {slot: s.error for slot, s in registry.slots.items() if s.status == "failed"}
     if request.app.state.startup_error:
         problems["startup"] = request.app.state.startup_error
+    if service.datastore.problem:  # a newer data folder on disk that this worker refused
+        problems["data_folder"] = service.datastore.problem
     if problems:
         checks["errors"] = problems
     is_ready = bool(checks["models_loaded"] and checks["vector_stores_ready"]) and not problems

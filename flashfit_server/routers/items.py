@@ -68,12 +68,9 @@ def list_items(
     limit: Annotated[int, Query(ge=1, le=100), PLAIN_DIGITS] = 20,
     user_id: Annotated[str | None, Query(max_length=128)] = None,
 ) -> dict:
-    with request.app.state.service.datastore.read() as state:
-        items = sorted(state.catalog.items.values(), key=lambda i: i.id)
-    if user_id is not None:
-        items = [i for i in items if i.user_id == user_id]
-    page = items[offset : offset + limit]
-    return {"items": [i.to_api() for i in page], "total": len(items), "offset": offset, "limit": limit}
+    with request.app.state.service.read() as state:
+        page, total = state.catalog.page(offset, limit, user_id)
+    return {"items": [i.to_api() for i in page], "total": total, "offset": offset, "limit": limit}
 
 
 @router.get("/{item_id}", response_model=ItemOut, responses=ERRORS)
@@ -85,7 +82,10 @@ def get_item(request: Request, item_id: ItemId) -> dict:
 def get_item_image(request: Request, item_id: ItemId) -> FileResponse:
     service = request.app.state.service
     item = service.get_item(item_id)
-    path = service.datastore.image_path(item)
+    try:
+        path = service.datastore.image_path(item)  # refused unless inside the data folder's images/
+    except ValueError:
+        raise ApiError(404, "not_found", f"image of item {item_id} is missing") from None
     if not path.is_file():
         raise ApiError(404, "not_found", f"image of item {item_id} is missing")
     extension = item.image_file.rsplit(".", 1)[-1]

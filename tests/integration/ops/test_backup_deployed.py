@@ -195,10 +195,10 @@ def test_a_damaged_backup_is_refused_and_the_server_keeps_serving(single: Stack)
     current = stack.catalogue()
     before = stack.started_at()
 
-    # Damage the blob of items.json in place, keeping its size (only its hash can tell).
+    # Damage the blob of the catalogue in place, keeping its size (only its hash can tell).
     backups = stack.project.root / "backups"
     manifest = json.loads((backups / "snapshots" / f"{backup['id']}.json").read_text())
-    entry = next(f for f in manifest["files"] if f["path"] == "data/items.json")
+    entry = next(f for f in manifest["files"] if f["path"] == "data/catalog.sqlite3")
     blob = next(p for p in (backups / "blobs").rglob(f"{entry['blob']}*") if p.is_file())
     raw = bytearray(blob.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -206,7 +206,7 @@ def test_a_damaged_backup_is_refused_and_the_server_keeps_serving(single: Stack)
 
     refused = stack.project.flashfit("restore", "latest", "--json")
     assert refused.code == 5, (refused.stdout, refused.stderr)
-    assert "items.json" in refused.json()["message"]
+    assert "catalog.sqlite3" in refused.json()["message"]
     assert stack.started_at() == before  # never stopped
     assert stack.catalogue() == current
     assert not list(stack.data.parent.glob("data.previous-*"))

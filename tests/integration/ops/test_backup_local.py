@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from flashfit_ops.backup.blobs import sha256_bytes
@@ -277,7 +278,9 @@ def test_round_trip_through_the_servers_snapshot_endpoint(tmp_path: Path) -> Non
         assert result["source"] == "server-snapshot" and result["server_version"]
         assert not list((data / "_snapshots").iterdir())  # the snapshot folder is removed afterwards
         paths = {e["path"] for e in json.loads((site_dir / "backups" / "snapshots" / f"{result['id']}.json").read_text())["files"]}
-        assert {"data/items.json", "data/clip.json"} <= paths and any(p.startswith("data/images/") for p in paths)
+        assert {"data/catalog.sqlite3", "data/manifest.json"} <= paths and any(p.startswith("data/images/") for p in paths)
+        assert any(p.startswith("data/segments/") for p in paths)
+        assert not any(p.endswith(("-wal", "-shm")) for p in paths)  # the live catalogue's log never
         assert not any(p.startswith("data/_snapshots") for p in paths)
 
         add(3, "hat")
@@ -292,3 +295,56 @@ def test_round_trip_through_the_servers_snapshot_endpoint(tmp_path: Path) -> Non
         assert restored["previous"] and Path(restored["previous"]).is_dir()
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        {"items.json": {"items": [{"id": 1, "name": "x", "image_file": "../../../etc/passwd"}]}},
+        {"items.json": {"items": [{"id": 1, "name": "x", "image_file": "/etc/shadow"}]}},
+        {"clip.json": {"name": "clip", "index_file": "../../secrets/flashfit.env", "size": 1}},
+        {"manifest.json": {"format": "flashfit-store/2", "generation": 1, "dims": {"clip": 2, "blip": 2, "fashion": 2},
+                           "stores": {"clip": [{"file": "segments/../../../etc/passwd", "seq": 1, "count": 1,
+                                                "size": 1, "sha256": "0" * 64}], "blip": [], "fashion": []},
+                           "tombstones": []}},
+    ],
+)
+def test_restore_refuses_data_that_names_files_outside_the_data_folder(site: dict, hostile: dict) -> None:
+    for rel, doc in hostile.items():
+        (site["data"] / rel).write_text(json.dumps(doc))
+    code, created, out = cli(site, "backup", "create", "--no-server")
+    assert code == 0, out
+    for rel in hostile:
+        (site["data"] / rel).unlink()
+    before = read_tree(site["data"])
+    code, error, out = cli(site, "restore", created["id"])
+    assert code == 5, out
+    assert "unsafe data" in error["message"] and ("image_file" in error["message"] or "file" in error["message"])
+    assert read_tree(site["data"]) == before
+    assert not list(site["data"].parent.glob(".data.restore-*"))
+
+
+def test_a_backup_after_one_new_item_uploads_only_that_items_small_files(site: dict) -> None:
+    """Segments are immutable and content-addressed: the second backup reuses every old one."""
+    from flashfit_server.catalog import Item
+    from flashfit_server.datastore import DataStore, NewItem
+    from flashfit_server.storebench import random_unit_vectors
+
+    shutil.rmtree(site["data"])
+    dims = {"clip": 512, "blip": 512, "fashion": 512}
+    store = DataStore(site["data"], compact_in_background=False)
+    store.open(dims, background=False)
+    ids = np.arange(1, 5001, dtype=np.int64)
+    store.add_vectors_unchecked(ids, {n: random_unit_vectors(5000, d, seed=i) for i, (n, d) in enumerate(dims.items())},
+                                [Item(id=int(i), name=f"item {i}") for i in ids])
+    config = load_config(site["config"])
+    first = create_backup(config, LocalStore(site["backups"]))
+    store.add_items([NewItem(b"\x89PNG new", "png", {n: random_unit_vectors(1, d, 9)[0] for n, d in dims.items()},
+                             name="new", caption="")])
+    second = create_backup(config, LocalStore(site["backups"]))
+    segment_bytes = sum(p.stat().st_size for p in (site["data"] / "segments").iterdir())
+    assert first["uploaded_bytes"] >= segment_bytes // 2  # float32 barely compresses
+    # new: 3 small segments, the image, the manifest, the catalogue and its WAL and shared-memory files
+    assert second["new_blobs"] <= 8
+    assert second["uploaded_bytes"] < first["uploaded_bytes"] / 20
+    print(f"first backup uploaded {first['uploaded_bytes']} bytes, after one new item {second['uploaded_bytes']}")

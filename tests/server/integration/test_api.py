@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import re
+import sqlite3
 import uuid
 
 import pytest
@@ -176,7 +177,8 @@ def test_feedback_moves_weights_within_bounds_and_persists(live_server: LiveServ
     assert sum(weights.values()) == pytest.approx(1.0)
     assert all(after["weight_bounds"]["min"] - 1e-9 <= w <= after["weight_bounds"]["max"] + 1e-9 for w in weights.values())
     assert after["feedback"]["liked"] >= before["feedback"]["liked"] + 40
-    stored = json.loads((live_server.data_dir / "fusion.json").read_text())
+    with sqlite3.connect(live_server.data_dir / "catalog.sqlite3") as conn:  # persisted in the catalogue
+        stored = json.loads(conn.execute("SELECT value FROM meta WHERE key = 'fusion'").fetchone()[0])
     assert stored["weights"] == pytest.approx(weights)
 
 
@@ -293,7 +295,7 @@ def test_malformed_json_and_wrong_content_type(live_server: LiveServer) -> None:
 
 def test_snapshot_writes_a_verifiable_manifest(live_server: LiveServer) -> None:
     add_item(live_server, 70, user=f"s-{uuid.uuid4()}")
-    dest = f"snapshots/{uuid.uuid4().hex}"
+    dest = f"_snapshots/{uuid.uuid4().hex}"
     with live_server.client() as client:
         response = client.post("/api/admin/snapshot", json={"dest": dest}, headers=live_server.auth)
         assert response.status_code == 200, response.text
@@ -303,18 +305,32 @@ def test_snapshot_writes_a_verifiable_manifest(live_server: LiveServer) -> None:
             assert client.post("/api/admin/snapshot", json={"dest": bad}, headers=live_server.auth).status_code in (400, 422)
     folder = live_server.data_dir / dest
     assert manifest["format"] == "flashfit-snapshot/1"
-    assert json.loads((folder / "manifest.json").read_text()) == manifest
+    assert json.loads((folder / "snapshot.json").read_text()) == manifest
     paths = {f["path"] for f in manifest["files"]}
-    assert {"clip.json", "blip.json", "fashion.json", "items.json"} <= paths
-    assert any(p.endswith(".index") for p in paths) and any(p.startswith("images/") for p in paths)
+    assert {"manifest.json", "catalog.sqlite3"} <= paths
+    assert any(p.startswith("segments/") for p in paths) and any(p.startswith("images/") for p in paths)
     for entry in manifest["files"]:
         data = (folder / entry["path"]).read_bytes()
         assert len(data) == entry["size"] and hashlib.sha256(data).hexdigest() == entry["sha256"]
-    items = json.loads((folder / "items.json").read_text())["items"]
-    assert manifest["item_count"] == len(items)
+    with sqlite3.connect(folder / "catalog.sqlite3") as conn:
+        assert manifest["item_count"] == conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    store_manifest = json.loads((folder / "manifest.json").read_text())
     for name in ("clip", "blip", "fashion"):
-        meta = json.loads((folder / f"{name}.json").read_text())
-        assert meta["index_file"] in paths and meta["count"] >= len(items)
+        segments = store_manifest["stores"][name]
+        assert {s["file"] for s in segments} <= paths and sum(s["count"] for s in segments) >= manifest["item_count"]
+
+
+@pytest.mark.parametrize("dest", ["manifest.json", "segments", "catalog.sqlite3", ".lock", "images", "snapshots/x",
+                                  "_snapshots", "_snapshots/../segments", "segments/x", "_snapshots/a/../../images"])
+def test_a_snapshot_can_only_go_into_its_own_folder(live_server: LiveServer, dest: str) -> None:
+    with live_server.client() as client:
+        before = client.get("/api/items", params={"limit": 1}).json()["total"]
+        response = client.post("/api/admin/snapshot", json={"dest": dest}, headers=live_server.auth)
+        assert response.status_code in (400, 422), response.text
+        assert response.json()["error"]["code"] in ("invalid_dest", "validation_error")
+        item = add_item(live_server, 71)  # every store file is still writable
+        assert client.delete(f"/api/items/{item['id']}", headers=live_server.auth).status_code == 200
+        assert client.get("/api/items", params={"limit": 1}).json()["total"] == before
 
 
 def test_openapi_is_served(live_server: LiveServer) -> None:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from flashfit_server.datastore import STORE_NAMES, DataStore
-from flashfit_server.vector_store import VectorStore
+from flashfit_server.datafolder import validate_data_folder
 
 DIMS = {"clip": 64, "blip": 64, "fashion": 32}
 
@@ -54,8 +54,7 @@ def test_random_kills_never_leave_a_mismatched_pair(tmp_path: Path) -> None:
         time.sleep(rng.uniform(0.0, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
-        for name in STORE_NAMES:
-            VectorStore.load(tmp_path, name)  # verifies the json's size and sha256 of its index
+        validate_data_folder(tmp_path)  # every segment the manifest names matches its size and sha256
         store = DataStore(tmp_path, refresh_interval=0.0)
         store.open(DIMS)
         with store.read() as state:
@@ -65,3 +64,63 @@ def test_random_kills_never_leave_a_mismatched_pair(tmp_path: Path) -> None:
             assert len(listed) >= total_seen
             total_seen = len(listed)
     assert total_seen > 0
+
+
+COMPACTING_WRITER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from flashfit_server.compaction import compact
+    from flashfit_server.datastore import DataStore, NewItem
+    from flashfit_server.storebench import random_unit_vectors
+
+    dims = {"clip": 64, "blip": 64, "fashion": 32}
+    store = DataStore(Path(sys.argv[1]), refresh_interval=0.0, compact_in_background=False)
+    store.open(dims, background=False)
+    seed = int(sys.argv[2])
+    while True:
+        for _ in range(4):
+            seed += 1
+            vectors = {n: random_unit_vectors(1, d, seed)[0] for n, d in dims.items()}
+            [item] = store.add_items([NewItem(b"x", "png", vectors, name=str(seed), caption="")])
+            print("acked", item.id, flush=True)
+            if item.id % 3 == 0:
+                print("deleting", item.id - 1, flush=True)
+                store.delete_item(item.id - 1)
+        compact(store, full=True)
+        print("compacted", flush=True)
+    """
+)
+
+
+def test_random_kills_during_compaction_lose_nothing_acknowledged(tmp_path: Path) -> None:
+    rng = random.Random(99)
+    acked: set[int] = set()
+    deleted: set[int] = set()
+    for round_number in range(6):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", COMPACTING_WRITER, str(tmp_path), str(round_number * 1_000_000)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert proc.stdout is not None
+        lines = []
+        while not lines or lines[-1] != "compacted":  # at least one compaction per round
+            lines.append(proc.stdout.readline().strip())
+        time.sleep(rng.uniform(0.0, 0.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        for line in lines + proc.stdout.read().splitlines():
+            if line.startswith("acked "):
+                acked.add(int(line.split()[1]))
+            elif line.startswith("deleting "):
+                deleted.add(int(line.split()[1]))
+        validate_data_folder(tmp_path)
+        store = DataStore(tmp_path, refresh_interval=0.0, compact_in_background=False)
+        store.open(DIMS, background=False)
+        with store.read() as state:
+            listed = set(state.catalog.items)
+            for name in STORE_NAMES:
+                assert listed <= set(state.stores[name].ids().tolist())
+        assert acked - deleted <= listed  # every acknowledged add that was not deleted survived
+        store.close()
+    assert len(acked) > 20

@@ -87,13 +87,16 @@ def test_fusion_weights_persist(tmp_path: Path) -> None:
         assert state.fusion.weights["clip"] == pytest.approx(0.5) and state.fusion.liked == 1
 
 
+# Every step of an add in the segmented store: image, each store's segment, the manifest (the
+# vectors' commit point), the catalogue row (the item's commit point), and after it.
 FAULT_POINTS = [
     "before-rename:1.png",
     "before-rename:clip-",
-    "between-index-and-json:blip",
-    "before-rename:fashion.json",
-    "before-rename:items.json",
-    "before-rename:generation",
+    "between-segment-and-manifest:blip",
+    "before-rename:fashion-",
+    "before-rename:manifest.json",
+    "before-commit:catalog",
+    "after-commit:catalog",
 ]
 
 
@@ -115,8 +118,8 @@ def test_a_crash_at_any_step_of_an_add_leaves_a_consistent_folder(tmp_path: Path
     survivor = assert_consistent(tmp_path)
     with survivor.read() as state:
         visible = sorted(state.catalog.items)
-    # Only a crash after items.json was renamed may keep the new item; it is complete if so.
-    assert visible == ([1, 2] if point == "before-rename:generation" else [1])
+    # Only a crash after the catalogue row was committed may keep the new item; it is complete if so.
+    assert visible == ([1, 2] if point == "after-commit:catalog" else [1])
     [after] = survivor.add_items([new_item(2)])
     assert after.id == visible[-1] + 1
     assert_consistent(tmp_path)
@@ -125,7 +128,7 @@ def test_a_crash_at_any_step_of_an_add_leaves_a_consistent_folder(tmp_path: Path
 def test_vectors_of_an_uncommitted_add_are_pruned_before_the_next_write(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     store.add_items([new_item(0)])
-    atomic.set_fault_hook(lambda step: (_ for _ in ()).throw(KeyboardInterrupt()) if step == "before-rename:items.json" else None)
+    atomic.set_fault_hook(lambda step: (_ for _ in ()).throw(KeyboardInterrupt()) if step == "before-commit:catalog" else None)
     try:
         with pytest.raises(KeyboardInterrupt):
             store.add_items([new_item(1)])

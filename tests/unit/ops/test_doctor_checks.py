@@ -544,3 +544,21 @@ def test_store_bench_treats_never_saved_stores_as_empty():
     err = "clip: store 'clip' does not exist in /app/data\nblip: store 'blip' does not exist in /app/data\n"
     found = http.evaluate_bench(1, "fashion: empty\n", err)
     assert found.status == OK and found.details["empty"] == ["fashion", "clip", "blip"]
+
+
+def test_stores_check_reads_the_segmented_format_and_names_a_tampered_segment(tmp_path: Path) -> None:
+    from flashfit_ops.doctor.checks.stores import inspect_folder
+    from flashfit_server.datastore import DataStore, NewItem
+    from flashfit_server.storebench import random_unit_vectors
+
+    dims = {"clip": 8, "blip": 8, "fashion": 4}
+    store = DataStore(tmp_path, compact_in_background=False)
+    store.open(dims, background=False)
+    store.add_items([NewItem(b"x", "png", {n: random_unit_vectors(1, d, s)[0] for n, d in dims.items()}, name="a", caption="")
+                     for s in range(3)])
+    good = inspect_folder(tmp_path)
+    assert good.status == "ok" and "3 segments" in good.summary and "3 items" in good.summary
+    segment = next((tmp_path / "segments").glob("blip-*.seg"))
+    segment.write_bytes(segment.read_bytes()[:-1] + b"\x01")
+    bad = inspect_folder(tmp_path)
+    assert bad.status == "failure" and segment.name in bad.summary and "sha256" in bad.summary
