@@ -149,6 +149,15 @@ class DockerBackend:
             self.client.volumes.create(name, labels=labels)
             return True
 
+    @_engine_errors
+    def remove_volume(self, name: str) -> None:
+        from docker.errors import NotFound
+
+        try:
+            self.client.volumes.get(name).remove()
+        except NotFound:
+            pass
+
     # -- containers ----------------------------------------------------------------------------
     def _cpus(self, cpus: float | None) -> int | None:
         if cpus is None:

@@ -237,3 +237,27 @@ STEP_TYPES: dict[str, type[Step]] = {
         Monitor,
     )
 }
+
+
+# -- lifecycle (flashfit down): kept apart so the executor's table above stays as it was ---------
+@dataclass(frozen=True)
+class RemoveNetwork(Step):
+    kind: ClassVar[str] = "remove_network"
+    name: str
+
+    def describe(self) -> str:
+        return f"remove network {self.name}"
+
+
+@dataclass(frozen=True)
+class RemoveVolume(Step):
+    """Irreversible: the data in it is gone. Only with `flashfit down --volumes`, confirmed."""
+
+    kind: ClassVar[str] = "remove_volume"
+    name: str
+
+    def describe(self) -> str:
+        return f"remove volume {self.name} (its data is deleted)"
+
+
+STEP_TYPES.update({cls.kind: cls for cls in (RemoveNetwork, RemoveVolume)})
