@@ -98,7 +98,8 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
 
         findings.append(f"the proxy {proxy.name} is {proxy.state}")
         steps.append(EnsureProxy(spec=proxy_spec(config), slots=live))
-    elif live and (live != proxy.applied or proxy.config != proxy.applied):
+    elif live and (restart or live != proxy.applied or proxy.config != proxy.applied):
+        # After a restart too: the switch proves through every slot and the proxy that they serve.
         steps.append(SwitchUpstreams(slots=live, previous=live))
     elif not live and (proxy.config or proxy.applied):
         findings.append("no container that served is left to restore: deploy a version")
@@ -121,8 +122,9 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
             remaining.append(dataclasses.replace(container, state=state))
         elif never_served(container):
             steps.append(RemoveContainer(container.name, reason="leftover of a deploy that never switched"))
-        elif container.running:
-            # It served once and still runs (a crash while draining): finish the job.
+        elif container.running and not (container.health == UNREADY and container.name in (*proxy.config, *proxy.applied)):
+            # It served once and still runs (a crash while draining): finish the job. A routed
+            # one that is out of the slots now (unready) is left running for a look.
             lingering.append(container.name)
             remaining.append(dataclasses.replace(container, state="exited"))
         else:
