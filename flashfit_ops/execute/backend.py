@@ -187,6 +187,33 @@ class DockerBackend:
         )
 
     @_engine_errors
+    def run_keeper(self, step: Any, script: str) -> None:
+        """The keeper container (flashfit_ops.plan.steps.EnsureKeeper): root, to reach the engine."""
+        from docker.types import Mount
+
+        mounts = [
+            Mount("/flashfit-keeper.py", script, type="bind", read_only=True),
+            Mount("/flashfit", step.state_dir, type="bind", read_only=True),
+            Mount("/var/run/docker.sock", step.engine_socket, type="bind"),
+        ]
+        environment = {"KEEPER_PROJECT": step.labels.get("io.flashfit.project", ""), "KEEPER_PROXY": step.proxy}
+        container = self.client.containers.create(
+            step.image,
+            name=step.name,
+            labels=step.labels,
+            command=["python3", "-u", "/flashfit-keeper.py"],
+            entrypoint=[],
+            user="0:0",
+            environment=environment,
+            mounts=mounts,
+            network_mode="none",
+            restart_policy={"Name": "unless-stopped"},
+            mem_limit="64m",
+            detach=True,
+        )
+        container.start()
+
+    @_engine_errors
     def run_proxy(self, spec: ProxySpec) -> ContainerInfo:
         from docker.types import Mount
 

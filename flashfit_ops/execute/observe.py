@@ -16,6 +16,7 @@ from flashfit_ops.plan.common import (
     proxy_dir,
     proxy_name,
 )
+from flashfit_ops.plan.keeper import keeper_name
 from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
 
 
@@ -24,10 +25,14 @@ def observe(backend, config: Config, *, check_proxy_config: bool = True) -> Obse
     containers = []
     proxy_info = None
     pname = proxy_name(config.project)
+    keeper_state = "missing"
     for info in infos:
         role = info.labels.get(LABEL_ROLE)
         if info.name == pname:
             proxy_info = info
+            continue
+        if info.name == keeper_name(config.project):
+            keeper_state = info.state
             continue
         if role != ROLE_BACKEND:
             continue
@@ -72,6 +77,7 @@ def observe(backend, config: Config, *, check_proxy_config: bool = True) -> Obse
         containers=tuple(containers),
         proxy=proxy,
         network_exists=backend.network_exists(config.network_name),
+        keeper_state=keeper_state,
     )
 
 

@@ -169,7 +169,7 @@ def _execute(
     run: Run,
     make_plan: Callable[[Observed], list[Step]],
     *,
-    executor_factory: Callable[..., Executor] = Executor,
+    executor_factory: Callable[..., Executor] | None = None,
 ) -> dict[str, Any]:
     """Under the lock: observe, plan, execute, record. Raises after rolling back on failure."""
     from flashfit_ops.config.secrets import load_secrets
@@ -177,9 +177,13 @@ def _execute(
     observed = with_health(backend, config, observe(backend, config))
     deploy_id = new_deploy_id()
     steps = make_plan(observed)
+    if run.kind in KEEPS_SERVING and (steps or observed.keeper_state != "running"):
+        steps += _keeper(config, observed, steps)
     info = LockInfo.mine()
     started = _history_start(config, run, deploy_id, observed.live_version, info)
-    executor = executor_factory(backend, config, secrets=load_secrets(config))
+    from flashfit_ops.execute.lifecycle import LifecycleExecutor
+
+    executor = (executor_factory or LifecycleExecutor)(backend, config, secrets=load_secrets(config))
     outcome = "failed"
     try:
         with sigterm_as_interrupt():
@@ -221,6 +225,25 @@ def _execute(
         "plan": [s.to_dict() for s in steps],
         "execution": execution.to_dict(),
     }
+
+
+# Commands after which something serves: each ends by making sure the keeper runs.
+KEEPS_SERVING = ("deploy", "rollback", "repair", "start")
+
+
+def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]:
+    """The keeper step, run from the image of the backend the plan leaves in slot 1."""
+    import os
+
+    from flashfit_ops.plan.keeper import keeper_step
+    from flashfit_ops.plan.steps import EnsureProxy, StartContainer, SwitchUpstreams
+
+    started = {s.spec.name: s.spec.image for s in steps if isinstance(s, StartContainer)}
+    traffic = [s for s in steps if isinstance(s, (SwitchUpstreams, EnsureProxy)) and s.slots]
+    first = traffic[-1].slots[0] if traffic else (observed.live_names or ("",))[0]
+    container = observed.by_name(first)
+    image = started.get(first) or (container.image if container is not None else None)
+    return keeper_step(config, image, os.environ.get("DOCKER_HOST"))
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -456,8 +479,12 @@ def status(config: Config) -> dict[str, Any]:
     live_ready = [c for c in containers if c["live"] and c.get("ready")]
     serving = observed.proxy.running and bool(live_ready)
     disagreements = [*repair.findings, *history_findings]
+    if routed and observed.keeper_state != "running" and not stopped_on_purpose(config):
+        disagreements.append(f"the keeper is {observed.keeper_state}: a killed proxy or backend comes back only with `flashfit repair`")
     hint = None
-    if repair.steps:
+    if stopped_on_purpose(config):
+        hint = "stopped with `flashfit stop`: `flashfit start` brings the last live version back"
+    elif repair.steps or disagreements:
         hint = "`flashfit repair` restores service from what is healthy (`flashfit repair --dry-run` shows its plan)"
     elif not serving:
         hint = "nothing healthy is left to restore: `flashfit deploy` (or `flashfit start` after `flashfit stop`)"
@@ -481,6 +508,7 @@ def status(config: Config) -> dict[str, Any]:
             "config_consistent": observed.proxy.consistent,
         },
         "containers": containers,
+        "keeper": observed.keeper_state,
         "lock": lock.to_dict(),
         "consistent": not disagreements and not repair.steps,
         "disagreements": disagreements,
@@ -520,10 +548,13 @@ def repair_locked(config: Config, backend: Any) -> dict[str, Any] | None:
     """Under the caller's lock: carry out the repair plan when there is one (recorded in the
     history as a `repair`); None when everything is consistent."""
     observed = with_health(backend, config, observe(backend, config))
-    planned = plan_repair(config, observed, restart_stopped=not stopped_on_purpose(config))
-    if not planned.steps:
+    on_purpose = stopped_on_purpose(config)
+    planned = plan_repair(config, observed, restart_stopped=not on_purpose)
+    keeper_down = observed.keeper_state != "running" and not on_purpose and any(c.running for c in observed.live)
+    if not planned.steps and not keeper_down:
         return None
-    console.warn("repairing first: " + "; ".join(planned.findings or ("leftovers of an interrupted deploy",)))
+    if planned.steps:
+        console.warn("repairing first: " + "; ".join(planned.findings or ("leftovers of an interrupted deploy",)))
     version = planned.view.live_version
     run = Run("repair", "repair", version if version != "mixed" else None, message="; ".join(planned.findings)[:500])
     with sigterm_as_interrupt():
@@ -544,7 +575,6 @@ def lifecycle(
 ) -> dict[str, Any]:
     """`flashfit stop | start | down`: a plan (data), carried out under the deploy lock and
     recorded in the history like a deploy."""
-    from flashfit_ops.execute.lifecycle import LifecycleExecutor
     from flashfit_ops.execute.proxy import slot_links
     from flashfit_ops.plan.common import sockets_dir
     from flashfit_ops.plan.lifecycle import plan_down, plan_start, plan_stop
@@ -576,7 +606,7 @@ def lifecycle(
         observed = observe(backend, config)
         run = Run(kind, kind, version_of(observed), None, message)
         with sigterm_as_interrupt():
-            return _execute(config, backend, run, make_plan, executor_factory=LifecycleExecutor)
+            return _execute(config, backend, run, make_plan)
     finally:
         lock.release()
 

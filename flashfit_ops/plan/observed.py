@@ -69,6 +69,8 @@ class Observed:
     containers: tuple[ContainerState, ...] = ()
     proxy: ProxyState = field(default_factory=lambda: ProxyState(name=""))
     network_exists: bool = False
+    # The keeper container (flashfit_ops/execute/keeper_main.py): missing | running | exited ...
+    keeper_state: str = "missing"
 
     def by_name(self, name: str) -> ContainerState | None:
         for container in self.containers:

@@ -261,3 +261,24 @@ class RemoveVolume(Step):
 
 
 STEP_TYPES.update({cls.kind: cls for cls in (RemoveNetwork, RemoveVolume)})
+
+
+@dataclass(frozen=True)
+class EnsureKeeper(Step):
+    """Run the keeper (flashfit_ops/execute/keeper_main.py) in its own container from `image`:
+    it starts the proxy and the backends the slots link to again when they stop while no flashfit
+    command holds the lock. Recreated when its image changed; never undone."""
+
+    kind: ClassVar[str] = "ensure_keeper"
+    name: str
+    image: str
+    proxy: str
+    state_dir: str
+    engine_socket: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"ensure keeper {self.name} ({self.image}): restarts the proxy and routed backends that stop"
+
+
+STEP_TYPES[EnsureKeeper.kind] = EnsureKeeper

@@ -53,9 +53,36 @@ def proxy(project):
     return project.containers(role="proxy")[0]
 
 
+def without_keeper(project) -> None:
+    """Stop the keeper: what repair and deploy do when nothing brought the service back (a remote
+    engine has no keeper; a keeper can be killed too)."""
+    keeper = project.containers(role="keeper")
+    assert [k.status for k in keeper] == ["running"]
+    keeper[0].stop(timeout=5)
+
+
+# -- without an operator: the keeper ------------------------------------------------------------------
+def test_keeper_brings_a_killed_proxy_back_without_an_operator(project) -> None:
+    deploy(project, "--version", "v1")
+    proxy(project).kill()  # the engine's restart policy leaves a killed container down
+    assert wait_on_condition(project.served_version, 60, what="the proxy to serve again") == "v1"
+    assert proxy(project).status == "running"
+
+
+def test_keeper_brings_a_stopped_live_backend_back_but_not_a_drained_one(project) -> None:
+    deploy(project, "--version", "v1")
+    deploy(project, "--version", "v2")  # v1 drained and kept, stopped: no slot links to it
+    live = project.backends(version="v2")[0]
+    live.stop(timeout=5)
+    assert wait_on_condition(project.served_version, 60, what="the backend to serve again") == "v2"
+    assert [c.name for c in project.backends(state="running")] == [live.name]
+    assert [c.status for c in project.backends(version="v1")] == ["exited"]
+
+
 # -- a killed proxy ----------------------------------------------------------------------------------
 def test_killed_proxy_status_says_so_and_repair_restores_it(project) -> None:
     deploy(project, "--version", "v1")
+    without_keeper(project)
     proxy(project).kill()
     status = project.flashfit("status", "--json")
     assert status.code == 1
@@ -66,16 +93,18 @@ def test_killed_proxy_status_says_so_and_repair_restores_it(project) -> None:
     assert proxy(project).status == "exited"  # status is read-only
     plan = project.flashfit("repair", "--dry-run", "--json")
     assert plan.code == 0, plan.stderr
-    assert [s["kind"] for s in plan.json()["plan"]] == ["ensure_proxy"]
+    assert [s["kind"] for s in plan.json()["plan"]] == ["ensure_proxy"]  # dry run: the repair itself
     repaired = project.flashfit("repair", "--json")
     assert repaired.code == 0, repaired.stderr
     assert project.served_version() == "v1"
     assert project.flashfit("status", "--json").json()["consistent"]
     assert project.flashfit("history", "--json").json()["history"][-1]["kind"] == "repair"
+    assert [k.status for k in project.containers(role="keeper")] == ["running"]  # back too
 
 
 def test_deploy_after_a_killed_proxy_serves_the_live_version_before_the_new_one_is_ready(project) -> None:
     deploy(project, "--version", "v1")
+    without_keeper(project)
     proxy(project).kill()
     running = project.popen("deploy", "--version", "slow")
     try:
@@ -96,6 +125,7 @@ def test_deploy_after_a_killed_proxy_serves_the_live_version_before_the_new_one_
 # -- a stopped live backend --------------------------------------------------------------------------
 def test_stopped_live_backend_is_started_again_by_repair(project) -> None:
     deploy(project, "--version", "v1")
+    without_keeper(project)
     live = project.backends(state="running")[0]
     live.stop(timeout=5)
     status = project.flashfit("status", "--json")
@@ -103,7 +133,7 @@ def test_stopped_live_backend_is_started_again_by_repair(project) -> None:
     assert any(live.name in d and "exited" in d for d in status.json()["disagreements"])
     repaired = project.flashfit("repair", "--json")
     assert repaired.code == 0, repaired.stderr
-    assert [s["kind"] for s in repaired.json()["plan"]] == ["restart_container", "wait_ready", "switch_upstreams"]
+    assert [s["kind"] for s in repaired.json()["plan"]] == ["restart_container", "wait_ready", "switch_upstreams", "ensure_keeper"]
     assert project.served_version() == "v1"
     assert [c.name for c in project.backends(state="running")] == [live.name]  # the same container, not a new one
 
@@ -111,6 +141,7 @@ def test_stopped_live_backend_is_started_again_by_repair(project) -> None:
 def test_a_stopped_replica_is_routed_around_without_a_failed_request(project) -> None:
     deploy(project, "--version", "v1", "--strategy", "rolling", "--replicas", "2")
     first, second = sorted(project.backends(state="running"), key=lambda c: c.labels["io.flashfit.replica"])
+    without_keeper(project)
     second.stop(timeout=5)
     with Load(project.url + "/health") as load:
         repaired = project.flashfit("repair", "--json")
@@ -188,7 +219,8 @@ def test_rollback_after_a_three_replica_rolling_deploy_keeps_three(project) -> N
     deploy(project, "--version", "v1", "--strategy", "rolling", "--replicas", "3")
     deploy(project, "--version", "v2", "--strategy", "rolling", "--replicas", "3")
     planned = project.flashfit("rollback", "v1", "--dry-run", "--json")
-    assert planned.code == 0, planned.stderr and planned.json()["replicas"] == 3
+    assert planned.code == 0, planned.stderr
+    assert planned.json()["replicas"] == 3
     back = project.flashfit("rollback", "v1", "--strategy", "rolling", "--json")
     assert back.code == 0, back.stderr
     assert len(project.backends(state="running", version="v1")) == 3
