@@ -207,6 +207,7 @@ class DockerBackend:
             environment=environment,
             mounts=mounts,
             network_mode="none",
+            healthcheck={"Test": ["NONE"]},  # the image's probes the server, which is not here
             restart_policy={"Name": "unless-stopped"},
             mem_limit="64m",
             detach=True,
