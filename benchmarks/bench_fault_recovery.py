@@ -55,7 +55,7 @@ class TwoEndpointLoad:
                 if kind == "ready":
                     response = client.get(self.base + "/ready")
                 else:
-                    response = client.post(self.base + "/api/fusion/recommend", json={"text": "a red summer dress", "k": 5})
+                    response = client.post(self.base + "/api/fusion/recommend", json={"text": "a red summer dress", "limit": 5})
                 failure = None if 200 <= response.status_code < 300 else f"{kind} HTTP {response.status_code}"
             except httpx.HTTPError as error:
                 failure = f"{kind} {type(error).__name__}"
@@ -179,6 +179,8 @@ def main() -> int:
         def fault(name: str, inject) -> None:
             log(f"{name}: under load, no operator")
             with TwoEndpointLoad(base, args.clients) as load:
+                if load.failures:
+                    raise SystemExit(f"{name}: requests fail before the fault: {load.summary()['failure_kinds']}")
                 moment = time.monotonic()
                 inject()
                 wait_for(lambda: recovered(load, moment), 120, "serving again")
