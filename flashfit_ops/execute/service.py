@@ -5,6 +5,7 @@ module never prints (progress goes through the executor's `say`, which is the co
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets as _random
 import signal
 import socket
@@ -233,7 +234,6 @@ KEEPS_SERVING = ("deploy", "rollback", "repair", "start")
 
 def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]:
     """The keeper step, run from the image of the backend the plan leaves in slot 1."""
-    import os
 
     from flashfit_ops.plan.keeper import keeper_step
     from flashfit_ops.plan.steps import EnsureProxy, StartContainer, SwitchUpstreams
@@ -550,7 +550,14 @@ def repair_locked(config: Config, backend: Any) -> dict[str, Any] | None:
     observed = with_health(backend, config, observe(backend, config))
     on_purpose = stopped_on_purpose(config)
     planned = plan_repair(config, observed, restart_stopped=not on_purpose)
-    keeper_down = observed.keeper_state != "running" and not on_purpose and any(c.running for c in observed.live)
+    from flashfit_ops.plan.keeper import engine_socket
+
+    keeper_down = (
+        observed.keeper_state != "running"
+        and not on_purpose
+        and any(c.running for c in observed.live)
+        and engine_socket(os.environ.get("DOCKER_HOST")) is not None
+    )
     if not planned.steps and not keeper_down:
         return None
     if planned.steps:
