@@ -234,7 +234,6 @@ KEEPS_SERVING = ("deploy", "rollback", "repair", "start")
 
 def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]:
     """The keeper step, run from the image of the backend the plan leaves in slot 1."""
-
     from flashfit_ops.plan.keeper import keeper_step
     from flashfit_ops.plan.steps import EnsureProxy, StartContainer, SwitchUpstreams
 
