@@ -168,7 +168,7 @@ def main() -> int:
             "volumes": {"models": str(models)},
             "resources": {"limits": {"memory": "2G", "cpus": 2}, "reservations": {"memory": "256M", "cpus": 0.5}},
             "healthcheck": {"interval": "500ms", "timeout": "2s", "start_period": "60s"},
-            "deploy": {"strategy": "blue-green", "deadline": "90s", "drain_timeout": "10s", "monitor_window": "10s"},
+            "deploy": {"strategy": "blue-green", "deadline": "300s", "drain_timeout": "10s", "monitor_window": "10s"},
         }
         (folder / "flashfit.yml").write_text(yaml.safe_dump(config, sort_keys=False))
         (folder / ".env").write_text(f"JWT_SECRET_KEY={secrets.token_hex(24)}\n")
@@ -187,6 +187,7 @@ def main() -> int:
                 failed = load.failed_since(moment)
             recovery = round(failed[-1][0] - moment, 2) if failed else 0.0
             results.append({"scenario": name, **load.summary(), "time_to_serving_s": recovery, "goal_met": recovery <= 3.0})
+            log(f"  {json.dumps(results[-1])}")
 
         fault("proxy killed (docker kill)", lambda: containers(role="proxy")[0].kill())
         fault("live backend stopped (docker stop)", lambda: [c.stop(timeout=10) for c in containers(role="backend") if c.status == "running"])
@@ -199,7 +200,12 @@ def main() -> int:
             with TwoEndpointLoad(base, args.clients) as load:
                 deploy = subprocess.Popen([*FLASHFIT, "deploy", "--version", target, "-c", str(folder / "flashfit.yml")],
                                           cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                wait_for(lambda: when(target), 180, f"the kill point of {name}")
+                def reached() -> bool:
+                    if deploy.poll() is not None:
+                        raise SystemExit(f"{name}: the deploy ended (exit {deploy.returncode}) before its kill point")
+                    return when(target)
+
+                wait_for(reached, 400, f"the kill point of {name}")
                 deploy.send_signal(signal.SIGKILL)
                 deploy.wait()
                 repair = flashfit("repair")
@@ -207,6 +213,7 @@ def main() -> int:
             version[0] = "v1" if routed == "v2" else "v2"
             results.append({"scenario": name, **load.summary(), "repair_steps": [s["kind"] for s in repair.get("plan", [])],
                             "serving_version": routed, "goal_met": not load.failures})
+            log(f"  {json.dumps(results[-1])}")
 
         def new_running(target: str) -> bool:
             return any(c.status == "running" for c in containers(role="backend", version=target))
