@@ -81,7 +81,7 @@ class Observed:
     @property
     def live(self) -> tuple[ContainerState, ...]:
         """Containers nginx sends traffic to (last applied config), that still exist."""
-        found = (self.by_name(name) for name in self.proxy.applied)
+        found = (self.by_name(name) for name in dict.fromkeys(self.proxy.applied))  # a repair may link two slots to one
         return tuple(sorted((c for c in found if c is not None), key=lambda c: (c.replica, c.name)))
 
     @property

@@ -67,7 +67,9 @@ def _choose_live(observed: Observed, restart_stopped: bool) -> tuple[tuple[str, 
     for names in (routed, recorded):
         usable = tuple(n for n in dict.fromkeys(names) if _usable(observed.by_name(n)))
         if usable:
-            return usable, (), findings
+            # Same slot count (no nginx reload, which would close idle keep-alive connections):
+            # a dead slot is pointed at a usable container, round robin.
+            return tuple(n if n in usable else usable[i % len(usable)] for i, n in enumerate(names)), (), findings
     for names in (routed, recorded) if restart_stopped else ():
         stopped = tuple(
             n for n in dict.fromkeys(names) if (c := observed.by_name(n)) is not None and not c.running and c.state != "dead"

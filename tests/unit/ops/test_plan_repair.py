@@ -56,7 +56,8 @@ def test_slots_are_pointed_away_from_a_dead_or_unready_backend(tmp_path: Path) -
     a, b, c = backend("blue", 1), backend("blue", 2, state="exited"), backend("blue", 3)
     state = with_health(observed([a, b, c], live=[a, b, c]), **{c.name: "unready"})
     repair = plan_repair(config, state)
-    assert repair.steps == (SwitchUpstreams((a.name,), (a.name,)),)
+    assert repair.steps == (SwitchUpstreams((a.name, a.name, a.name), (a.name, a.name, a.name)),)
+    assert repair.view.live_names == (a.name,)
     assert f"{b.name} is routed to but is exited" in repair.findings and f"{c.name} runs but is not ready" in repair.findings
 
 
