@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "flashfit_ops.cli.images_cmds",
     "flashfit_ops.cli.deploy_cmds",
     "flashfit_ops.cli.ops_cmds",
+    "flashfit_ops.cli.lifecycle_cmds",
     "flashfit_ops.cli.backup_cmds",
     "flashfit_ops.cli.doctor_cmd",
 ]

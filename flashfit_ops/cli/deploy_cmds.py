@@ -116,6 +116,7 @@ def deploy(
 @guarded
 def rollback(
     version: Annotated[Optional[str], typer.Argument(help="Version to go back to; omit to list the retained ones.", show_default=False)] = None,
+    replicas: Annotated[Optional[int], typer.Option("--replicas", "-r", min=1, max=64, help="Backend replicas (default: as many as that version last ran).", show_default=False)] = None,
     strategy: StrategyOption = None,
     dry_run: DryRunOption = False,
     lock_wait: LockWaitOption = None,
@@ -132,7 +133,7 @@ def rollback(
     _check_strategy(strategy)
     loaded = load_config(config, env=env)
     try:
-        result = service.rollback(loaded, version, strategy=strategy, dry_run=dry_run, lock_wait=lock_wait, message=message)
+        result = service.rollback(loaded, version, replicas=replicas, strategy=strategy, dry_run=dry_run, lock_wait=lock_wait, message=message)
     except FlashFitError as error:
         _show_failure(error)
         raise

@@ -18,16 +18,15 @@ lock_app = typer.Typer(help="The deploy lock: one deploy at a time per project."
 def status(
     config: ConfigOption = DEFAULT_CONFIG,
     env: EnvOption = None,
-    no_repair: Annotated[bool, typer.Option("--no-repair", help="Only report leftovers of an interrupted deploy.")] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Live color and version, the URL nginx serves, each container's health, the proxy. Repairs
-    what an interrupted deploy left (unless a deploy runs). Exit 1 when nothing healthy serves."""
+    """What nginx routes to (the slot links), each container's health, the history, and where they
+    disagree, with a hint. Read-only: `flashfit repair` fixes. Exit 1 when nothing healthy serves."""
     from flashfit_ops.config import load_config
     from flashfit_ops.execute import service
 
     loaded = load_config(config, env=env)
-    result = service.status(loaded, repair=not no_repair)
+    result = service.status(loaded)
     if json_output:
         console.emit_json(result)
     elif result.get("target") == "swarm":
@@ -63,10 +62,12 @@ def _print_status(result: dict) -> None:
         health = "ready" if c.get("ready") else ("alive" if c.get("alive") else "-")
         live = "live" if c["live"] else ""
         console.print_data(f"  {c['name']}\t{c['version']}\t{c['color']}\t{c['state']}\t{health}\t{live}")
-    for line in result["repaired"]:
-        console.warn(f"repaired: {escape(line)}")
+    for line in result["disagreements"]:
+        console.warn(escape(line))
     for line in result["leftovers"]:
-        console.warn(f"leftover (a deploy is running or repair was skipped): {escape(line)}")
+        console.info(f"  repair would: {escape(line)}")
+    if result.get("hint"):
+        console.info(f"[yellow]hint:[/] {escape(result['hint'])}")
     lock = result["lock"]
     if lock["held"]:
         owner = lock["owner"] or {}

@@ -161,6 +161,15 @@ class DockerBackend:
             self.client.volumes.create(name, labels=labels)
             return True
 
+    @_engine_errors
+    def remove_volume(self, name: str) -> None:
+        from docker.errors import NotFound
+
+        try:
+            self.client.volumes.get(name).remove()
+        except NotFound:
+            pass
+
     # -- containers ----------------------------------------------------------------------------
     def _cpus(self, cpus: float | None) -> int | None:
         if cpus is None:
@@ -210,6 +219,34 @@ class DockerBackend:
             restart_policy={"Name": "unless-stopped"},
             detach=True,
         )
+
+    @_engine_errors
+    def run_keeper(self, step: Any, script: str) -> None:
+        """The keeper container (flashfit_ops.plan.steps.EnsureKeeper): root, to reach the engine."""
+        from docker.types import Mount
+
+        mounts = [
+            Mount("/flashfit-keeper.py", script, type="bind", read_only=True),
+            Mount("/flashfit", step.state_dir, type="bind", read_only=True),
+            Mount("/var/run/docker.sock", step.engine_socket, type="bind"),
+        ]
+        environment = {"KEEPER_PROJECT": step.labels.get("io.flashfit.project", ""), "KEEPER_PROXY": step.proxy}
+        container = self.client.containers.create(
+            step.image,
+            name=step.name,
+            labels=step.labels,
+            command=["python3", "-u", "/flashfit-keeper.py"],
+            entrypoint=[],
+            user="0:0",
+            environment=environment,
+            mounts=mounts,
+            network_mode="none",
+            healthcheck={"Test": ["NONE"]},  # the image's probes the server, which is not here
+            restart_policy={"Name": "unless-stopped"},
+            mem_limit="64m",
+            detach=True,
+        )
+        container.start()
 
     @_engine_errors
     def run_proxy(self, spec: ProxySpec) -> ContainerInfo:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 from flashfit_ops import console
 from flashfit_ops.config.model import Config
 from flashfit_ops.errors import FlashFitError, OperationFailed
-from flashfit_ops.execute.health import GateResult, GateSettings, Probe, http_probe, wait_ready
+from flashfit_ops.execute.health import GateResult, GateSettings, Probe, http_probe, server_lines, wait_ready
 from flashfit_ops.execute.proxy import ProxyController, read_files
 from flashfit_ops.plan.common import BACKEND_PORT, LABEL_VERSION, SOCKET_DIR
 from flashfit_ops.plan.steps import (
@@ -39,6 +39,7 @@ from flashfit_ops.plan.steps import (
 )
 
 LOG_LINES = 20
+LOG_SCAN = 400  # lines read to find LOG_LINES the server wrote (not its request log)
 MONITOR_POLL = 0.25
 
 
@@ -298,7 +299,7 @@ class Executor:
         if failed:
             first = sorted(failed, key=lambda n: failed[n].reason.startswith("cancelled"))[0]
             for name in failed:
-                self.execution.failed_logs[name] = self.backend.logs(name, tail=LOG_LINES)
+                self.execution.failed_logs[name] = server_lines(self.backend.logs(name, tail=LOG_SCAN), LOG_LINES)
             reasons = "; ".join(f"{n}: {r.reason}" for n, r in sorted(failed.items()))
             raise GateFailed(
                 f"{first} did not become ready: {failed[first].reason}",
@@ -439,7 +440,7 @@ class Executor:
                 for name in step.names:
                     problem = self._exited(name)
                     if problem:
-                        self.execution.failed_logs[name] = self.backend.logs(name, tail=LOG_LINES)
+                        self.execution.failed_logs[name] = server_lines(self.backend.logs(name, tail=LOG_SCAN), LOG_LINES)
                         raise DiedAfterSwitch(
                             f"{problem} within the {step.window:g}s monitor window after the switch",
                             hint=f"the last {LOG_LINES} log lines are shown above; traffic went back to the previous version",

@@ -8,6 +8,7 @@ consecutive liveness failures end the wait early, as does the container exiting.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -20,6 +21,9 @@ class ProbeResult:
     ok: bool
     status: int | None = None  # HTTP status; None when no response came back
     detail: str = ""
+    # The server's own word that it cannot become ready (a model that failed to load): waiting
+    # longer cannot help, so the gate stops at once with this cause.
+    failed: str | None = None
 
 
 # (path, timeout in seconds) -> result
@@ -92,6 +96,8 @@ def wait_ready(
                 return GateResult(True, clock() - start, attempts)
         else:
             successes = 0
+            if result.failed:
+                return GateResult(False, clock() - start, attempts, f"the server reports it failed: {result.failed}")
             gone = exited()
             if gone:
                 return GateResult(False, clock() - start, attempts, gone)
@@ -133,6 +139,33 @@ def http_probe(base_url: str) -> Probe:
             response = httpx.get(base_url + path, timeout=timeout, headers={"Connection": "close"})
         except httpx.HTTPError as error:
             return ProbeResult(False, None, type(error).__name__)
-        return ProbeResult(200 <= response.status_code < 300, response.status_code)
+        ok = 200 <= response.status_code < 300
+        return ProbeResult(ok, response.status_code, failed=None if ok else failure_of(response))
 
     return probe
+
+
+def failure_of(response) -> str | None:
+    """The cause a not-ready server gives in its /ready body ({"status": "failed", "checks":
+    {"errors": {...}}}), or None while it is only still loading."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or body.get("status") != "failed":
+        return None
+    errors = (body.get("checks") or {}).get("errors") if isinstance(body.get("checks"), dict) else None
+    if isinstance(errors, dict) and errors:
+        return "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))[:500]
+    return "failed"
+
+
+def server_lines(text: str, limit: int = 20) -> str:
+    """The last `limit` lines of a container's log that the server wrote itself: request log lines
+    (uvicorn.access, `"GET /ready HTTP/1.1" 503`) are the gate's own probes, noise that would hide
+    the cause."""
+    lines = [line for line in (text or "").splitlines() if not _ACCESS.search(line)]
+    return "\n".join(lines[-limit:])
+
+
+_ACCESS = re.compile(r"uvicorn\.access|\"(GET|HEAD|POST|PUT|DELETE|PATCH|OPTIONS) \S+ HTTP/\d(\.\d)?\" \d{3}")

@@ -16,6 +16,7 @@ from flashfit_ops.plan.common import (
     proxy_dir,
     proxy_name,
 )
+from flashfit_ops.plan.keeper import keeper_name
 from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
 
 
@@ -24,10 +25,14 @@ def observe(backend, config: Config, *, check_proxy_config: bool = True) -> Obse
     containers = []
     proxy_info = None
     pname = proxy_name(config.project)
+    keeper_state = "missing"
     for info in infos:
         role = info.labels.get(LABEL_ROLE)
         if info.name == pname:
             proxy_info = info
+            continue
+        if info.name == keeper_name(config.project):
+            keeper_state = info.state
             continue
         if role != ROLE_BACKEND:
             continue
@@ -72,4 +77,47 @@ def observe(backend, config: Config, *, check_proxy_config: bool = True) -> Obse
         containers=tuple(containers),
         proxy=proxy,
         network_exists=backend.network_exists(config.network_name),
+        keeper_state=keeper_state,
     )
+
+
+def probe_container(backend, config: Config, name: str) -> dict:
+    """Readiness (and liveness when not ready) of one backend, reached on its own address."""
+    from flashfit_ops.execute.health import http_probe
+    from flashfit_ops.plan.common import BACKEND_PORT
+
+    address = backend.ip_address(name, config.network_name)
+    if not address:
+        return {"ready": False, "alive": False, "detail": "no address"}
+    probe = http_probe(f"http://{address}:{BACKEND_PORT}")
+    ready = probe(config.healthcheck.readiness_path, 2.0)
+    alive = ready if ready.ok else probe(config.healthcheck.liveness_path, 2.0)
+    out = {"ready": ready.ok, "alive": alive.ok, "ready_status": ready.status, "health_status": alive.status}
+    if ready.failed:
+        out["failed"] = ready.failed
+    return out
+
+
+def with_health(backend, config: Config, observed: Observed, names: tuple[str, ...] | None = None) -> Observed:
+    """`observed` with the health of the running containers nginx routes to (or `names`) probed,
+    so a repair never routes to a container that runs but does not answer."""
+    import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
+
+    wanted = set(names if names is not None else (*observed.proxy.config, *observed.proxy.applied))
+    running = [c for c in observed.containers if c.running and c.name in wanted]
+    if not running:
+        return observed
+    with ThreadPoolExecutor(max_workers=min(8, len(running))) as pool:
+        probes = dict(zip([c.name for c in running], pool.map(lambda c: probe_container(backend, config, c.name), running)))
+    containers = tuple(
+        dataclasses.replace(c, health=health_of(probes[c.name])) if c.name in probes else c for c in observed.containers
+    )
+    return dataclasses.replace(observed, containers=containers)
+
+
+def health_of(probe: dict) -> str:
+    """ready; unready when it answers nothing or says it failed; unknown while alive but loading."""
+    if probe["ready"]:
+        return "ready"
+    return "unready" if probe.get("failed") or not probe["alive"] else "unknown"

@@ -5,6 +5,7 @@ module never prints (progress goes through the executor's `say`, which is the co
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets as _random
 import signal
 import socket
@@ -21,24 +22,22 @@ from flashfit_ops.config.model import Config
 from flashfit_ops.errors import FlashFitError, OperationFailed, Unavailable, UsageError
 from flashfit_ops.execute import history as hist
 from flashfit_ops.execute.executor import Executor
-from flashfit_ops.execute.health import http_probe
 from flashfit_ops.execute.lock import DeployLock, LockInfo, force_release, lock_status, pid_alive
-from flashfit_ops.execute.observe import observe
+from flashfit_ops.execute.observe import observe, probe_container, with_health
 from flashfit_ops.monitoring import targets as scrape_targets
 from flashfit_ops.monitoring.runner import monitoring_for_deploy, monitoring_status
 from flashfit_ops.plan import plan_deploy
 from flashfit_ops.plan.common import (
-    BACKEND_PORT,
     GPU_NODE_LABEL,
     Target,
     gpu_problem,
     image_ref,
-    leftovers,
     state_dir,
     swarm_gpu_problem,
     valid_version,
 )
 from flashfit_ops.plan.observed import Observed
+from flashfit_ops.plan.repair import plan_repair
 from flashfit_ops.plan.rollback import plan_restart, retained_versions
 from flashfit_ops.plan.steps import Step
 
@@ -204,17 +203,21 @@ def _execute(
     run: Run,
     make_plan: Callable[[Observed], list[Step]],
     *,
-    executor_factory: Callable[..., Executor] = Executor,
+    executor_factory: Callable[..., Executor] | None = None,
 ) -> dict[str, Any]:
     """Under the lock: observe, plan, execute, record. Raises after rolling back on failure."""
     from flashfit_ops.config.secrets import load_secrets
 
-    observed = observe(backend, config)
+    observed = with_health(backend, config, observe(backend, config))
     deploy_id = new_deploy_id()
-    steps = make_plan(observed) if run.kind != "repair" else leftovers(config, observed)[0]
+    steps = make_plan(observed)
+    if run.kind in KEEPS_SERVING and (steps or observed.keeper_state != "running"):
+        steps += _keeper(config, observed, steps)
     info = LockInfo.mine()
     started = _history_start(config, run, deploy_id, observed.live_version, info)
-    executor = executor_factory(backend, config, secrets=load_secrets(config))
+    from flashfit_ops.execute.lifecycle import LifecycleExecutor
+
+    executor = (executor_factory or LifecycleExecutor)(backend, config, secrets=load_secrets(config))
     outcome = "failed"
     try:
         with sigterm_as_interrupt():
@@ -258,6 +261,23 @@ def _execute(
         "plan": [s.to_dict() for s in steps],
         "execution": execution.to_dict(),
     }
+
+
+# Commands after which something serves: each ends by making sure the keeper runs.
+KEEPS_SERVING = ("deploy", "rollback", "repair", "start")
+
+
+def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]:
+    """The keeper step, run from the image of the backend the plan leaves in slot 1."""
+    from flashfit_ops.plan.keeper import keeper_step
+    from flashfit_ops.plan.steps import EnsureProxy, StartContainer, SwitchUpstreams
+
+    started = {s.spec.name: s.spec.image for s in steps if isinstance(s, StartContainer)}
+    traffic = [s for s in steps if isinstance(s, (SwitchUpstreams, EnsureProxy)) and s.slots]
+    first = traffic[-1].slots[0] if traffic else (observed.live_names or ("",))[0]
+    container = observed.by_name(first)
+    image = started.get(first) or (container.image if container is not None else None)
+    return keeper_step(config, image, os.environ.get("DOCKER_HOST"))
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -311,6 +331,7 @@ def deploy(
         }
     lock = acquire_lock(config, lock_wait, message)
     try:
+        repair_locked(config, backend)  # service first: a killed proxy or dead backend is restored now
         with sigterm_as_interrupt():
             ensure_image(backend, config, version)
             monitoring = monitoring_for_deploy(config, backend)  # long-lived: kept unless changed
@@ -369,10 +390,19 @@ def rollback_options(config: Config, backend: Any | None = None) -> dict[str, An
     return {"live_version": live, "versions": out[: config.deploy.keep_versions]}
 
 
+def replicas_of(config: Config, version: str) -> int | None:
+    """How many replicas `version` ran with when it was last deployed successfully."""
+    for entry in reversed(hist.entries(history_path(config))):
+        if entry.get("version") == version and entry.get("result") == "success" and isinstance(entry.get("replicas"), int):
+            return entry["replicas"]
+    return None
+
+
 def rollback(
     config: Config,
     version: str | None,
     *,
+    replicas: int | None = None,
     strategy: str | None = None,
     dry_run: bool = False,
     lock_wait: float | None = None,
@@ -387,10 +417,14 @@ def rollback(
     if version == options["live_version"]:
         raise UsageError(f"version {version} is already live")
     strategy = strategy or config.deploy.strategy
-    replicas = 1 if strategy == "single" else config.replicas
+    if strategy == "single" and replicas not in (None, 1):
+        raise UsageError("the single strategy runs exactly one container", hint="use --strategy rolling or blue-green for replicas")
+    asked = replicas
+    replicas = 1 if strategy == "single" else (replicas or replicas_of(config, version) or config.replicas)
 
     def make_plan(observed: Observed) -> list[Step]:
-        if any(r.version == version for r in retained_versions(config, observed)):
+        retained = next((r for r in retained_versions(config, observed) if r.version == version), None)
+        if retained is not None and asked in (None, len(retained.containers)):
             return plan_restart(config, observed, version)
         if not backend.image_exists(image_ref(config, version)):
             known = ", ".join(v["version"] for v in options["versions"]) or "none"
@@ -400,9 +434,10 @@ def rollback(
     if dry_run:
         observed = observe(backend, config)
         steps = make_plan(observed)
-        return {"result": "planned", "dry_run": True, "version": version, "plan": [s.to_dict() for s in steps]}
+        return {"result": "planned", "dry_run": True, "version": version, "replicas": replicas, "plan": [s.to_dict() for s in steps]}
     lock = acquire_lock(config, lock_wait, message or f"rollback to {version}")
     try:
+        repair_locked(config, backend)
         return _execute(config, backend, Run("rollback", strategy, version, replicas, message), make_plan)
     finally:
         lock.release()
@@ -432,45 +467,39 @@ def _swarm_rollback(
         lock.release()
 
 
-def _probe_container(backend: Any, config: Config, name: str) -> dict[str, Any]:
-    address = backend.ip_address(name, config.network_name)
-    if not address:
-        return {"ready": False, "live": False, "detail": "no address"}
-    probe = http_probe(f"http://{address}:{BACKEND_PORT}")
-    ready = probe(config.healthcheck.readiness_path, 2.0)
-    alive = ready if ready.ok else probe(config.healthcheck.liveness_path, 2.0)
-    return {"ready": ready.ok, "alive": alive.ok, "ready_status": ready.status, "health_status": alive.status}
+def _history_disagreements(config: Config, routed_version: str | None) -> tuple[dict[str, Any] | None, list[str]]:
+    """The last history entry, and where the history disagrees with what nginx routes to."""
+    entries = hist.entries(history_path(config))
+    last = entries[-1] if entries else None
+    found: list[str] = []
+    if last is not None and last.get("result") == "interrupted":
+        found.append(f"the last {last.get('kind', 'deploy')} ({last.get('version') or '-'}, id {last.get('id')}) was interrupted")
+    recorded = next((e.get("version") for e in reversed(entries) if e.get("result") == "success" and e.get("version")), None)
+    if recorded and routed_version and recorded != routed_version:
+        found.append(f"the history's last successful version is {recorded} but nginx routes to {routed_version}")
+    return last, found
 
 
-def status(config: Config, *, repair: bool = True) -> dict[str, Any]:
+def status(config: Config) -> dict[str, Any]:
+    """Read-only: what nginx routes to (the slot links), each container's health, the history,
+    and where they disagree, with the repair plan that `flashfit repair` would carry out."""
     backend = _backend()
     if config.target == "swarm":
         from flashfit_ops.swarm import deploy as swarm
 
         return swarm.status(backend.client, config)
     observed = observe(backend, config)
-    pending, _view = leftovers(config, observed)
-    repaired: list[str] = []
-    lock = lock_status(lock_path(config))
-    if pending and repair and not lock.held:
-        guard = DeployLock(lock_path(config))
-        try:
-            guard.acquire(LockInfo.mine(message="status: repair leftovers"), wait=0)
-        except FlashFitError:
-            pass
-        else:
-            try:
-                _execute(config, backend, Run("repair", "repair", None, message="repair leftovers"), lambda o: [])
-                repaired = [s.describe() for s in pending]
-            finally:
-                guard.release()
-            observed = observe(backend, config)
-            pending, _view = leftovers(config, observed)
-            lock = lock_status(lock_path(config))
-    live = set(observed.live_names)
     running = [c for c in observed.containers if c.running]
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(running)))) as pool:
-        probes = dict(zip([c.name for c in running], pool.map(lambda c: _probe_container(backend, config, c.name), running)))
+        probes = dict(zip([c.name for c in running], pool.map(lambda c: probe_container(backend, config, c.name), running)))
+    healthy = _apply_probes(observed, probes)
+    repair = plan_repair(config, healthy)
+    # What nginx routes to: the slot links (the record of the last finished switch may lag).
+    routed = tuple(dict.fromkeys(observed.proxy.config or observed.proxy.applied))
+    routed_versions = {c.version for n in routed if (c := observed.by_name(n)) is not None}
+    routed_version = routed_versions.pop() if len(routed_versions) == 1 else ("mixed" if routed_versions else None)
+    routed_colors = {c.color for n in routed if (c := observed.by_name(n)) is not None}
+    last, history_findings = _history_disagreements(config, routed_version)
     containers = []
     for c in observed.containers:
         entry = {
@@ -479,21 +508,34 @@ def status(config: Config, *, repair: bool = True) -> dict[str, Any]:
             "version": c.version,
             "replica": c.replica,
             "state": c.state,
-            "live": c.name in live,
+            "live": c.name in routed,
             "deploy_id": c.deploy_id,
         }
         entry.update(probes.get(c.name, {"ready": False, "alive": False}))
         containers.append(entry)
     live_ready = [c for c in containers if c["live"] and c.get("ready")]
     serving = observed.proxy.running and bool(live_ready)
-    last = (hist.entries(history_path(config)) or [None])[-1]
+    disagreements = [*repair.findings, *history_findings]
+    if routed and observed.keeper_state != "running" and not stopped_on_purpose(config):
+        disagreements.append(f"the keeper is {observed.keeper_state}: a killed proxy or backend comes back only with `flashfit repair`")
+    hint = None
+    if stopped_on_purpose(config):
+        hint = "stopped with `flashfit stop`: `flashfit start` brings the last live version back"
+    elif repair.steps or disagreements:
+        hint = "`flashfit repair` restores service from what is healthy (`flashfit repair --dry-run` shows its plan)"
+    elif not serving:
+        hint = "nothing healthy is left to restore: `flashfit deploy` (or `flashfit start` after `flashfit stop`)"
+    lock = lock_status(lock_path(config))
+    if repair.steps and lock.held:
+        hint = "a deploy holds the lock and may still be working: wait for it, then `flashfit repair` if needed"
     return {
         "project": config.project,
         "serving": serving,
         "url": public_url(config),
-        "live_color": observed.live_color,
-        "live_version": observed.live_version,
-        "replicas": {"live": len(live), "ready": len(live_ready)},
+        "live_color": routed_colors.pop() if len(routed_colors) == 1 else ("mixed" if routed_colors else None),
+        "live_version": routed_version,
+        "recorded_version": observed.live_version,
+        "replicas": {"live": len(routed), "ready": len(live_ready)},
         "proxy": {
             "name": observed.proxy.name,
             "state": observed.proxy.state,
@@ -503,12 +545,115 @@ def status(config: Config, *, repair: bool = True) -> dict[str, Any]:
             "config_consistent": observed.proxy.consistent,
         },
         "containers": containers,
+        "keeper": observed.keeper_state,
         "lock": lock.to_dict(),
-        "repaired": repaired,
-        "leftovers": [s.describe() for s in pending],
+        "consistent": not disagreements and not repair.steps,
+        "disagreements": disagreements,
+        "leftovers": [s.describe() for s in repair.steps],
+        "hint": hint,
         "last_deploy": last,
-        **monitoring_status(config, live),
+        **monitoring_status(config, set(routed)),
     }
+
+
+def _apply_probes(observed: Observed, probes: dict[str, dict[str, Any]]) -> Observed:
+    import dataclasses
+
+    from flashfit_ops.execute.observe import health_of
+
+    containers = tuple(dataclasses.replace(c, health=health_of(probes[c.name])) if c.name in probes else c for c in observed.containers)
+    return dataclasses.replace(observed, containers=containers)
+
+
+def repair(config: Config, *, dry_run: bool = False, lock_wait: float | None = None) -> dict[str, Any]:
+    """Restore service from what is healthy, then finish what an interrupted deploy left. Never
+    reverts a switch that happened. Also the first thing every deploy, rollback and start does."""
+    backend = _backend()
+    if config.target == "swarm":
+        raise UsageError("repair is for target: local", hint="Swarm restarts failed tasks itself")
+    if dry_run:
+        observed = with_health(backend, config, observe(backend, config))
+        planned = plan_repair(config, observed, restart_stopped=not stopped_on_purpose(config))
+        return {"result": "planned", "dry_run": True, "kind": "repair", **planned.to_dict()}
+    lock = acquire_lock(config, lock_wait, "repair")
+    try:
+        return repair_locked(config, backend) or {"result": "nothing to repair", "kind": "repair", "plan": [], "findings": []}
+    finally:
+        lock.release()
+
+
+def repair_locked(config: Config, backend: Any) -> dict[str, Any] | None:
+    """Under the caller's lock: carry out the repair plan when there is one (recorded in the
+    history as a `repair`); None when everything is consistent."""
+    observed = with_health(backend, config, observe(backend, config))
+    on_purpose = stopped_on_purpose(config)
+    planned = plan_repair(config, observed, restart_stopped=not on_purpose)
+    from flashfit_ops.plan.keeper import engine_socket
+
+    keeper_down = (
+        observed.keeper_state != "running"
+        and not on_purpose
+        and any(c.running for c in observed.live)
+        and engine_socket(os.environ.get("DOCKER_HOST")) is not None
+    )
+    if not planned.steps and not keeper_down:
+        return None
+    if planned.steps:
+        console.warn("repairing first: " + "; ".join(planned.findings or ("leftovers of an interrupted deploy",)))
+    version = planned.view.live_version
+    run = Run("repair", "repair", version if version != "mixed" else None, message="; ".join(planned.findings)[:500])
+    with sigterm_as_interrupt():
+        restart = not stopped_on_purpose(config)
+        result = _execute(config, backend, run, lambda o: list(plan_repair(config, o, restart_stopped=restart).steps))
+    result["findings"] = list(planned.findings)
+    return result
+
+
+def stopped_on_purpose(config: Config) -> bool:
+    """The last recorded command was a successful `flashfit stop`: stopped containers stay so."""
+    entries = hist.entries(history_path(config))
+    return bool(entries) and entries[-1].get("kind") == "stop" and entries[-1].get("result") == "success"
+
+
+def lifecycle(
+    config: Config, kind: str, *, dry_run: bool = False, lock_wait: float | None = None, volumes: bool = False, message: str = ""
+) -> dict[str, Any]:
+    """`flashfit stop | start | down`: a plan (data), carried out under the deploy lock and
+    recorded in the history like a deploy."""
+    from flashfit_ops.execute.proxy import slot_links
+    from flashfit_ops.plan.common import sockets_dir
+    from flashfit_ops.plan.lifecycle import plan_down, plan_start, plan_stop
+
+    backend = _backend()
+    if config.target == "swarm":
+        raise UsageError(f"`flashfit {kind}` is for target: local", hint="use `docker service scale` / `docker stack rm` on a swarm")
+
+    def make_plan(observed: Observed) -> list[Step]:
+        if kind == "stop":
+            return plan_stop(config, observed)
+        if kind == "start":
+            steps = plan_start(config, observed)
+            if not steps and not (observed.proxy.running and any(c.running for c in observed.live)):
+                raise UsageError("nothing to start: no container of a live version is left", hint="`flashfit deploy`")
+            return steps
+        return plan_down(config, observed, volumes=volumes, slot_count=max(slot_links(sockets_dir(config)), default=0))
+
+    def version_of(observed: Observed) -> str | None:
+        version = observed.live_version
+        return None if version == "mixed" else version
+
+    if dry_run:
+        observed = with_health(backend, config, observe(backend, config))
+        steps = make_plan(observed)
+        return {"result": "planned", "dry_run": True, "kind": kind, "version": version_of(observed), "plan": [s.to_dict() for s in steps]}
+    lock = acquire_lock(config, lock_wait, message or kind)
+    try:
+        observed = observe(backend, config)
+        run = Run(kind, kind, version_of(observed), None, message)
+        with sigterm_as_interrupt():
+            return _execute(config, backend, run, make_plan)
+    finally:
+        lock.release()
 
 
 def history(config: Config, limit: int | None = None) -> list[dict[str, Any]]:

@@ -269,67 +269,12 @@ def cutover(config: Config, proxy_running: bool, new: tuple[str, ...], old: tupl
 
 
 def leftovers(config: Config, observed: Observed) -> tuple[list[Step], Observed]:
-    """Steps that repair what an interrupted deploy left, and the state as it will be after them.
+    """Steps that repair what an interrupted deploy (or a killed container) left, service first,
+    and the state as it will be after them: see flashfit_ops.plan.repair."""
+    from flashfit_ops.plan.repair import plan_repair
 
-    - temporary files in the proxy and sockets folders: removed;
-    - the slot links differ from the last completed switch (applied.json; a crash mid-switch):
-      back to the applied containers while they run (else forward to the ones the links name);
-      live containers that died are dropped from the slots; nothing is stopped before that switch;
-    - containers of a deploy that never switched (newer than everything live): removed;
-    - containers of an older generation still running (a crash while draining): drained, stopped
-      and kept, as a finished deploy would have done.
-    """
-    steps: list[Step] = []
-    proxy = observed.proxy
-    if proxy.legacy:
-        # Its containers and config predate the slots: nothing to repair, and the deploy's own
-        # switch replaces the proxy (the strategies see it as absent).
-        return [], dataclasses.replace(observed, proxy=dataclasses.replace(proxy, state="replace"))
-    if proxy.stray_files:
-        steps.append(CleanProxyFiles(files=tuple(proxy.stray_files)))
-
-    def running(names: tuple[str, ...]) -> tuple[str, ...]:
-        found = (observed.by_name(n) for n in names)
-        return tuple(c.name for c in found if c is not None and c.running)
-
-    applied_running = running(proxy.applied)
-    config_running = running(proxy.config)
-    live = applied_running
-    if proxy.config != proxy.applied and not applied_running and config_running:
-        live = config_running
-    if proxy.running and live and (live != proxy.applied or proxy.config != proxy.applied):
-        steps.append(SwitchUpstreams(slots=live, previous=live))
-    known = [observed.by_name(n) for n in (*proxy.applied, *live)]
-    newest_live = max((c.deploy_id for c in known if c is not None), default="")
-    served = set(proxy.served or ()) | set(live)
-
-    def never_served(container: ContainerState) -> bool:
-        if proxy.served is not None:
-            return container.name not in served
-        # No record of who served (an older proxy folder): newer than everything live.
-        return container.deploy_id > newest_live
-
-    remaining: list[ContainerState] = []
-    lingering: list[str] = []
-    for container in observed.containers:
-        if container.name in live:
-            remaining.append(container)
-        elif never_served(container):
-            steps.append(RemoveContainer(container.name, reason="leftover of a deploy that never switched"))
-        elif container.running:
-            # It served once and still runs (a crash while draining): finish the job.
-            lingering.append(container.name)
-            remaining.append(dataclasses.replace(container, state="exited"))
-        else:
-            remaining.append(container)
-    if lingering:
-        steps.append(Drain(names=tuple(lingering), timeout=config.deploy.drain_timeout))
-    view = dataclasses.replace(
-        observed,
-        containers=tuple(remaining),
-        proxy=dataclasses.replace(proxy, applied=live, config=live, stray_files=(), config_present=bool(live)),
-    )
-    return steps, view
+    repair = plan_repair(config, observed, restart_stopped=False)
+    return list(repair.steps), repair.view
 
 
 def retained_generations(observed: Observed) -> list[list[ContainerState]]:

@@ -69,6 +69,8 @@ class Observed:
     containers: tuple[ContainerState, ...] = ()
     proxy: ProxyState = field(default_factory=lambda: ProxyState(name=""))
     network_exists: bool = False
+    # The keeper container (flashfit_ops/execute/keeper_main.py): missing | running | exited ...
+    keeper_state: str = "missing"
 
     def by_name(self, name: str) -> ContainerState | None:
         for container in self.containers:
@@ -79,7 +81,7 @@ class Observed:
     @property
     def live(self) -> tuple[ContainerState, ...]:
         """Containers nginx sends traffic to (last applied config), that still exist."""
-        found = (self.by_name(name) for name in self.proxy.applied)
+        found = (self.by_name(name) for name in dict.fromkeys(self.proxy.applied))  # a repair may link two slots to one
         return tuple(sorted((c for c in found if c is not None), key=lambda c: (c.replica, c.name)))
 
     @property

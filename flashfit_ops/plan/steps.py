@@ -248,3 +248,48 @@ STEP_TYPES: dict[str, type[Step]] = {
         Monitor,
     )
 }
+
+
+# -- lifecycle (flashfit down): kept apart so the executor's table above stays as it was ---------
+@dataclass(frozen=True)
+class RemoveNetwork(Step):
+    kind: ClassVar[str] = "remove_network"
+    name: str
+
+    def describe(self) -> str:
+        return f"remove network {self.name}"
+
+
+@dataclass(frozen=True)
+class RemoveVolume(Step):
+    """Irreversible: the data in it is gone. Only with `flashfit down --volumes`, confirmed."""
+
+    kind: ClassVar[str] = "remove_volume"
+    name: str
+
+    def describe(self) -> str:
+        return f"remove volume {self.name} (its data is deleted)"
+
+
+STEP_TYPES.update({cls.kind: cls for cls in (RemoveNetwork, RemoveVolume)})
+
+
+@dataclass(frozen=True)
+class EnsureKeeper(Step):
+    """Run the keeper (flashfit_ops/execute/keeper_main.py) in its own container from `image`:
+    it starts the proxy and the backends the slots link to again when they stop while no flashfit
+    command holds the lock. Recreated when its image changed; never undone."""
+
+    kind: ClassVar[str] = "ensure_keeper"
+    name: str
+    image: str
+    proxy: str
+    state_dir: str
+    engine_socket: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"ensure keeper {self.name} ({self.image}): restarts the proxy and routed backends that stop"
+
+
+STEP_TYPES[EnsureKeeper.kind] = EnsureKeeper

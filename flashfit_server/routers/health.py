@@ -59,9 +59,10 @@ def ready(request: Request) -> JSONResponse:
         checks["errors"] = problems
     is_ready = bool(checks["models_loaded"] and checks["vector_stores_ready"]) and not problems
     is_ready = is_ready and workers_ready
-    return JSONResponse(
-        {"status": "ready" if is_ready else "not_ready", "checks": checks}, status_code=200 if is_ready else 503
-    )
+    # "failed": it will never become ready (a model or a store failed to load), so a deploy gate
+    # stops at once instead of waiting out its deadline; "not_ready": still loading.
+    state = "ready" if is_ready else ("failed" if problems else "not_ready")
+    return JSONResponse({"status": state, "checks": checks}, status_code=200 if is_ready else 503)
 
 
 @router.get("/metrics", response_class=Response)

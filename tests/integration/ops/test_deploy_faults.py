@@ -106,7 +106,7 @@ def test_a_second_deploy_fails_with_exit_4_or_waits_with_lock_wait(project) -> N
     assert [h["version"] for h in history] == ["v1", "slow", "v3"]
 
 
-def test_sigkill_before_the_switch_then_status_repairs(project) -> None:
+def test_sigkill_before_the_switch_then_status_reports_and_repair_repairs(project) -> None:
     deploy_v1(project)
     deploy = project.popen("deploy", "--version", "slow")
     wait_on_condition(lambda: project.backends(state="running", version="slow"), 60, what="the new container")
@@ -117,8 +117,13 @@ def test_sigkill_before_the_switch_then_status_repairs(project) -> None:
     assert lock["held"] is False and lock["stale"] is True and lock["owner"]["pid"] == deploy.pid
     status = project.flashfit("status", "--json")
     assert status.code == 0, status.stderr
-    doc = status.json()
-    assert any("never switched" in line for line in doc["repaired"])
+    doc = status.json()  # read-only: it reports, with a hint; `flashfit repair` repairs
+    assert any("never switched" in line for line in doc["leftovers"]) and "flashfit repair" in doc["hint"]
+    assert project.backends(version="slow")
+    repaired = project.flashfit("repair", "--json")
+    assert repaired.code == 0, repaired.stderr
+    assert any("never switched" in step["description"] for step in repaired.json()["plan"])
+    doc = project.flashfit("status", "--json").json()
     assert doc["live_version"] == "v1" and doc["serving"] and doc["leftovers"] == []
     assert not project.backends(version="slow")
     assert project.flashfit("history", "--json").json()["history"][1]["result"] == "interrupted"
@@ -147,7 +152,9 @@ def test_sigkill_after_the_switch_leaves_the_new_version_serving(project) -> Non
     deploy.wait()
     status = project.flashfit("status", "--json")
     assert status.code == 0, status.stderr
-    doc = status.json()
+    assert status.json()["serving"] and status.json()["live_version"] == "v2"
+    assert project.flashfit("repair").code == 0
+    doc = project.flashfit("status", "--json").json()
     assert doc["serving"] and doc["live_version"] == "v2" and doc["leftovers"] == []
     # v1 either was stopped by the deploy before it died, or by the repair: never left running.
     assert [c.status for c in project.backends(version="v1")] == ["exited"]
@@ -156,8 +163,8 @@ def test_sigkill_after_the_switch_leaves_the_new_version_serving(project) -> Non
 
 def test_sigkill_between_link_rename_and_record_is_repaired(project) -> None:
     """Simulate the narrowest crash: slot-1 already links to a new container that is not recorded
-    as applied (the process died before the record), and a half-made link is left. Status goes
-    back to what applied.json records."""
+    as applied (the process died before the record) and no longer exists, and a half-made link is
+    left. Repair goes back to what applied.json records, the only healthy thing left."""
     deploy_v1(project)
     sockets = project.root / ".flashfit" / "sockets"
     live = slot_target(sockets, 1)
@@ -165,10 +172,14 @@ def test_sigkill_between_link_rename_and_record_is_repaired(project) -> None:
     (sockets / "slot-1.sock").unlink()
     os.symlink(f"{project.name}-backend-green-1-29990101000000000aa.sock", sockets / "slot-1.sock")
     os.symlink(f"{live}.sock", sockets / "slot-1.sock.tmp")
+    assert project.flashfit("status", "--json").json()["leftovers"]
+    repaired = project.flashfit("repair", "--json")
+    assert repaired.code == 0, repaired.stderr
+    assert repaired.json()["plan"]
     status = project.flashfit("status", "--json")
     assert status.code == 0, status.stderr
     doc = status.json()
-    assert doc["repaired"] and doc["proxy"]["config_consistent"] and doc["serving"]
+    assert doc["proxy"]["config_consistent"] and doc["serving"] and doc["consistent"]
     assert slot_target(sockets, 1) == live and doc["proxy"]["slots"] == {"slot-1": live}
     assert not (sockets / "slot-1.sock.tmp").exists() and read_files(project.root / ".flashfit" / "proxy").stray == ()
     assert project.served_version() == "v1"
@@ -178,8 +189,11 @@ def test_invalid_proxy_config_is_rewritten(project) -> None:
     deploy_v1(project)
     config = project.root / ".flashfit" / "proxy" / "nginx.conf"
     config.write_text(config.read_text().replace("events {", "events {{ broken"))
-    doc = project.flashfit("status", "--json").json()
-    assert doc["repaired"] and doc["serving"]
+    assert project.flashfit("status", "--json").json()["leftovers"]
+    repaired = project.flashfit("repair", "--json")
+    assert repaired.code == 0, repaired.stderr
+    assert repaired.json()["plan"]
+    assert project.flashfit("status", "--json").json()["serving"]
     proxy = project.containers(role="proxy")[0]
     assert proxy.exec_run(["nginx", "-t", "-c", "/etc/flashfit/nginx.conf"]).exit_code == 0
     assert project.served_version() == "v1"

@@ -200,11 +200,14 @@ def test_no_monitor_step_when_the_window_is_zero(tmp_path: Path) -> None:
     assert "monitor" not in kinds(plan_deploy("blue-green", config, observed([blue], live=[blue]), Target("v2", NEW, 1)))
 
 
-def test_a_stopped_proxy_is_started_on_the_new_version(tmp_path: Path) -> None:
+def test_a_stopped_proxy_is_started_on_the_live_version_first(tmp_path: Path) -> None:
+    """Service first (issue 11): the proxy comes back on the healthy live backend before the new
+    version even starts; the new version then takes over through an ordinary switch."""
     config = make_config(tmp_path)
     blue = backend("blue", 1)
     steps = plan_deploy("blue-green", config, observed([blue], live=[blue], proxy_state="exited"), Target("v2", NEW, 1))
-    assert isinstance(steps[5], EnsureProxy) and steps[5].slots == (name("green", 1),)
+    assert isinstance(steps[0], EnsureProxy) and steps[0].slots == (blue.name,)
+    assert SwitchUpstreams((name("green", 1),), (blue.name,)) in steps
 
 
 # -- rolling ------------------------------------------------------------------------------------------
@@ -286,16 +289,24 @@ def test_leftovers_of_a_deploy_that_never_switched_are_removed_first(tmp_path: P
                                 "switch_upstreams", "drain", "monitor"]  # fmt: skip
 
 
-def test_crash_between_rename_and_applied_switches_back_before_removing(tmp_path: Path) -> None:
-    """The slot link names the new container, applied.json the old one: the switch may or may not
-    have completed. Go back to the applied (old, still running) one, then remove the new one."""
+def test_crash_between_rename_and_record_completes_the_switch(tmp_path: Path) -> None:
+    """The slot link names the new container (it passed its gate), applied.json the old one: the
+    switch happened, so it is completed, never undone (issue 11): record it, drain the old one."""
     config = make_config(tmp_path)
     blue = backend("blue", 1, deploy_id=OLD)
     new = backend("green", 1, deploy_id="20291231000000000aa", version="v2")
     state = observed([blue, new], live=[blue], config_names=[new.name])
     steps = plan_deploy("blue-green", config, state, Target("v3", NEW, 1))
+    assert steps[:2] == [SwitchUpstreams((new.name,), (new.name,)), Drain((blue.name,), 5.0)]
+    assert not any(isinstance(s, RemoveContainer) and s.name == new.name for s in steps)
+
+
+def test_crash_mid_switch_to_a_container_that_is_gone_goes_back(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blue = backend("blue", 1, deploy_id=OLD)
+    state = observed([blue], live=[blue], config_names=["shop-backend-green-1-20291231000000000aa"])
+    steps = plan_deploy("blue-green", config, state, Target("v3", NEW, 1))
     assert steps[0] == SwitchUpstreams((blue.name,), (blue.name,))
-    assert steps[1] == RemoveContainer(new.name, reason="leftover of a deploy that never switched")
 
 
 def test_an_old_generation_left_running_is_drained_and_stopped(tmp_path: Path) -> None:
@@ -315,7 +326,8 @@ def test_a_dead_live_container_is_dropped_from_the_upstreams(tmp_path: Path) -> 
     a = backend("blue", 1)
     b = backend("blue", 2, state="exited")
     steps = plan_deploy("rolling", config, observed([a, b], live=[a, b]), Target("v2", NEW, 2))
-    assert steps[0] == SwitchUpstreams((a.name,), (a.name,))
+    # Its slot points at the live one: the slot count stays, so nginx is not reloaded (issue 11).
+    assert steps[0] == SwitchUpstreams((a.name, a.name), (a.name, a.name))
 
 
 def test_fresh_install_interrupted_before_the_proxy_started(tmp_path: Path) -> None:

@@ -1,7 +1,8 @@
 """A tiny stand-in for the server, for the faults the real one cannot produce on demand.
 
 Env: FLASHFIT_SOCKET (also serve on this Unix socket, as the real server does), BOOT_DELAY (seconds before /ready turns 200), NEVER_READY=1 (/ready stays 503),
-DIE_AFTER (seconds after becoming ready, the process exits with code 3), APP_VERSION.
+DIE_AFTER (seconds after becoming ready, the process exits with code 3), FAILED (a cause: /ready
+answers 503 {"status": "failed"} with it, as the real server does when a model cannot load), APP_VERSION.
 Endpoints: /health (200 while the process runs), /ready, and anything else -> 200 JSON with the
 version. HTTP/1.1 keep-alive, threaded; SIGTERM stops it cleanly (it runs as PID 1)."""
 
@@ -19,6 +20,7 @@ BOOT_DELAY = float(os.environ.get("BOOT_DELAY", "0"))
 NEVER_READY = os.environ.get("NEVER_READY") == "1"
 DIE_AFTER = os.environ.get("DIE_AFTER")
 VERSION = os.environ.get("APP_VERSION", "unknown")
+FAILED = os.environ.get("FAILED", "")
 
 
 def ready() -> bool:
@@ -39,6 +41,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         if self.path == "/health":
             self._send(200, {"status": "ok", "version": VERSION})
+        elif self.path == "/ready" and FAILED:
+            self._send(503, {"status": "failed", "checks": {"errors": {"clip": FAILED}}, "version": VERSION})
         elif self.path == "/ready":
             self._send(200 if ready() else 503, {"ready": ready(), "version": VERSION})
         else:
@@ -82,6 +86,8 @@ def main() -> None:
         threading.Thread(target=die, daemon=True).start()
     if NEVER_READY:
         print("fake backend: will never be ready (NEVER_READY=1)", flush=True)
+    if FAILED:
+        print(f"ERROR fake backend: model slot clip failed to load: {FAILED}", flush=True)
     server.serve_forever()
     if path and os.path.exists(path):
         os.unlink(path)

@@ -1,0 +1,34 @@
+"""The executor every service command uses: the deploy executor plus the steps of issue 11 (the
+keeper, and what only `down` does). None of them is undone: what was removed on purpose is not
+brought back, and a keeper that could not start is a warning, never a rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flashfit_ops.errors import FlashFitError
+from flashfit_ops.execute.executor import Executor
+from flashfit_ops.plan.steps import EnsureKeeper, RemoveNetwork, RemoveVolume
+
+KEEPER_SCRIPT = Path(__file__).with_name("keeper_main.py")
+
+
+class LifecycleExecutor(Executor):
+    def _do_remove_network(self, step: RemoveNetwork) -> None:
+        self.backend.remove_network(step.name)
+
+    def _do_remove_volume(self, step: RemoveVolume) -> None:
+        self.backend.remove_volume(step.name)
+
+    def _do_ensure_keeper(self, step: EnsureKeeper) -> None:
+        info = self.backend.container(step.name)
+        if info is not None and info.state == "running" and info.image == step.image:
+            return
+        try:
+            if info is not None:
+                self.backend.remove(step.name)
+            self.backend.run_keeper(step, str(KEEPER_SCRIPT))
+        except FlashFitError as error:
+            text = f"the keeper did not start ({error.message}): killed containers come back only with `flashfit repair`"
+            self.execution.warnings.append(text)
+            self.say("warn", text)
