@@ -135,6 +135,15 @@ def slot_links(sockets: Path) -> dict[int, str]:
     return dict(sorted(found.items()))
 
 
+def upstream_links(sockets: Path) -> dict[str, str]:
+    """{upstream address: container} for every slot and standby slot link in the sockets folder."""
+    found = {slot_address(n): name for n, name in slot_links(sockets).items()}
+    if Path(sockets).is_dir():
+        for entry in sorted(Path(sockets).glob("slot-standby-*.sock")):
+            found[f"unix:{SOCKET_DIR}/{entry.name}"] = slot_target(sockets, 0, entry.name) or ""
+    return found
+
+
 @dataclass(frozen=True)
 class ProxyFiles:
     # The containers the slot links point to now, in slot order, each once (a crash mid-switch
