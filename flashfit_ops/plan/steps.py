@@ -183,7 +183,8 @@ class SwitchUpstreams(Step):
     def describe(self) -> str:
         text = f"switch traffic: {describe_slots(self.slots, self.slot_count)} (from {', '.join(self.previous) or 'nothing'})"
         if self.standby and self.standby != self.slots:
-            text += f"; {', '.join(self.standby)} stay running, out of rotation, behind the standby slots"
+            verb = "stays" if len(self.standby) == 1 else "stay"
+            text += f"; {', '.join(self.standby)} {verb} running, out of rotation, behind the standby slots"
         return text + describe_reload(self.reload)
 
 

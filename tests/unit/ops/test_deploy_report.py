@@ -16,7 +16,10 @@ def dry_run_of(config, state) -> dict:
     return {"dry_run": True, "strategy": "blue-green", "version": "v2", "plan": [s.to_dict() for s in steps]}
 
 
-def test_dry_run_says_warm_or_cold_and_names_the_reloads(tmp_path: Path, capsys) -> None:
+def test_dry_run_says_warm_or_cold_and_names_the_reloads(tmp_path: Path, capsys, monkeypatch) -> None:
+    from flashfit_ops import console
+
+    monkeypatch.setattr(console, "_json_mode", False)
     blue = backend("blue", 1)
     warm = make_config(tmp_path)
     result = dry_run_of(warm, observed([blue], live=[blue]))
@@ -38,7 +41,10 @@ def test_dry_run_says_warm_or_cold_and_names_the_reloads(tmp_path: Path, capsys)
     assert window_behaviour(make_config(tmp_path, **{"deploy.monitor_window": 0})).startswith("no monitor window")
 
 
-def test_the_summary_time_is_the_command_wall_time(tmp_path: Path, capsys) -> None:
+def test_the_summary_time_is_the_command_wall_time(tmp_path: Path, capsys, monkeypatch) -> None:
+    from flashfit_ops import console
+
+    monkeypatch.setattr(console, "_json_mode", False)
     # The deploy part alone (duration_s) leaves out start-up, the lock wait and the image check.
     result = {"version": "v2", "strategy": "blue-green", "duration_s": 0.0, "live": ["x"], "url": "http://127.0.0.1/", "execution": {}}
     _report(result, False, "deployed", make_config(tmp_path))

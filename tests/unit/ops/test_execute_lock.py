@@ -141,10 +141,13 @@ def test_wait_progress_names_the_holder_at_once_then_every_ten_seconds() -> None
     assert lines[-1].startswith("waiting for the deploy lock (21s of 200s): held by bo@ci-8")
 
 
-def test_a_lock_wait_without_a_terminal_prints_who_holds_it_and_the_time_waited(tmp_path: Path, capsys) -> None:
+def test_a_lock_wait_without_a_terminal_prints_who_holds_it_and_the_time_waited(tmp_path: Path, capsys, monkeypatch) -> None:
     """Without a TTY (CI) the live status line is off: the wait must still say something."""
+    from flashfit_ops import console
     from flashfit_ops.execute.service import acquire_lock, lock_path
     from tests.unit.ops.test_plan_strategies import make_config
+
+    monkeypatch.setattr(console, "_json_mode", False)  # human output (an earlier --json test may have set it)
 
     config = make_config(tmp_path)
     holder = hold(lock_path(config), 30)
