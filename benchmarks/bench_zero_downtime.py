@@ -218,7 +218,7 @@ class BenchProject:
             "volumes": {"models": str(models)},
             "resources": {"limits": {"memory": "2G", "cpus": 2}, "reservations": {"memory": "256M", "cpus": 0.5}},
             "healthcheck": {"interval": "500ms", "timeout": "2s", "start_period": "60s"},
-            "deploy": {"strategy": "blue-green", "deadline": "60s", "drain_timeout": "10s", "monitor_window": monitor_window},
+            "deploy": {"strategy": "blue-green", "deadline": "240s", "drain_timeout": "10s", "monitor_window": monitor_window},
         }
         self.configure()
         env = self.folder / ".env"
@@ -249,9 +249,9 @@ class BenchProject:
             print(text, file=sys.stderr, flush=True)
 
     def setup(self, *command: str) -> None:
-        code, _doc, wall, stderr = run_flashfit(self.folder, *command)
+        code, doc, wall, stderr = run_flashfit(self.folder, *command)
         if code != 0:
-            raise SystemExit(f"setup `flashfit {' '.join(command)}` failed ({code}):\n{stderr}")
+            raise SystemExit(f"setup `flashfit {' '.join(command)}` failed ({code}):\n{stderr}\n{json.dumps(doc, indent=2)[:4000]}")
         self.log(f"setup: flashfit {' '.join(command)} ({wall:.1f}s)")
 
     def cleanup(self) -> None:
@@ -314,7 +314,7 @@ def run_fault_scenario(project: BenchProject, scenario: FaultScenario, clients: 
             helper.join(timeout=MAX_LOAD_SECONDS)
         time.sleep(1.0)  # still loaded a moment after
     if code != scenario.expect:
-        raise SystemExit(f"{scenario.name}: exit {code}, expected {scenario.expect}:\n{stderr}")
+        raise SystemExit(f"{scenario.name}: exit {code}, expected {scenario.expect}:\n{stderr}\n{json.dumps(doc, indent=2)[:4000]}")
     execution = execution_of(doc)
     row = {
         "scenario": scenario.name,
@@ -445,7 +445,7 @@ def zero_downtime_table(project: BenchProject, args: argparse.Namespace) -> list
         with Load(url, args.clients) as load:
             code, doc, wall, stderr = run_flashfit(project.folder, *command)
         if code != expect:
-            raise SystemExit(f"{name}: exit {code}, expected {expect}:\n{stderr}")
+            raise SystemExit(f"{name}: exit {code}, expected {expect}:\n{stderr}\n{json.dumps(doc, indent=2)[:4000]}")
         boot = boot_to_ready(doc)
         result = {
             "scenario": name,
