@@ -172,6 +172,13 @@ def test_standby_slots_point_at_the_previous_version_until_released(tmp_path: Pa
     proxy.switch(("blue",))
     text = (proxy.folder / "nginx.conf").read_text()
     assert "server unix:/run/flashfit/slot-standby-8.sock max_fails=0 backup;" in text
+    # a request may try every slot and standby slot; a recommend (read-only POST) that failed
+    # mid-request on a dying backend is passed on too; the compose upstream keeps its 3 tries
+    assert "proxy_next_upstream_tries 16;" in text
+    recommend = text[text.index("location = /api/fusion/recommend {") :]
+    assert "http_504 non_idempotent;" in recommend[: recommend.index("}")]
+    compose = render_nginx(proxy.config, ["backend:8080"])
+    assert "proxy_next_upstream_tries 3;" in compose and "non_idempotent" not in compose and "backup" not in compose
     assert os.readlink(proxy.sockets / "slot-standby-1.sock") == "blue.sock"  # no standby given: the live ones
     proxy.switch(("green",), standby=("blue",))
     assert {slot_target(proxy.sockets, n, f"slot-standby-{n}.sock") for n in range(1, 9)} == {"blue"}
