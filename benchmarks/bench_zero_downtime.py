@@ -328,6 +328,9 @@ def run_fault_scenario(project: BenchProject, scenario: FaultScenario, clients: 
     for label, load in loads.items():
         row[label] = load.summary()
     row["failed"] = sum(load.failed for load in loads.values())
+    # Each row as it completes: a long run that dies later still leaves its figures.
+    project.log(f"  -> {scenario.name}: exit {code}, /ready {loads['ready'].ok} ok {loads['ready'].failed} failed, "
+                f"recommend {loads['recommend'].ok} ok {loads['recommend'].failed} failed, reloads {row['nginx_reloads']}, wall {wall:.1f}s")
     return row
 
 
