@@ -128,18 +128,27 @@ def render_template(name: str, config: Config, **extra: Any) -> str:
 
 
 def render_nginx(
-    config: Config, upstreams: list[str], *, tls: bool | None = None, dynamic: bool = False, keepalive: bool = True
+    config: Config,
+    upstreams: list[str],
+    *,
+    tls: bool | None = None,
+    dynamic: bool = False,
+    keepalive: bool = True,
+    standby: list[str] | None = None,
 ) -> str:
     """The proxy config for a set of upstream addresses (host:port, or unix:/run/flashfit/slot-<n>.sock
     for the replica slots of a deploy). `dynamic` (Swarm) resolves the single upstream name through
     Docker's DNS per request. `keepalive`: reuse upstream connections (off for slots, so nothing
-    keeps talking to a container after its slot was switched away)."""
+    keeps talking to a container after its slot was switched away). `standby`: the backup slots
+    (a deploy's replica slots have them; see templates/nginx/nginx.conf.j2)."""
     if not upstreams:
         raise ValueError("nginx needs at least one upstream server")
     if dynamic and len(upstreams) != 1:
         raise ValueError("a dynamic upstream is one service name resolved at request time")
     tls = config.tls.enabled if tls is None else tls
-    return render_template("nginx/nginx.conf.j2", config, upstreams=upstreams, tls=tls, dynamic=dynamic, keepalive=keepalive)
+    return render_template(
+        "nginx/nginx.conf.j2", config, upstreams=upstreams, tls=tls, dynamic=dynamic, keepalive=keepalive, standby=standby or []
+    )
 
 
 def render_stack(config: Config, version: str | None = None) -> str:

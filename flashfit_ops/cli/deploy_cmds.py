@@ -3,6 +3,8 @@ render its result. Zero-downtime mechanics live in flashfit_ops.plan and flashfi
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Annotated, Any, Optional
 
 import typer
@@ -49,7 +51,37 @@ def _show_failure(error: FlashFitError) -> None:
             console.info(f"  [dim]{escape(line)}[/]")
 
 
-def _report(result: dict[str, Any], json_output: bool, verb: str) -> None:
+_IMPORTED = time.monotonic()
+
+
+def command_wall_seconds() -> float:
+    """Seconds since this process started: the command's wall time, start-up and lock wait
+    included (what a user timing the command sees)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            start_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = float(handle.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.monotonic() - _IMPORTED
+
+
+def _plan_notes(result: dict[str, Any], config: Any) -> None:
+    """What a dry run says besides the steps: the monitor-window behaviour and every reload."""
+    from flashfit_ops.plan.common import window_behaviour
+
+    if config.target == "swarm":
+        return
+    result["monitor_window_behaviour"] = window_behaviour(config)
+    result["nginx_reloads"] = [s["reload"] for s in result.get("plan") or [] if s.get("reload")]
+
+
+def _report(result: dict[str, Any], json_output: bool, verb: str, config: Any = None) -> None:
+    if result.get("dry_run") and config is not None:
+        _plan_notes(result, config)
+    elif not result.get("dry_run"):
+        result["wall_s"] = round(command_wall_seconds(), 2)
     if json_output:
         console.emit_json(result)
         return
@@ -62,13 +94,17 @@ def _report(result: dict[str, Any], json_output: bool, verb: str) -> None:
             console.info(f"{image} does not exist: a deploy would build it first")
         console.info(f"plan ({result.get('strategy', 'rollback')}, version {result.get('version')}):")
         print_plan(result["plan"])
+        if "monitor_window_behaviour" in result:
+            console.info(result["monitor_window_behaviour"])
+            reloads = result["nginx_reloads"]
+            console.info(f"nginx reloads: {len(reloads)} ({'; '.join(reloads)})" if reloads else "nginx reloads: none (every switch relinks slots)")
         console.info("dry run: nothing changed")
         return
     execution = result.get("execution") or {}
     ready = execution.get("ready_seconds") or {}
     boot = f"; ready after {max(ready.values()):.1f}s" if ready else ""
     console.success(
-        f"{verb} {result.get('version')} ({result.get('strategy')}) in {result.get('duration_s', 0):.1f}s{boot}: "
+        f"{verb} {result.get('version')} ({result.get('strategy')}) in {result['wall_s']:.1f}s{boot}: "
         f"{result.get('url')} serves {', '.join(result.get('live') or []) or 'nothing'}"
     )
     for warning in execution.get("warnings") or []:
@@ -110,7 +146,7 @@ def deploy(
     except FlashFitError as error:
         _show_failure(error)
         raise
-    _report(result, json_output, "deployed")
+    _report(result, json_output, "deployed", loaded)
 
 
 @guarded
@@ -147,7 +183,7 @@ def rollback(
         for entry in result["versions"]:
             console.print_data(f"{entry['version']}\t{entry['how']}")
         return
-    _report(result, json_output, "rolled back to")
+    _report(result, json_output, "rolled back to", loaded)
 
 
 def register(app: typer.Typer) -> None:

@@ -218,6 +218,8 @@ class DeployConfig(Strict):
     # A version that dies within this window after the switch is rolled back too.
     monitor_window: Duration = 10.0
     keep_versions: int = Field(3, ge=1, le=50)
+    warm_standby: bool = True  # the previous version runs (out of rotation) through the monitor window
+    max_replicas: int = Field(8, ge=1, le=64)  # upstream slots: replica counts up to this switch with no nginx reload
 
 
 class TLSConfig(Strict):

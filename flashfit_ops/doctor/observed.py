@@ -45,12 +45,13 @@ def proxy_config_text(ctx: DoctorContext) -> str | None:
 
 def slot_links(ctx: DoctorContext) -> dict[str, str]:
     """{upstream address: container} for the replica slots of a deploy: nginx's upstream lists
-    unix:/run/flashfit/slot-<n>.sock, each a link (in .flashfit/sockets) to one backend's socket."""
+    unix:/run/flashfit/slot-<n>.sock and its standby slots, each a link (in .flashfit/sockets) to one
+    backend's socket."""
     try:
-        from flashfit_ops.execute.proxy import slot_address, slot_links as links
+        from flashfit_ops.execute.proxy import upstream_links
     except ImportError:
         return {}
-    return {slot_address(n): name for n, name in links(ctx.proxy_dir.parent / "sockets").items()}
+    return upstream_links(ctx.proxy_dir.parent / "sockets")
 
 
 def match_backend(address: str, backends: list[Any], slots: dict[str, str] | None = None) -> Any | None:

@@ -29,6 +29,7 @@ from flashfit_ops.plan.steps import (
     EnsureProxy,
     EnsureVolume,
     Monitor,
+    ReleaseStandby,
     RemoveContainer,
     RestartContainer,
     StartContainer,
@@ -358,11 +359,11 @@ class Executor:
         if info is not None and info.state == "running" and not legacy:
             applied = read_files(self.proxy.folder, self.proxy.sockets).applied
             if tuple(applied) != tuple(step.slots):
-                self._switch(step.slots, tuple(applied))
+                self._switch(step.slots, tuple(applied), slot_count=step.slot_count)
             return
         if info is not None:
             self.backend.remove(name)  # stopped or broken: recreated from the current settings
-        self.proxy.write_live(step.slots)
+        self.proxy.write_live(step.slots, step.slot_count)
         self._register(f"remove proxy {name}", lambda: self.backend.remove(name))
         self.backend.run_proxy(step.spec)
         self.proxy.wait_serving()
@@ -378,19 +379,34 @@ class Executor:
                 out[name] = version
         return out
 
-    def _switch_to(self, slots: tuple[str, ...]) -> None:
+    def _switch_to(self, slots: tuple[str, ...], *, slot_count: int = 0, standby: tuple[str, ...] = (), planned_reload: str = "") -> None:
         before = getattr(self.proxy, "reloads", 0)
-        self.proxy.switch(tuple(slots), self._versions(slots))
-        self.execution.reloads += getattr(self.proxy, "reloads", 0) - before
+        self.proxy.switch(tuple(slots), self._versions(slots), slot_count=slot_count, standby=tuple(standby))
+        reloads = getattr(self.proxy, "reloads", 0) - before
+        self.execution.reloads += reloads
+        if reloads and not planned_reload:
+            text = "nginx was reloaded although the plan named no reload (nginx.conf on disk differed from the rendered one)"
+            self.execution.warnings.append(text)
+            self.say("warn", text)
 
-    def _switch(self, slots: tuple[str, ...], previous: tuple[str, ...]) -> None:
+    def _switch(
+        self, slots: tuple[str, ...], previous: tuple[str, ...], *, slot_count: int = 0, standby: tuple[str, ...] = (), reload: str = ""
+    ) -> None:
         if previous and tuple(previous) != tuple(slots):
-            self._register(f"switch traffic back to {', '.join(previous)}", lambda: self._switch_to(tuple(previous)))
-        self._switch_to(tuple(slots))
+            # Back means every slot, the standby ones too, on the previous containers: those
+            # that stay running through the monitor window take the traffic again at once.
+            self._register(
+                f"switch traffic back to {', '.join(previous)}", lambda: self._switch_to(tuple(previous), slot_count=slot_count, planned_reload="undo")
+            )
+        self._switch_to(tuple(slots), slot_count=slot_count, standby=standby, planned_reload=reload)
         self.switched_at = self.clock()
 
     def _do_switch_upstreams(self, step: SwitchUpstreams) -> None:
-        self._switch(step.slots, step.previous)
+        self._switch(step.slots, step.previous, slot_count=step.slot_count, standby=step.standby, reload=step.reload)
+
+    def _do_release_standby(self, step: ReleaseStandby) -> None:
+        # Undone by the switch's own undo, which points every slot back at the previous version.
+        self.proxy.link_standby(step.names, self.proxy.current_count())
 
     def _drain_one(self, name: str, timeout: float) -> None:
         """SIGTERM, then the server finishes its in-flight requests and exits (the engine kills it

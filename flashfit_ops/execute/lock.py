@@ -91,6 +91,29 @@ def _read_info(path: Path) -> LockInfo | None:
         return None
 
 
+class WaitProgress:
+    """What a lock wait shows where no live status line can (CI logs, pipes): a line as soon as
+    the wait starts, naming the holder, then one every `every` seconds with the time waited, and
+    one whenever the holder changes. `emit` prints; this only decides when."""
+
+    def __init__(self, wait: float, emit: Callable[[str], None], every: float = 10.0):
+        self.wait = wait
+        self.emit = emit
+        self.every = every
+        self._next: float | None = None
+        self._holder: LockInfo | None = None
+        self.waited = 0.0
+
+    def __call__(self, holder: LockInfo | None, waited: float) -> None:
+        self.waited = waited
+        if self._next is not None and waited < self._next and holder == self._holder:
+            return
+        who = holder.describe() if holder else "another deploy"
+        self.emit(f"waiting for the deploy lock ({waited:.0f}s of {self.wait:g}s): held by {who}")
+        self._holder = holder
+        self._next = waited + self.every
+
+
 class DeployLock:
     def __init__(self, path: Path):
         self.path = Path(path)

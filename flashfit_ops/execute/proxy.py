@@ -3,9 +3,12 @@ folder (.flashfit/sockets, mounted at /run/flashfit in the proxy and in every ba
 switch.
 
 nginx's upstream lists replica SLOTS, not containers: `server unix:/run/flashfit/slot-<n>.sock`,
-one per replica, without upstream keep-alive (every proxied request opens a new connection to
-the slot). Each backend listens on `<container>.sock` in the same folder; `slot-<n>.sock` is a
-relative symbolic link to one of those sockets.
+a fixed number of them (deploy.max_replicas, more only for more replicas), cycling over the live
+containers (slot n -> containers[(n-1) % count]), without upstream keep-alive (every proxied
+request opens a new connection to the slot). After them come as many STANDBY slots
+(`slot-standby-<n>.sock`, nginx `backup` servers): the previous version through a deploy's monitor
+window, else the live containers, tried only when every slot failed. Each backend listens on
+`<container>.sock` in the same folder; every slot is a relative symbolic link to one of those.
 
 A switch of slot n to container C: a new link `slot-<n>.sock.tmp` -> `C.sock`, renamed over
 `slot-<n>.sock` (atomic), the folder fsynced. nginx's next connection for that slot reaches C;
@@ -13,8 +16,8 @@ requests in flight on the old container finish there; no client connection is to
 nginx is not reloaded. Then a request through each slot and one through the proxy prove the new
 version serves, and the slots are recorded (applied.json) as the last completed switch.
 
-nginx.conf is rendered, tested (`nginx -t`) and reloaded only when it changes: the slot count
-(first deploy, another replica count) or the TLS / rate-limit settings.
+nginx.conf is rendered, tested (`nginx -t`) and reloaded only when it changes: more replicas than
+slots, or the TLS / rate-limit settings. A replica-count change within the slots is relinks only.
 
 Symbolic rather than hard links: a hard link names the socket inode of one run of the container,
 so a container the engine restarts after a crash (a new socket at the same path) would be
@@ -92,10 +95,23 @@ def slot_address(slot: int) -> str:
     return f"unix:{SOCKET_DIR}/{slot_socket(slot)}"
 
 
-def slot_target(sockets: Path, slot: int) -> str | None:
-    """The container slot `slot` points to; None when there is no such link."""
+def standby_socket(slot: int) -> str:
+    return f"slot-standby-{slot}.sock"
+
+
+def assign_slots(names: tuple[str, ...], count: int) -> tuple[str, ...]:
+    """What each of `count` slots links to: they cycle over `names` (every slot a live backend)."""
+    return tuple(names[n % len(names)] for n in range(count)) if names else ()
+
+
+def distinct(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(names))
+
+
+def slot_target(sockets: Path, slot: int, file_name: str | None = None) -> str | None:
+    """The container slot `slot` (or the link `file_name`) points to; None when there is no such link."""
     try:
-        target = os.readlink(Path(sockets) / slot_socket(slot))
+        target = os.readlink(Path(sockets) / (file_name or slot_socket(slot)))
     except FileNotFoundError:
         return None
     except OSError:  # not a link
@@ -120,9 +136,18 @@ def slot_links(sockets: Path) -> dict[int, str]:
     return dict(sorted(found.items()))
 
 
+def upstream_links(sockets: Path) -> dict[str, str]:
+    """{upstream address: container} for every slot and standby slot link in the sockets folder."""
+    found = {slot_address(n): name for n, name in slot_links(sockets).items()}
+    if Path(sockets).is_dir():
+        for entry in sorted(Path(sockets).glob("slot-standby-*.sock")):
+            found[f"unix:{SOCKET_DIR}/{entry.name}"] = slot_target(sockets, 0, entry.name) or ""
+    return found
+
+
 @dataclass(frozen=True)
 class ProxyFiles:
-    # What the slot links point to now, slot 1..the count nginx.conf lists (a crash mid-switch
+    # The containers the slot links point to now, in slot order, each once (a crash mid-switch
     # can leave them different from `applied`); for an nginx.conf older than slots, its servers.
     config: tuple[str, ...]
     config_present: bool
@@ -135,6 +160,9 @@ class ProxyFiles:
     # means nginx has run this very file since, so it need not be tested again.
     config_sha256: str | None = None
     applied_config_sha256: str | None = None
+    # How many slots nginx.conf lists, and the text itself.
+    slot_count: int = 0
+    text: str | None = None
 
     @property
     def config_unchanged(self) -> bool:
@@ -148,15 +176,17 @@ def read_files(folder: Path, sockets: Path | None = None) -> ProxyFiles:
     config: tuple[str, ...] = ()
     present = False
     digest: str | None = None
+    count = 0
+    text: str | None = None
     try:
         raw = (folder / PROXY_CONFIG_FILE).read_bytes()
         digest = hashlib.sha256(raw).hexdigest()
         text = raw.decode("utf-8")
         present = True
         count = parse_slot_count(text)
-        config = read_slots(sockets, count) if count else parse_upstreams(text)
+        config = distinct(read_slots(sockets, count)) if count else parse_upstreams(text)
     except (FileNotFoundError, UnicodeDecodeError):
-        pass
+        text = None
     applied: tuple[str, ...] = ()
     applied_present = False
     served: tuple[str, ...] | None = None
@@ -180,7 +210,7 @@ def read_files(folder: Path, sockets: Path | None = None) -> ProxyFiles:
         for entry in sorted(sockets.iterdir()):
             if entry.name.startswith("slot-") and entry.name.endswith(".tmp"):
                 stray.append(entry.name)
-    return ProxyFiles(config, present, applied, applied_present, tuple(stray), served, digest, applied_digest)
+    return ProxyFiles(config, present, applied, applied_present, tuple(stray), served, digest, applied_digest, count, text)
 
 
 @contextlib.contextmanager
@@ -239,36 +269,77 @@ class ProxyController:
     def render(self, count: int) -> str:
         from flashfit_ops.render import render_nginx
 
-        return render_nginx(self.config, [slot_address(n) for n in range(1, count + 1)], tls=self.config.tls.enabled, keepalive=False)
+        return render_nginx(
+            self.config,
+            [slot_address(n) for n in range(1, count + 1)],
+            tls=self.config.tls.enabled,
+            keepalive=False,
+            standby=[f"unix:{SOCKET_DIR}/{standby_socket(n)}" for n in range(1, count + 1)],
+        )
+
+    def slot_count(self, replicas: int, live_text: str | None) -> int:
+        """The slots to list for `replicas` containers when the plan did not say: the current
+        count while it holds them and deploy.max_replicas (no reload), else enough for them."""
+        current = parse_slot_count(live_text) if live_text else 0
+        return max(current, self.config.deploy.max_replicas, replicas)
 
     def slots(self) -> tuple[str, ...]:
         """What the slots nginx.conf lists point to now."""
         return read_files(self.folder, self.sockets).config
 
-    def link(self, slot: int, name: str) -> None:
-        """Point `slot` at container `name`: a new link renamed over the old one (atomic)."""
-        path = self.sockets / slot_socket(slot)
-        tmp = self.sockets / f"{slot_socket(slot)}.tmp"
+    def link(self, slot: int, name: str, file_name: str | None = None) -> None:
+        """Point `slot` (or the link `file_name`) at container `name`: a new link renamed over the
+        old one (atomic)."""
+        file_name = file_name or slot_socket(slot)
+        path = self.sockets / file_name
+        tmp = self.sockets / f"{file_name}.tmp"
         tmp.unlink(missing_ok=True)
         os.symlink(backend_socket(name), tmp)
         os.replace(tmp, path)
 
-    def write_live(self, slots: tuple[str, ...]) -> None:
+    def link_all(self, slots: tuple[str, ...], count: int, standby: tuple[str, ...] = ()) -> int:
+        """Link slots 1..count over `slots` and the standby slots over `standby` (empty: over
+        `slots`); only links that change are renamed. Returns how many changed."""
+        changed = 0
+        for file_name, targets in ((slot_socket, slots), (standby_socket, standby or slots)):
+            for n, name in enumerate(assign_slots(tuple(targets), count), start=1):
+                if slot_target(self.sockets, n, file_name(n)) != name:
+                    self.link(n, name, file_name(n))
+                    changed += 1
+        return changed
+
+    def link_standby(self, standby: tuple[str, ...], count: int) -> None:
+        """Point only the standby slots at `standby` (the monitor window closed clean)."""
+        self.ensure_folders()
+        for n, name in enumerate(assign_slots(tuple(standby), count), start=1):
+            if slot_target(self.sockets, n, standby_socket(n)) != name:
+                self.link(n, name, standby_socket(n))
+        fsync_dir(self.sockets)
+
+    def current_count(self) -> int:
+        try:
+            return parse_slot_count((self.folder / PROXY_CONFIG_FILE).read_text(encoding="utf-8"))
+        except (FileNotFoundError, UnicodeDecodeError):
+            return 0
+
+    def write_live(self, slots: tuple[str, ...], slot_count: int = 0, standby: tuple[str, ...] = ()) -> None:
         """Link the slots and write nginx.conf directly (the proxy is not running yet)."""
         if not slots:
             raise OperationFailed("refusing to start the proxy with no replica slots")
         self.ensure_folders()
-        for n, name in enumerate(slots, start=1):
-            self.link(n, name)
-        self._drop_slots_after(len(slots))
+        count = slot_count or max(self.config.deploy.max_replicas, len(slots))
+        self.link_all(tuple(slots), count, standby)
+        self._drop_slots_after(count)
         fsync_dir(self.sockets)
-        atomic_write_text(self.folder / PROXY_CONFIG_FILE, self.render(len(slots)))
+        atomic_write_text(self.folder / PROXY_CONFIG_FILE, self.render(count))
 
-    def record_applied(self, slots: tuple[str, ...]) -> None:
+    def record_applied(self, slots: tuple[str, ...], standby: tuple[str, ...] = ()) -> None:
         text = (self.folder / PROXY_CONFIG_FILE).read_bytes()
+        slots = distinct(slots)
         served = [n for n in (read_files(self.folder, self.sockets).served or ()) if n not in slots] + list(slots)
         record = {
             "slots": list(slots),
+            "standby": list(distinct(standby or slots)),
             "served": served[-SERVED_KEPT:],
             "config_sha256": hashlib.sha256(text).hexdigest(),
             "applied_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -295,6 +366,11 @@ class ProxyController:
         for slot in slot_links(self.sockets):
             if slot > count:
                 (self.sockets / slot_socket(slot)).unlink(missing_ok=True)
+        if self.sockets.is_dir():
+            for entry in self.sockets.glob("slot-standby-*.sock"):
+                number = entry.name[len("slot-standby-") : -len(".sock")]
+                if number.isdigit() and int(number) > count:
+                    entry.unlink(missing_ok=True)
 
     # -- nginx -----------------------------------------------------------------------------------
     def test_config(self, file_name: str) -> None:
@@ -313,15 +389,25 @@ class ProxyController:
     def workers(self) -> dict[int, str]:
         return {pid: cmd.strip() for pid, cmd in self.backend.processes(self.name) if cmd.strip().startswith(WORKER)}
 
-    def switch(self, slots: tuple[str, ...], versions: dict[str, str] | None = None, *, force_reload: bool = False) -> None:
-        """Point slot n at slots[n-1]. nginx is reloaded only when nginx.conf must change, or with
-        `force_reload` (a restore, after every backend was down: new workers forget the slots
-        that max_fails marked as failed, instead of answering 502 until fail_timeout passes).
-        `versions` ({container: version}) are checked through each slot and the proxy."""
+    def switch(
+        self,
+        slots: tuple[str, ...],
+        versions: dict[str, str] | None = None,
+        *,
+        force_reload: bool = False,
+        slot_count: int = 0,
+        standby: tuple[str, ...] = (),
+    ) -> None:
+        """Point the slots at the containers `slots` (they cycle over `slot_count` slots; 0: see
+        `slot_count()`) and the standby slots at `standby` (empty: at `slots`). nginx is reloaded
+        only when nginx.conf must change (more slots, other settings), or with `force_reload` (a
+        restore, after every backend was down). `versions` ({container: version}) are checked
+        through a slot of each container and through the proxy."""
+        slots = distinct(tuple(slots))
         if not slots:
             raise OperationFailed("refusing to switch the proxy to no replica slots")
         self.ensure_folders()
-        missing = [n for n in dict.fromkeys(slots) if not _is_socket(self.sockets / backend_socket(n))]
+        missing = [n for n in distinct((*slots, *standby)) if not _is_socket(self.sockets / backend_socket(n))]
         if missing:
             raise OperationFailed(
                 f"{', '.join(missing)} does not listen on {SOCKET_DIR}/<container>.sock; traffic stays where it was",
@@ -332,7 +418,8 @@ class ProxyController:
             live_text: str | None = (self.folder / PROXY_CONFIG_FILE).read_text(encoding="utf-8")
         except (FileNotFoundError, UnicodeDecodeError):
             live_text = None
-        wanted = self.render(len(slots))
+        count = slot_count or self.slot_count(len(slots), live_text)
+        wanted = self.render(count)
         reload = force_reload or live_text != wanted
         candidate = self.folder / CANDIDATE_FILE
         if reload:
@@ -342,9 +429,7 @@ class ProxyController:
             except BaseException:
                 candidate.unlink(missing_ok=True)
                 raise
-        for n, name in enumerate(slots, start=1):
-            if slot_target(self.sockets, n) != name:
-                self.link(n, name)
+        self.link_all(slots, count, tuple(standby))
         fsync_dir(self.sockets)
         if reload:
             before = {pid for pid, cmd in self.workers().items() if cmd == WORKER}
@@ -355,9 +440,9 @@ class ProxyController:
                 raise OperationFailed("nginx refused to reload", details={"nginx": output.strip()[-2000:]})
             self._wait_new_generation(before)
             self.reloads += 1
-        self._drop_slots_after(len(slots))
+        self._drop_slots_after(count)
         self.verify(slots, versions or {})
-        self.record_applied(slots)
+        self.record_applied(slots, tuple(standby))
 
     def _wait_new_generation(self, before: set[int], timeout: float = 15.0) -> None:
         deadline = self.clock() + timeout
@@ -382,7 +467,7 @@ class ProxyController:
 
         path = self.config.healthcheck.liveness_path
         deadline = self.clock() + timeout
-        pending = list(enumerate(slots, start=1))
+        pending = list(enumerate(distinct(slots), start=1))  # slot n links to the n-th container
         last = ""
         while True:
             while pending:

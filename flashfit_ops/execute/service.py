@@ -22,7 +22,7 @@ from flashfit_ops.config.model import Config
 from flashfit_ops.errors import FlashFitError, OperationFailed, Unavailable, UsageError
 from flashfit_ops.execute import history as hist
 from flashfit_ops.execute.executor import Executor
-from flashfit_ops.execute.lock import DeployLock, LockInfo, force_release, lock_status, pid_alive
+from flashfit_ops.execute.lock import DeployLock, LockInfo, WaitProgress, force_release, lock_status, pid_alive
 from flashfit_ops.execute.observe import observe, probe_container, with_health
 from flashfit_ops.monitoring import targets as scrape_targets
 from flashfit_ops.monitoring.runner import monitoring_for_deploy, monitoring_status
@@ -185,13 +185,17 @@ def _history_finish(config: Config, deploy_id: str, started: float, result: str,
 def acquire_lock(config: Config, lock_wait: float | None, message: str = "") -> DeployLock:
     lock = DeployLock(lock_path(config))
     wait = config.deploy.lock_wait if lock_wait is None else lock_wait
+    progress = WaitProgress(wait, console.info)  # lines that show in CI logs too
     with console.status("waiting for the deploy lock") as live:
 
         def on_wait(holder: LockInfo | None, waited: float) -> None:
             who = holder.describe() if holder else "another deploy"
             live.update(f"waiting for the deploy lock ({waited:.0f}s of {wait:g}s): held by {who}")
+            progress(holder, waited)
 
         lock.acquire(LockInfo.mine(message=message), wait=wait, on_wait=on_wait)
+    if progress.waited:
+        console.info(f"got the deploy lock after {progress.waited:.0f}s")
     if lock.taken_over is not None:
         console.warn(f"took over a stale lock: {lock.taken_over.describe()} is gone")
     return lock

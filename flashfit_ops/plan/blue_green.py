@@ -1,5 +1,6 @@
-"""Blue-green: bring up the idle color beside the live one, gate it, switch nginx to it, drain the
-live color, stop it and keep it (stopped) for a fast rollback. Pure: (config, observed, target) -> steps."""
+"""Blue-green: bring up the idle color beside the live one, gate it, switch nginx to it; the live
+color stays running out of rotation through the monitor window, then is drained, stopped and kept
+(stopped) for a fast rollback. Pure: (config, observed, target) -> steps."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from flashfit_ops.plan.common import (
     backend_spec,
     base_steps,
     cutover,
+    kept_for_rollback,
     leftovers,
     other_color,
     retention_cleanup,
@@ -27,9 +29,10 @@ def idle_color(observed: Observed) -> str:
 
 
 def replace_all(config: Config, observed: Observed, target: Target, *, keep_old: bool) -> list[Step]:
-    """Start every new replica beside the old ones, gate, switch at once, drain, stop the old.
-    keep_old: the old containers stay (stopped) for rollback; else they are removed after the
-    monitor window (until then they are only stopped, so a late failure can start them again)."""
+    """Start every new replica beside the old ones, gate, switch at once; the old ones stay running
+    out of rotation through the monitor window, then are drained and stopped (see cutover).
+    keep_old: they stay (stopped) for rollback, per deploy.keep_versions; else they are removed
+    after the window."""
     steps, view = leftovers(config, observed)
     steps += base_steps(config, view)
     color = idle_color(view)
@@ -37,10 +40,10 @@ def replace_all(config: Config, observed: Observed, target: Target, *, keep_old:
     new = tuple(s.name for s in specs)
     old = view.live_names
     steps += [StartContainer(spec) for spec in specs]
-    steps += cutover(config, view.proxy.running, new, old)
-    steps += retention_cleanup(view, keep=set(old) if keep_old else set())
-    if not keep_old:
-        steps += [RemoveContainer(name, reason="replaced") for name in old]
+    steps += cutover(config, view.proxy, new, old)
+    keep = kept_for_rollback(config, view, old, target.version) if keep_old else set()
+    steps += retention_cleanup(view, keep=keep)
+    steps += [RemoveContainer(name, reason="replaced") for name in old if name not in keep]
     return steps
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,6 @@ from pathlib import Path
 from flashfit_ops.config.model import Config
 from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
 from flashfit_ops.plan.steps import (
-    CleanProxyFiles,
     ContainerSpec,
     Drain,
     EnsureNetwork,
@@ -21,6 +19,7 @@ from flashfit_ops.plan.steps import (
     Monitor,
     Mount,
     ProxySpec,
+    ReleaseStandby,
     RemoveContainer,
     Step,
     SwitchUpstreams,
@@ -251,20 +250,84 @@ def upstreams(names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def traffic_step(config: Config, proxy_running: bool, new: tuple[str, ...], previous: tuple[str, ...]) -> Step:
-    """Point slot n at new[n-1]: a switch when the proxy runs, else start the proxy on `new`."""
+def slot_layout(config: Config, proxy: ProxyState, replicas: int) -> tuple[int, str]:
+    """How many slots the upstream lists after a switch to `replicas` containers, and why nginx
+    must reload for it ("" when relinking the slots suffices). The upstream lists a fixed number
+    of slots (deploy.max_replicas, more only for more replicas), so a replica-count change within
+    it is relinks only; a proxy that is not running is started on the file (no reload)."""
+    wanted = max(config.deploy.max_replicas, replicas)
+    if not proxy.running or proxy.legacy:
+        return wanted, ""
+    current = proxy.slot_count
+    if current == 0:
+        return wanted, "nginx.conf lists no replica slots"
+    if current < replicas:
+        return wanted, f"{replicas} replicas need more than the {current} slots nginx.conf lists"
+    if current < config.deploy.max_replicas:
+        return wanted, f"nginx.conf lists {current} slot(s), deploy.max_replicas asks for {wanted}"
+    if not proxy.settings_current:
+        return current, "the proxy settings changed (TLS, rate limit or the nginx template)"
+    return current, ""
+
+
+def traffic_step(
+    config: Config,
+    proxy_running: bool,
+    new: tuple[str, ...],
+    previous: tuple[str, ...],
+    *,
+    standby: tuple[str, ...] = (),
+    slot_count: int = 0,
+    reload: str = "",
+) -> Step:
+    """Point the slots at `new`: a switch when the proxy runs, else start the proxy on `new`."""
     if proxy_running:
-        return SwitchUpstreams(slots=new, previous=previous)
-    return EnsureProxy(spec=proxy_spec(config), slots=new)
+        return SwitchUpstreams(slots=new, previous=previous, standby=standby, slot_count=slot_count, reload=reload)
+    return EnsureProxy(spec=proxy_spec(config), slots=new, slot_count=slot_count)
 
 
-def cutover(config: Config, proxy_running: bool, new: tuple[str, ...], old: tuple[str, ...]) -> list[Step]:
-    """Gate the new containers, move every slot to them, drain the old ones, watch the new."""
-    steps = [WaitReady(names=new, deadline=config.deploy.deadline), traffic_step(config, proxy_running and bool(old), new, old)]
+def warm_window(config: Config) -> bool:
+    """Whether the previous version stays running, out of rotation, through the monitor window."""
+    return config.deploy.warm_standby and config.deploy.monitor_window > 0
+
+
+def window_behaviour(config: Config) -> str:
+    """One line for dry runs: what a failure inside the monitor window does with this config."""
+    window = config.deploy.monitor_window
+    if window <= 0:
+        return "no monitor window (deploy.monitor_window: 0): the previous version is stopped right after the switch"
+    if warm_window(config):
+        return (
+            f"monitor window {window:g}s: the previous version stays running, out of rotation, behind the standby slots; "
+            "a failure in the window moves traffic back by relinking the slots (no cold start)"
+        )
+    return (
+        f"monitor window {window:g}s: the previous version is stopped at the switch (deploy.warm_standby: false); "
+        "a failure in the window starts it again (a cold start: no service until it is ready)"
+    )
+
+
+def cutover(config: Config, proxy: ProxyState, new: tuple[str, ...], old: tuple[str, ...]) -> list[Step]:
+    """Gate the new containers, move every slot to them, watch them through the monitor window,
+    and only then drain the old ones, which meanwhile stay running behind the standby slots
+    (deploy.warm_standby): a failure in the window is a relink back, no cold start. Opted out,
+    the old ones are drained right after the switch."""
+    switching = proxy.running and bool(old)
+    count, reload = slot_layout(config, proxy, len(new))
+    warm = warm_window(config) and switching
+    steps: list[Step] = [
+        WaitReady(names=new, deadline=config.deploy.deadline),
+        traffic_step(config, switching, new, old, standby=old if warm else (), slot_count=count, reload=reload),
+    ]
+    window = config.deploy.monitor_window
+    monitor = Monitor(names=new, window=window, fallback=old, warm=warm) if window > 0 else None
+    if warm:
+        steps += [monitor, ReleaseStandby(names=new, previous=old), Drain(names=old, timeout=config.deploy.drain_timeout)]
+        return steps
     if old:
         steps.append(Drain(names=old, timeout=config.deploy.drain_timeout))
-    if config.deploy.monitor_window > 0:
-        steps.append(Monitor(names=new, window=config.deploy.monitor_window))
+    if monitor is not None:
+        steps.append(monitor)
     return steps
 
 
@@ -285,6 +348,26 @@ def retained_generations(observed: Observed) -> list[list[ContainerState]]:
         if container.name not in live and not container.running:
             groups.setdefault(container.deploy_id, []).append(container)
     return [sorted(groups[d], key=lambda c: c.replica) for d in sorted(groups, reverse=True)]
+
+
+def kept_for_rollback(config: Config, observed: Observed, previous: tuple[str, ...], going_live: str) -> set[str]:
+    """The containers a finished deploy keeps (stopped) for `flashfit rollback`: those of the
+    previous live version and of the newest retained ones, deploy.keep_versions versions in all;
+    a version equal to the one going live is not worth keeping."""
+    generations = [[name for name in previous]] if previous else []
+    generations += [[c.name for c in generation] for generation in retained_generations(observed)]
+    keep: set[str] = set()
+    versions: set[str] = set()
+    for names in generations:
+        found = [observed.by_name(n) for n in names]
+        version = next((c.version for c in found if c is not None), "")
+        if version == going_live or version in versions:
+            continue
+        if len(versions) >= config.deploy.keep_versions:
+            break
+        versions.add(version)
+        keep.update(names)
+    return keep
 
 
 def retention_cleanup(observed: Observed, keep: set[str]) -> list[Step]:

@@ -53,6 +53,10 @@ class ProxyState:
     # A proxy created before traffic went through socket slots (no sockets folder mounted): the
     # next deploy replaces it at its switch, a moment without a listener on the port, once.
     legacy: bool = False
+    # How many replica slots nginx.conf lists, and whether it is what this config renders for that
+    # count (False: TLS, rate limit or the template changed, so the next switch reloads nginx).
+    slot_count: int = 0
+    settings_current: bool = True
 
     @property
     def running(self) -> bool:

@@ -8,9 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flashfit_ops.config.model import Config
-from flashfit_ops.plan.common import base_steps, cutover, leftovers, retained_generations, retention_cleanup
+from flashfit_ops.plan.common import base_steps, cutover, kept_for_rollback, leftovers, retained_generations, retention_cleanup
 from flashfit_ops.plan.observed import Observed
-from flashfit_ops.plan.steps import RestartContainer, Step
+from flashfit_ops.plan.steps import RemoveContainer, RestartContainer, Step
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ def retained_versions(config: Config, observed: Observed) -> list[RetainedVersio
 
 def plan_restart(config: Config, observed: Observed, version: str) -> list[Step]:
     """Start the retained containers of `version` again and switch to them; the current live
-    containers are drained, stopped and kept (so this rollback can itself be rolled back)."""
+    containers stay running through the monitor window, then are drained, stopped and kept (so
+    this rollback can itself be rolled back)."""
     steps, view = leftovers(config, observed)
     generation = None
     for candidate in retained_generations(view):
@@ -54,6 +55,8 @@ def plan_restart(config: Config, observed: Observed, version: str) -> list[Step]
     names = tuple(c.name for c in generation)
     old = view.live_names
     steps += [RestartContainer(name) for name in names]
-    steps += cutover(config, view.proxy.running, names, old)
-    steps += retention_cleanup(view, keep=set(old) | set(names))
+    steps += cutover(config, view.proxy, names, old)
+    keep = kept_for_rollback(config, view, old, version) | set(names)
+    steps += retention_cleanup(view, keep=keep)
+    steps += [RemoveContainer(name, reason="replaced") for name in old if name not in keep]
     return steps

@@ -1,6 +1,9 @@
 """Rolling: N replicas behind nginx, replaced `parallelism` at a time. Each batch of new replicas
-is started, gated, and takes over the old ones' slots in one switch; the old ones are then drained
-(and stopped). They are removed after the monitor window. Pure."""
+is started, gated, and takes over the old ones' slots in one switch; the old ones of the batch
+stay running out of rotation (behind the standby slots) through the monitor window, so a failure
+is a relink back, and only then are drained and stopped (deploy.warm_standby; opted out, they are
+drained at the switch and the window is watched once, at the end). The old version is kept,
+stopped, for rollback per deploy.keep_versions. Pure."""
 
 from __future__ import annotations
 
@@ -10,12 +13,15 @@ from flashfit_ops.plan.common import (
     Target,
     backend_spec,
     base_steps,
+    kept_for_rollback,
     leftovers,
     retention_cleanup,
+    slot_layout,
     traffic_step,
+    warm_window,
 )
 from flashfit_ops.plan.observed import Observed
-from flashfit_ops.plan.steps import Drain, Monitor, RemoveContainer, StartContainer, Step, WaitReady
+from flashfit_ops.plan.steps import Drain, Monitor, ReleaseStandby, RemoveContainer, StartContainer, Step, WaitReady
 
 
 def plan(config: Config, observed: Observed, target: Target) -> list[Step]:
@@ -32,6 +38,9 @@ def plan(config: Config, observed: Observed, target: Target) -> list[Step]:
         # Nothing serves yet: no traffic to protect, so everything comes up at once.
         batch = max(count, 1)
     slots = max(len(old), count)
+    slot_count, reload = slot_layout(config, view.proxy, slots)
+    window = config.deploy.monitor_window
+    monitored = False
     for start in range(0, slots, batch):
         indices = range(start, min(start + batch, slots))
         specs = [backend_spec(config, target, color, i + 1) for i in indices if i < count]
@@ -50,13 +59,26 @@ def plan(config: Config, observed: Observed, target: Target) -> list[Step]:
                 else:
                     current.append(backend_spec(config, target, color, i + 1).name)
         current = [n for n in current if n not in out]
-        steps.append(traffic_step(config, proxy_running, tuple(current), previous))
+        # A batch that brings new replicas in place of old ones keeps the old ones warm.
+        warm = warm_window(config) and proxy_running and bool(out) and bool(names)
+        steps.append(
+            traffic_step(config, proxy_running, tuple(current), previous, standby=out if warm else (), slot_count=slot_count, reload=reload)
+        )
+        reload = ""
         proxy_running = True
         new_all += names
+        monitored = warm
+        if warm:
+            steps += [
+                Monitor(names=tuple(new_all), window=window, fallback=out, warm=True),
+                ReleaseStandby(names=tuple(current), previous=out),
+            ]
         if out:
             steps.append(Drain(names=out, timeout=config.deploy.drain_timeout))
-    if config.deploy.monitor_window > 0 and new_all:
-        steps.append(Monitor(names=tuple(new_all), window=config.deploy.monitor_window))
-    steps += retention_cleanup(view, keep=set())
-    steps += [RemoveContainer(c.name, reason="replaced") for c in old]
+    if window > 0 and new_all and not monitored:
+        steps.append(Monitor(names=tuple(new_all), window=window, fallback=tuple(c.name for c in old)))
+    old_names = tuple(c.name for c in old)
+    keep = kept_for_rollback(config, view, old_names, target.version)
+    steps += retention_cleanup(view, keep=keep)
+    steps += [RemoveContainer(name, reason="replaced") for name in old_names if name not in keep]
     return steps

@@ -1,5 +1,6 @@
 """Single: one container. The new one starts beside the old, is gated, takes the traffic; the old
-one is drained, stopped, and removed once the monitor window passed. Pure."""
+one stays running out of rotation through the monitor window, then is drained, stopped and
+removed. Pure."""
 
 from __future__ import annotations
 

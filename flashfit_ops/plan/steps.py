@@ -148,8 +148,18 @@ class WaitReady(Step):
         return f"wait until ready (deadline {self.deadline:g}s): {', '.join(self.names)}"
 
 
-def describe_slots(slots: tuple[str, ...]) -> str:
-    return ", ".join(f"slot-{i} -> {name}" for i, name in enumerate(slots, start=1)) or "nothing"
+def describe_slots(slots: tuple[str, ...], count: int = 0) -> str:
+    """`slots` are the containers in slot order; the upstream's `count` slots cycle over them."""
+    if not slots:
+        return "nothing"
+    count = max(count, len(slots))
+    return f"{count} slot{'s' if count != 1 else ''} over {', '.join(slots)}"
+
+
+def describe_reload(reload: str) -> str:
+    # Measured (benchmarks/bench_zero_downtime.py): a reload closes idle keep-alive client
+    # connections, and clients that reuse one at that moment see a failed request.
+    return f"; nginx reload ({reload}): idle keep-alive client connections are closed" if reload else ""
 
 
 @dataclass(frozen=True)
@@ -160,23 +170,46 @@ class EnsureProxy(Step):
     kind: ClassVar[str] = "ensure_proxy"
     spec: ProxySpec
     slots: tuple[str, ...]
+    slot_count: int = 0  # how many slots the upstream lists (0: the executor's choice)
 
     def describe(self) -> str:
-        return f"start proxy {self.spec.name} on port {self.spec.http_port}: {describe_slots(self.slots)}"
+        return f"start proxy {self.spec.name} on port {self.spec.http_port}: {describe_slots(self.slots, self.slot_count)}"
 
 
 @dataclass(frozen=True)
 class SwitchUpstreams(Step):
-    """Point replica slot n at the container slots[n-1]: an atomic rename of the slot's link in the
-    sockets folder (nginx is reloaded only when the slot count or its config changes), then a
-    request through the proxy. Undone by switching back to `previous`."""
+    """Point the upstream's `slot_count` slots at the containers `slots` (slot n -> slots[(n-1) %
+    len]), and its standby (backup) slots at `standby` (empty: at `slots`): atomic renames of links
+    in the sockets folder, then a request through each container's slot and the proxy. nginx is
+    reloaded only when its config must change: the plan names why in `reload`. Undone by pointing
+    every slot, standby included, back at `previous`."""
 
     kind: ClassVar[str] = "switch_upstreams"
     slots: tuple[str, ...]
     previous: tuple[str, ...]
+    standby: tuple[str, ...] = ()
+    slot_count: int = 0  # 0: keep the current count (at least deploy.max_replicas and len(slots))
+    reload: str = ""
 
     def describe(self) -> str:
-        return f"switch traffic: {describe_slots(self.slots)} (from {', '.join(self.previous) or 'nothing'})"
+        text = f"switch traffic: {describe_slots(self.slots, self.slot_count)} (from {', '.join(self.previous) or 'nothing'})"
+        if self.standby and self.standby != self.slots:
+            verb = "stays" if len(self.standby) == 1 else "stay"
+            text += f"; {', '.join(self.standby)} {verb} running, out of rotation, behind the standby slots"
+        return text + describe_reload(self.reload)
+
+
+@dataclass(frozen=True)
+class ReleaseStandby(Step):
+    """The monitor window closed clean: the standby slots leave the previous version and point at
+    the live containers `names`, so the previous version can be drained and stopped."""
+
+    kind: ClassVar[str] = "release_standby"
+    names: tuple[str, ...]
+    previous: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"window closed clean: standby slots -> {', '.join(self.names)} (from {', '.join(self.previous)})"
 
 
 @dataclass(frozen=True)
@@ -226,9 +259,17 @@ class Monitor(Step):
     kind: ClassVar[str] = "monitor"
     names: tuple[str, ...]
     window: float
+    # What a failure in the window goes back to, and whether it still runs (deploy.warm_standby).
+    fallback: tuple[str, ...] = ()
+    warm: bool = False
 
     def describe(self) -> str:
-        return f"monitor {', '.join(self.names)} for {self.window:g}s after the switch"
+        text = f"monitor {', '.join(self.names)} for {self.window:g}s after the switch"
+        if self.fallback and self.warm:
+            text += f"; a failure moves traffic back to {', '.join(self.fallback)}, still running (no cold start)"
+        elif self.fallback:
+            text += f"; a failure starts {', '.join(self.fallback)} again (stopped at the switch: a cold start)"
+        return text
 
 
 STEP_TYPES: dict[str, type[Step]] = {
@@ -242,6 +283,7 @@ STEP_TYPES: dict[str, type[Step]] = {
         WaitReady,
         EnsureProxy,
         SwitchUpstreams,
+        ReleaseStandby,
         Drain,
         StopContainer,
         RemoveContainer,

@@ -73,6 +73,7 @@ def test_rolling_three_replicas_one_at_a_time(rolling) -> None:
     running = rolling.backends(state="running")
     assert sorted(c.labels["io.flashfit.version"] for c in running) == ["v2", "v2", "v2"]
     assert sorted(c.labels["io.flashfit.replica"] for c in running) == ["1", "2", "3"]
-    assert len(rolling.backends()) == 3  # the old replicas are removed after the monitor window
+    # the old replicas are kept, stopped, for `flashfit rollback` (deploy.keep_versions)
+    assert sorted(c.status for c in rolling.backends(version="v1")) == ["exited"] * 3
     status = rolling.flashfit("status", "--json").json()
     assert status["replicas"] == {"live": 3, "ready": 3} and status["live_version"] == "v2"

@@ -87,10 +87,17 @@ class FakeProxy:
         self.fail_switch_to = fail_switch_to
         self.reloads = 0
 
-    def switch(self, names, versions=None):
-        self.backend.calls.append(("switch", tuple(names)))
+    def switch(self, names, versions=None, *, slot_count=0, standby=()):
+        # Recorded with its standby slots when they point elsewhere than the slots.
+        self.backend.calls.append(("switch", tuple(names)) + (("standby", tuple(standby)) if standby else ()))
         if self.fail_switch_to == tuple(names):
             raise OperationFailed("nginx rejected the new configuration")
+
+    def link_standby(self, names, count):
+        self.backend.calls.append(("standby", tuple(names)))
+
+    def current_count(self):
+        return 8
 
     def ensure_folders(self):
         pass
@@ -98,7 +105,7 @@ class FakeProxy:
     def forget(self, name):
         self.backend.calls.append(("forget", name))
 
-    def write_live(self, names):
+    def write_live(self, names, slot_count=0, standby=()):
         self.backend.calls.append(("write_proxy_config", tuple(names)))
 
     def wait_serving(self):
@@ -159,7 +166,8 @@ def test_blue_green_success_calls_in_plan_order(tmp_path: Path) -> None:
         ("ensure_volume", "shop_vector_indices"),
         ("create_backend", green, ("JWT_SECRET_KEY",)),
         ("start", green),
-        ("switch", (green,)),
+        ("switch", (green,), "standby", (blue.name,)),  # blue runs on, out of rotation
+        ("standby", (green,)),  # the monitor window closed clean
         ("stop", blue.name),  # the drain: SIGTERM, in-flight requests finish, it exits
     ]
     assert not execution.rolled_back
@@ -188,7 +196,9 @@ def test_never_ready_version_is_removed_and_never_switched_to(tmp_path: Path) ->
     assert executor.execution.rolled_back
 
 
-def test_death_after_the_switch_rolls_back_in_reverse_order(tmp_path: Path) -> None:
+def test_death_in_the_monitor_window_relinks_to_the_warm_old_version(tmp_path: Path) -> None:
+    """The old version was never stopped: the rollback is a relink of the slots back to it (no
+    start, no gate, no cold start), then the dead one goes."""
     clock = FakeClock()
     blue = backend("blue", 1)
     fake = FakeBackend(clock, running={blue.name})
@@ -198,15 +208,49 @@ def test_death_after_the_switch_rolls_back_in_reverse_order(tmp_path: Path) -> N
     steps = plan_deploy("blue-green", config, observed([blue], live=[blue]), Target("v2", NEW, 1))
     with pytest.raises(DiedAfterSwitch):
         executor.run(steps)
-    forward = fake.calls.index(("stop", blue.name))
+    forward = fake.calls.index(("switch", (green,), "standby", (blue.name,)))
     assert fake.calls[forward + 1 :] == [
         ("logs", green),
-        ("start", blue.name),  # undo stop: the old one runs again (and is gated)
-        ("switch", (blue.name,)),  # undo switch: traffic back to it
+        ("switch", (blue.name,)),  # undo switch: every slot, standby included, back to blue
         ("remove", green),  # undo start: the dead one goes
         ("forget", green),
     ]
     assert fake.states == {blue.name: "running"}
+
+
+def test_death_in_the_window_without_warm_standby_starts_the_old_one_again(tmp_path: Path) -> None:
+    clock = FakeClock()
+    blue = backend("blue", 1)
+    fake = FakeBackend(clock, running={blue.name})
+    green = name("green", 1)
+    fake.die_at[green] = clock.now + 1.0
+    executor, config = make_executor(tmp_path, fake, clock, **{"deploy.monitor_window": "10s", "deploy.warm_standby": False})
+    steps = plan_deploy("blue-green", config, observed([blue], live=[blue]), Target("v2", NEW, 1))
+    with pytest.raises(DiedAfterSwitch):
+        executor.run(steps)
+    forward = fake.calls.index(("stop", blue.name))
+    assert fake.calls[forward + 1 :] == [
+        ("logs", green),
+        ("start", blue.name),  # undo stop: the old one runs again (and is gated): a cold start
+        ("switch", (blue.name,)),
+        ("remove", green),
+        ("forget", green),
+    ]
+
+
+def test_rolling_death_in_a_batch_window_relinks_that_batch_back(tmp_path: Path) -> None:
+    clock = FakeClock()
+    blues = [backend("blue", i) for i in (1, 2)]
+    fake = FakeBackend(clock, running={c.name for c in blues})
+    b = [c.name for c in blues]
+    g1 = name("green", 1)
+    fake.die_at[g1] = clock.now + 1.0
+    executor, config = make_executor(tmp_path, fake, clock, **{"deploy.monitor_window": "10s"})
+    steps = plan_deploy("rolling", config, observed(blues, live=blues), Target("v2", NEW, 2))
+    with pytest.raises(DiedAfterSwitch):
+        executor.run(steps)
+    assert not any(call[0] == "stop" for call in fake.calls)  # blue 1 was never stopped
+    assert fake.calls[-3:] == [("switch", (b[0], b[1])), ("remove", g1), ("forget", g1)]
 
 
 def test_failed_switch_leaves_old_serving(tmp_path: Path) -> None:
@@ -219,7 +263,12 @@ def test_failed_switch_leaves_old_serving(tmp_path: Path) -> None:
     steps = plan_deploy("blue-green", config, observed([blue], live=[blue]), Target("v2", NEW, 1))
     with pytest.raises(OperationFailed):
         executor.run(steps)
-    assert fake.calls[-4:] == [("switch", (green,)), ("switch", (blue.name,)), ("remove", green), ("forget", green)]
+    assert fake.calls[-4:] == [
+        ("switch", (green,), "standby", (blue.name,)),
+        ("switch", (blue.name,)),
+        ("remove", green),
+        ("forget", green),
+    ]
     assert fake.states == {blue.name: "running"}
 
 

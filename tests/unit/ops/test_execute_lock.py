@@ -121,3 +121,41 @@ def test_corrupt_record_does_not_break_status(tmp_path: Path) -> None:
     lock = DeployLock(path)
     lock.acquire(LockInfo.mine())
     lock.release()
+
+
+def test_wait_progress_names_the_holder_at_once_then_every_ten_seconds() -> None:
+    from flashfit_ops.execute.lock import WaitProgress
+
+    lines: list[str] = []
+    holder = LockInfo(who="ana", host="ci-7", pid=42, since="2026-12-01T10:00:00+00:00", command="flashfit deploy")
+    progress = WaitProgress(200, lines.append)
+    for waited in (0.0, 0.25, 5.0, 9.9, 10.0, 12.0, 20.1):
+        progress(holder, waited)
+    assert lines == [
+        "waiting for the deploy lock (0s of 200s): held by ana@ci-7 (pid 42) since 2026-12-01T10:00:00+00:00: flashfit deploy",
+        "waiting for the deploy lock (10s of 200s): held by ana@ci-7 (pid 42) since 2026-12-01T10:00:00+00:00: flashfit deploy",
+        "waiting for the deploy lock (20s of 200s): held by ana@ci-7 (pid 42) since 2026-12-01T10:00:00+00:00: flashfit deploy",
+    ]
+    other = LockInfo(who="bo", host="ci-8", pid=7, since="2026-12-01T10:00:21+00:00")
+    progress(other, 21.0)  # another deploy took the lock first: said at once
+    assert lines[-1].startswith("waiting for the deploy lock (21s of 200s): held by bo@ci-8")
+
+
+def test_a_lock_wait_without_a_terminal_prints_who_holds_it_and_the_time_waited(tmp_path: Path, capsys, monkeypatch) -> None:
+    """Without a TTY (CI) the live status line is off: the wait must still say something."""
+    from flashfit_ops import console
+    from flashfit_ops.execute.service import acquire_lock, lock_path
+    from tests.unit.ops.test_plan_strategies import make_config
+
+    monkeypatch.setattr(console, "_json_mode", False)  # human output (an earlier --json test may have set it)
+
+    config = make_config(tmp_path)
+    holder = hold(lock_path(config), 30)
+    try:
+        with pytest.raises(LockHeld):
+            acquire_lock(config, 0.6)
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert "waiting for the deploy lock (0s of 0.6s): held by" in err and "(holder)" in err

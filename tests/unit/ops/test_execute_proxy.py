@@ -137,17 +137,56 @@ def test_the_config_a_switch_left_is_known_unchanged_until_edited(tmp_path: Path
     assert read_files(proxy.folder).config_unchanged is False  # observe tests it again
 
 
-def test_a_new_slot_count_reloads_and_drops_the_extra_links(tmp_path: Path) -> None:
+def test_replica_counts_within_the_fixed_slots_are_relinks_only(tmp_path: Path) -> None:
+    """deploy.max_replicas (8 by default) slots cycle over the containers: 1 -> 3 -> 1 replicas
+    relink them, without `nginx -t` or a reload; only the first switch writes nginx.conf."""
     backend = FakeProxyBackend()
     proxy = controller(tmp_path, backend, "a", "b", "c")
     proxy.switch(("a",))
+    assert proxy.reloads == 1
+    backend.calls.clear()
     proxy.switch(("a", "b", "c"))
-    assert parse_slot_count((proxy.folder / "nginx.conf").read_text()) == 3
-    assert slot_links(proxy.sockets) == {1: "a", 2: "b", 3: "c"}
+    assert parse_slot_count((proxy.folder / "nginx.conf").read_text()) == 8
+    assert slot_links(proxy.sockets) == {1: "a", 2: "b", 3: "c", 4: "a", 5: "b", 6: "c", 7: "a", 8: "b"}
+    assert read_files(proxy.folder).config == ("a", "b", "c")
     proxy.switch(("c",))
-    assert slot_links(proxy.sockets) == {1: "c"}
-    assert proxy.reloads == 3
+    assert slot_links(proxy.sockets) == {n: "c" for n in range(1, 9)}
+    assert backend.calls == [] and proxy.reloads == 1
     assert read_files(proxy.folder).config == ("c",)
+
+
+def test_more_replicas_than_slots_reload_once_and_keep_their_slots(tmp_path: Path) -> None:
+    backend = FakeProxyBackend()
+    names = [f"r{i}" for i in range(1, 11)]
+    proxy = controller(tmp_path, backend, *names)
+    proxy.switch(("r1",))
+    proxy.switch(tuple(names))  # 10 replicas: past the 8 slots, nginx.conf must list 10
+    assert proxy.reloads == 2 and parse_slot_count((proxy.folder / "nginx.conf").read_text()) == 10
+    proxy.switch(("r1", "r2"))  # back to 2: the 10 slots hold them, no reload
+    assert proxy.reloads == 2 and slot_links(proxy.sockets)[10] == "r2"
+
+
+def test_standby_slots_point_at_the_previous_version_until_released(tmp_path: Path) -> None:
+    backend = FakeProxyBackend()
+    proxy = controller(tmp_path, backend, "blue", "green")
+    proxy.switch(("blue",))
+    text = (proxy.folder / "nginx.conf").read_text()
+    assert "server unix:/run/flashfit/slot-standby-8.sock max_fails=0 backup;" in text
+    # a request may try every slot and standby slot; a recommend (read-only POST) that failed
+    # mid-request on a dying backend is passed on too; the compose upstream keeps its 3 tries
+    assert "proxy_next_upstream_tries 16;" in text
+    recommend = text[text.index("location = /api/fusion/recommend {") :]
+    assert "http_504 non_idempotent;" in recommend[: recommend.index("}")]
+    compose = render_nginx(proxy.config, ["backend:8080"])
+    assert "proxy_next_upstream_tries 3;" in compose and "non_idempotent" not in compose and "backup" not in compose
+    assert os.readlink(proxy.sockets / "slot-standby-1.sock") == "blue.sock"  # no standby given: the live ones
+    proxy.switch(("green",), standby=("blue",))
+    assert {slot_target(proxy.sockets, n, f"slot-standby-{n}.sock") for n in range(1, 9)} == {"blue"}
+    assert set(slot_links(proxy.sockets).values()) == {"green"}
+    assert json.loads((proxy.folder / APPLIED_FILE).read_text())["standby"] == ["blue"]
+    proxy.link_standby(("green",), 8)
+    assert {slot_target(proxy.sockets, n, f"slot-standby-{n}.sock") for n in range(1, 9)} == {"green"}
+    assert proxy.reloads == 1
 
 
 def test_a_container_without_a_socket_is_refused_and_nothing_changes(tmp_path: Path) -> None:
@@ -165,12 +204,13 @@ def test_a_rejected_config_changes_nothing(tmp_path: Path) -> None:
     proxy = controller(tmp_path, backend, "a", "b")
     proxy.switch(("a",))
     backend.nginx_t_ok = False
+    proxy.config = proxy.config.model_copy(update={"rate_limit": proxy.config.rate_limit.model_copy(update={"burst": 99})})
     with pytest.raises(OperationFailed) as caught:
-        proxy.switch(("a", "b"))
+        proxy.switch(("a", "b"))  # the new settings need a reload, which nginx -t refuses
     assert "unknown directive" in caught.value.details["nginx"]
     files = read_files(proxy.folder)
     assert files.config == files.applied == ("a",) and files.stray == ()
-    assert slot_links(proxy.sockets) == {1: "a"}
+    assert slot_links(proxy.sockets) == {n: "a" for n in range(1, 9)}
     assert not any(c[:2] == ["nginx", "-s"] for c in backend.calls[2:])
 
 

@@ -214,7 +214,7 @@ def test_the_proxy_switch_itself_moves_the_scrape_targets(tmp_path: Path) -> Non
     assert containers_in_file(cfg) == [G1, G2]
     backend.nginx_t_ok = False
     with pytest.raises(OperationFailed):
-        proxy.switch((G1, G2, "shop-backend-blue-3-d3"))  # a new slot count needs nginx -t: refused
+        proxy.switch((G1, G2, "shop-backend-blue-3-d3"), force_reload=True)  # a reload needs nginx -t: refused
     assert containers_in_file(cfg) == [G1, G2]
 
 

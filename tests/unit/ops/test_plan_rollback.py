@@ -8,7 +8,7 @@ import pytest
 
 from flashfit_ops.plan.observed import Observed
 from flashfit_ops.plan.rollback import plan_restart, retained_versions
-from flashfit_ops.plan.steps import Drain, Monitor, RestartContainer, SwitchUpstreams, WaitReady
+from flashfit_ops.plan.steps import Drain, Monitor, ReleaseStandby, RestartContainer, SwitchUpstreams, WaitReady
 from tests.unit.ops.test_plan_strategies import OLD, OLDER, backend, make_config, observed
 
 
@@ -29,9 +29,10 @@ def test_restart_plan_starts_gates_switches_and_keeps_the_current(tmp_path: Path
     assert steps[3:] == [
         RestartContainer(v1.name),
         WaitReady((v1.name,), 60.0),
-        SwitchUpstreams((v1.name,), (v2.name,)),
+        SwitchUpstreams((v1.name,), (v2.name,), standby=(v2.name,), slot_count=8),
+        Monitor((v1.name,), 3.0, fallback=(v2.name,), warm=True),
+        ReleaseStandby((v1.name,), previous=(v2.name,)),
         Drain((v2.name,), 5.0),
-        Monitor((v1.name,), 3.0),
     ]
 
 

@@ -15,6 +15,7 @@ from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
 from flashfit_ops.plan.steps import (
     CleanProxyFiles,
     Drain,
+    ReleaseStandby,
     EnsureNetwork,
     EnsureProxy,
     EnsureVolume,
@@ -71,6 +72,7 @@ def observed(containers=(), live=(), proxy_state="running", config_names=None, s
             config=live_names if config_names is None else tuple(config_names),
             config_present=True,
             stray_files=tuple(stray),
+            slot_count=8,  # nginx.conf as this config renders it: deploy.max_replicas slots
         ),
         network_exists=True,
     )
@@ -138,19 +140,52 @@ def test_fresh_rolling_brings_every_replica_up_at_once(tmp_path: Path) -> None:
 
 
 # -- live blue ------------------------------------------------------------------------------------------
-def test_blue_green_with_blue_live_brings_up_green_and_keeps_blue_stopped(tmp_path: Path) -> None:
+def test_blue_green_keeps_blue_running_through_the_monitor_window_then_stopped(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     blue = backend("blue", 1)
     steps = plan_deploy("blue-green", config, observed([blue], live=[blue]), Target("v2", NEW, 1))
     assert steps[3:] == [
         StartContainer(steps[3].spec),
         WaitReady((name("green", 1),), 60.0),
-        SwitchUpstreams(slots=(name("green", 1),), previous=(blue.name,)),
+        # every slot to green; blue stays running behind the standby slots: a crash is a relink back
+        SwitchUpstreams(slots=(name("green", 1),), previous=(blue.name,), standby=(blue.name,), slot_count=8),
+        Monitor((name("green", 1),), 3.0, fallback=(blue.name,), warm=True),
+        ReleaseStandby((name("green", 1),), previous=(blue.name,)),
         Drain((blue.name,), 5.0),
-        Monitor((name("green", 1),), 3.0),
     ]
     assert steps[3].spec.color == "green" and steps[3].spec.version == "v2"
     assert not any(isinstance(s, RemoveContainer) for s in steps)  # blue is kept for rollback
+    assert "still running (no cold start)" in steps[6].describe()
+
+
+def test_warm_standby_opted_out_drains_at_the_switch(tmp_path: Path) -> None:
+    config = make_config(tmp_path, **{"deploy.warm_standby": False})
+    blue = backend("blue", 1)
+    steps = plan_deploy("blue-green", config, observed([blue], live=[blue]), Target("v2", NEW, 1))
+    assert steps[5:] == [
+        SwitchUpstreams(slots=(name("green", 1),), previous=(blue.name,), slot_count=8),
+        Drain((blue.name,), 5.0),
+        Monitor((name("green", 1),), 3.0, fallback=(blue.name,), warm=False),
+    ]
+    assert "a cold start" in steps[7].describe()
+
+
+def test_the_plan_names_every_reload_and_why(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    blue = backend("blue", 1)
+    state = observed([blue], live=[blue])
+    one_slot = dataclasses.replace(state, proxy=dataclasses.replace(state.proxy, slot_count=1))
+    switch = next(s for s in plan_deploy("blue-green", config, one_slot, Target("v2", NEW, 1)) if isinstance(s, SwitchUpstreams))
+    assert switch.reload == "nginx.conf lists 1 slot(s), deploy.max_replicas asks for 8" and switch.slot_count == 8
+    assert "nginx reload (nginx.conf lists 1 slot(s)" in switch.describe()
+    changed = dataclasses.replace(state, proxy=dataclasses.replace(state.proxy, settings_current=False))
+    switch = next(s for s in plan_deploy("blue-green", config, changed, Target("v2", NEW, 1)) if isinstance(s, SwitchUpstreams))
+    assert switch.reload == "the proxy settings changed (TLS, rate limit or the nginx template)"
+    # more replicas than slots: one reload, on the first switch of the rolling deploy only
+    steps = plan_deploy("rolling", config, state, Target("v2", NEW, 10))
+    reloads = [s.reload for s in steps if isinstance(s, SwitchUpstreams)]
+    assert reloads[0] == "10 replicas need more than the 8 slots nginx.conf lists" and not any(reloads[1:])
+    assert {s.slot_count for s in steps if isinstance(s, SwitchUpstreams)} == {10}
 
 
 def test_a_proxy_from_before_socket_slots_is_replaced_at_the_switch(tmp_path: Path) -> None:
@@ -167,12 +202,22 @@ def test_a_proxy_from_before_socket_slots_is_replaced_at_the_switch(tmp_path: Pa
 
 
 def test_blue_green_replaces_the_older_retained_color_only_after_the_monitor(tmp_path: Path) -> None:
-    config = make_config(tmp_path)
+    config = make_config(tmp_path, **{"deploy.keep_versions": 1})
     blue = backend("blue", 1, deploy_id=OLD, version="v2")
     green_old = backend("green", 1, deploy_id=OLDER, version="v1", state="exited")
     steps = plan_deploy("blue-green", config, observed([green_old, blue], live=[blue]), Target("v3", NEW, 1))
-    assert kinds(steps)[-2:] == ["monitor", "remove_container"]
+    assert kinds(steps)[-4:] == ["monitor", "release_standby", "drain", "remove_container"]
     assert steps[-1] == RemoveContainer(green_old.name, reason="older retained version v1")
+
+
+def test_retained_versions_are_kept_up_to_keep_versions(tmp_path: Path) -> None:
+    config = make_config(tmp_path, **{"deploy.keep_versions": 2})
+    v1 = backend("green", 1, deploy_id="20270101000000000aa", version="v1", state="exited")
+    v2 = backend("blue", 1, deploy_id=OLDER, version="v2", state="exited")
+    v3 = backend("green", 1, deploy_id=OLD, version="v3")
+    steps = plan_deploy("blue-green", config, observed([v1, v2, v3], live=[v3]), Target("v4", NEW, 1))
+    # v3 (previous) and v2 are kept: two versions; v1 goes
+    assert [s for s in steps if isinstance(s, RemoveContainer)] == [RemoveContainer(v1.name, reason="older retained version v1")]
 
 
 def test_blue_green_with_replicas(tmp_path: Path) -> None:
@@ -189,8 +234,9 @@ def test_single_with_blue_live_removes_the_old_one_after_the_monitor_window(tmp_
     config = make_config(tmp_path)
     blue = backend("blue", 1)
     steps = plan_deploy("single", config, observed([blue], live=[blue]), Target("v2", NEW, 3))
-    assert kinds(steps)[3:] == ["start_container", "wait_ready", "switch_upstreams", "drain", "monitor", "remove_container"]
+    assert kinds(steps)[3:] == ["start_container", "wait_ready", "switch_upstreams", "monitor", "release_standby", "drain", "remove_container"]
     assert steps[3].spec.replica == 1  # single is one container whatever replicas says
+    assert steps[5].standby == (blue.name,)  # running, out of rotation, through the window
     assert steps[-1] == RemoveContainer(blue.name, reason="replaced")
 
 
@@ -207,7 +253,8 @@ def test_a_stopped_proxy_is_started_on_the_live_version_first(tmp_path: Path) ->
     blue = backend("blue", 1)
     steps = plan_deploy("blue-green", config, observed([blue], live=[blue], proxy_state="exited"), Target("v2", NEW, 1))
     assert isinstance(steps[0], EnsureProxy) and steps[0].slots == (blue.name,)
-    assert SwitchUpstreams((name("green", 1),), (blue.name,)) in steps
+    switch = next(s for s in steps if isinstance(s, SwitchUpstreams))
+    assert (switch.slots, switch.previous) == ((name("green", 1),), (blue.name,))
 
 
 # -- rolling ------------------------------------------------------------------------------------------
@@ -220,26 +267,51 @@ def test_rolling_three_replicas_parallelism_one(tmp_path: Path) -> None:
     body = [s for s in steps[3:] if not isinstance(s, StartContainer)]
     assert [s.spec.name for s in steps if isinstance(s, StartContainer)] == g
     assert body == [
-        # slot n goes from blue n to green n; the other slots are untouched
+        # slot n goes from blue n to green n; the other slots are untouched; blue n stays running
+        # behind the standby slots through the batch's monitor window, then is drained
         WaitReady((g[0],), 60.0),
-        SwitchUpstreams((g[0], b[1], b[2]), (b[0], b[1], b[2])),
+        SwitchUpstreams((g[0], b[1], b[2]), (b[0], b[1], b[2]), standby=(b[0],), slot_count=8),
+        Monitor((g[0],), 3.0, fallback=(b[0],), warm=True),
+        ReleaseStandby((g[0], b[1], b[2]), previous=(b[0],)),
         Drain((b[0],), 5.0),
         WaitReady((g[1],), 60.0),
-        SwitchUpstreams((g[0], g[1], b[2]), (g[0], b[1], b[2])),
+        SwitchUpstreams((g[0], g[1], b[2]), (g[0], b[1], b[2]), standby=(b[1],), slot_count=8),
+        Monitor((g[0], g[1]), 3.0, fallback=(b[1],), warm=True),
+        ReleaseStandby((g[0], g[1], b[2]), previous=(b[1],)),
         Drain((b[1],), 5.0),
         WaitReady((g[2],), 60.0),
-        SwitchUpstreams((g[0], g[1], g[2]), (g[0], g[1], b[2])),
+        SwitchUpstreams((g[0], g[1], g[2]), (g[0], g[1], b[2]), standby=(b[2],), slot_count=8),
+        Monitor(tuple(g), 3.0, fallback=(b[2],), warm=True),
+        ReleaseStandby(tuple(g), previous=(b[2],)),
         Drain((b[2],), 5.0),
-        Monitor(tuple(g), 3.0),
-        RemoveContainer(b[0], "replaced"),
-        RemoveContainer(b[1], "replaced"),
-        RemoveContainer(b[2], "replaced"),
+        # the old version is kept (stopped) for rollback, per deploy.keep_versions
     ]
     # Each new replica is started (and gated) before the old one it replaces leaves the upstreams.
     for index, old in enumerate(b):
         start = next(i for i, s in enumerate(steps) if isinstance(s, StartContainer) and s.spec.name == g[index])
         leaves = next(i for i, s in enumerate(steps) if isinstance(s, SwitchUpstreams) and old not in s.slots)
         assert start < leaves
+
+
+def test_rolling_keeps_retained_versions_per_keep_versions(tmp_path: Path) -> None:
+    config = make_config(tmp_path, **{"deploy.keep_versions": 2})
+    v1 = [backend("blue", i, deploy_id="20270101000000000aa", version="v1", state="exited") for i in (1, 2)]
+    v2 = [backend("green", i, deploy_id=OLDER, version="v2", state="exited") for i in (1, 2)]
+    v3 = [backend("blue", i, deploy_id=OLD, version="v3") for i in (1, 2)]
+    steps = plan_deploy("rolling", config, observed([*v1, *v2, *v3], live=v3), Target("v4", NEW, 2))
+    removed = [s.name for s in steps if isinstance(s, RemoveContainer)]
+    assert removed == [c.name for c in v1]  # v3 (previous) and v2 stay, stopped
+
+
+def test_rolling_opted_out_of_warm_standby_drains_each_batch_at_its_switch(tmp_path: Path) -> None:
+    config = make_config(tmp_path, **{"deploy.warm_standby": False})
+    blues = [backend("blue", i) for i in (1, 2)]
+    steps = plan_deploy("rolling", config, observed(blues, live=blues), Target("v2", NEW, 2))
+    assert kinds(steps)[3:] == [
+        "start_container", "wait_ready", "switch_upstreams", "drain",
+        "start_container", "wait_ready", "switch_upstreams", "drain", "monitor",
+    ]  # fmt: skip
+    assert all(s.standby == () for s in steps if isinstance(s, SwitchUpstreams))
 
 
 def test_rolling_three_replicas_parallelism_two(tmp_path: Path) -> None:
@@ -249,13 +321,12 @@ def test_rolling_three_replicas_parallelism_two(tmp_path: Path) -> None:
     g = [name("green", i) for i in (1, 2, 3)]
     steps = plan_deploy("rolling", config, observed(blues, live=blues), Target("v2", NEW, 3))
     assert kinds(steps)[3:] == [
-        "start_container", "start_container", "wait_ready", "switch_upstreams", "drain",
-        "start_container", "wait_ready", "switch_upstreams", "drain",
-        "monitor", "remove_container", "remove_container", "remove_container",
+        "start_container", "start_container", "wait_ready", "switch_upstreams", "monitor", "release_standby", "drain",
+        "start_container", "wait_ready", "switch_upstreams", "monitor", "release_standby", "drain",
     ]  # fmt: skip
     switches = [s for s in steps if isinstance(s, SwitchUpstreams)]
-    assert switches[0] == SwitchUpstreams((g[0], g[1], b[2]), tuple(b))
-    assert switches[1] == SwitchUpstreams((g[0], g[1], g[2]), (g[0], g[1], b[2]))
+    assert switches[0] == SwitchUpstreams((g[0], g[1], b[2]), tuple(b), standby=(b[0], b[1]), slot_count=8)
+    assert switches[1] == SwitchUpstreams((g[0], g[1], g[2]), (g[0], g[1], b[2]), standby=(b[2],), slot_count=8)
     assert next(s for s in steps if isinstance(s, WaitReady)) == WaitReady((g[0], g[1]), 60.0)
 
 
@@ -286,7 +357,7 @@ def test_leftovers_of_a_deploy_that_never_switched_are_removed_first(tmp_path: P
     assert steps[0] == CleanProxyFiles(("nginx.conf.next", ".nginx.conf.abc.tmp"))
     assert steps[1] == RemoveContainer(orphan.name, reason="leftover of a deploy that never switched")
     assert kinds(steps)[2:] == ["ensure_network", "ensure_volume", "ensure_volume", "start_container", "wait_ready",
-                                "switch_upstreams", "drain", "monitor"]  # fmt: skip
+                                "switch_upstreams", "monitor", "release_standby", "drain"]  # fmt: skip
 
 
 def test_crash_between_rename_and_record_completes_the_switch(tmp_path: Path) -> None:
@@ -317,7 +388,10 @@ def test_an_old_generation_left_running_is_drained_and_stopped(tmp_path: Path) -
     assert steps[:2] == [Drain((blue.name,), 5.0), EnsureNetwork("shop_net")]
     new = next(s for s in steps if isinstance(s, StartContainer)).spec
     assert new.color == "blue"
-    # The lingering old one becomes the older retained version, removed after the monitor.
+    # The lingering old one becomes a retained version (kept: deploy.keep_versions is 3).
+    assert not any(isinstance(s, RemoveContainer) for s in steps)
+    one = make_config(tmp_path, **{"deploy.keep_versions": 1})
+    steps = plan_deploy("blue-green", one, observed([blue, green], live=[green]), Target("v3", NEW, 1))
     assert steps[-1] == RemoveContainer(blue.name, reason="older retained version v1")
 
 

@@ -294,10 +294,11 @@ class Load:
     """Constant keep-alive load through the proxy from a few threads until stopped. Counts
     2xx, non-2xx and connection errors (no retries: any failure counts)."""
 
-    def __init__(self, url: str, threads: int = 4, keep_alive: bool = True):
+    def __init__(self, url: str, threads: int = 4, keep_alive: bool = True, json_body: Any = None):
         self.url = url
         self.threads = threads
         self.keep_alive = keep_alive
+        self.json_body = json_body  # given: POST it instead of a GET
         self.ok = 0
         self.non_2xx = 0
         self.errors: list[str] = []
@@ -311,7 +312,7 @@ class Load:
         with httpx.Client(timeout=10.0, headers=headers) as client:
             while not self._stop.is_set():
                 try:
-                    response = client.get(self.url)
+                    response = client.get(self.url) if self.json_body is None else client.post(self.url, json=self.json_body)
                 except httpx.HTTPError as error:
                     with self._lock:
                         self.errors.append(repr(error))
