@@ -71,6 +71,7 @@ def observe(backend, config: Config, *, check_proxy_config: bool = True) -> Obse
         served=files.served,
         legacy=proxy_info is not None and SOCKET_DIR not in proxy_info.mount_targets,
         slot_count=files.slot_count,
+        standby=files.standby,
         settings_current=files.text is not None and files.text == ProxyController(backend, config).render(files.slot_count or 1),
     )
     containers.sort(key=lambda c: (c.deploy_id, c.replica, c.name))

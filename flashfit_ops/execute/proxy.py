@@ -163,6 +163,9 @@ class ProxyFiles:
     # How many slots nginx.conf lists, and the text itself.
     slot_count: int = 0
     text: str | None = None
+    # The containers the standby slots point to now, each once (the previous version through a
+    # deploy's monitor window; otherwise the same as `config`).
+    standby: tuple[str, ...] = ()
 
     @property
     def config_unchanged(self) -> bool:
@@ -174,6 +177,7 @@ def read_files(folder: Path, sockets: Path | None = None) -> ProxyFiles:
     folder = Path(folder)
     sockets = Path(sockets) if sockets is not None else folder.parent / "sockets"
     config: tuple[str, ...] = ()
+    standby: tuple[str, ...] = ()
     present = False
     digest: str | None = None
     count = 0
@@ -185,6 +189,7 @@ def read_files(folder: Path, sockets: Path | None = None) -> ProxyFiles:
         present = True
         count = parse_slot_count(text)
         config = distinct(read_slots(sockets, count)) if count else parse_upstreams(text)
+        standby = distinct(tuple(n for k in range(1, count + 1) if (n := slot_target(sockets, k, standby_socket(k)))))
     except (FileNotFoundError, UnicodeDecodeError):
         text = None
     applied: tuple[str, ...] = ()
@@ -210,7 +215,7 @@ def read_files(folder: Path, sockets: Path | None = None) -> ProxyFiles:
         for entry in sorted(sockets.iterdir()):
             if entry.name.startswith("slot-") and entry.name.endswith(".tmp"):
                 stray.append(entry.name)
-    return ProxyFiles(config, present, applied, applied_present, tuple(stray), served, digest, applied_digest, count, text)
+    return ProxyFiles(config, present, applied, applied_present, tuple(stray), served, digest, applied_digest, count, text, standby)
 
 
 @contextlib.contextmanager

@@ -57,6 +57,8 @@ class ProxyState:
     # count (False: TLS, rate limit or the template changed, so the next switch reloads nginx).
     slot_count: int = 0
     settings_current: bool = True
+    # What the standby slots point to (the previous version through a monitor window).
+    standby: tuple[str, ...] = ()
 
     @property
     def running(self) -> bool:

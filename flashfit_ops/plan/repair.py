@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from flashfit_ops.config.model import Config
-from flashfit_ops.plan.observed import ContainerState, Observed
+from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
 from flashfit_ops.plan.steps import (
     CleanProxyFiles,
     Drain,
@@ -79,6 +79,10 @@ def _choose_live(observed: Observed, restart_stopped: bool) -> tuple[tuple[str, 
     return (), (), findings
 
 
+def _standby_elsewhere(proxy: ProxyState, live: tuple[str, ...]) -> bool:
+    return bool(proxy.standby) and set(proxy.standby) != set(live)
+
+
 def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = True) -> Repair:
     """restart_stopped: start the live containers again when none runs (repair, start); not after
     a deliberate `flashfit stop`, nor inside a deploy's own plan (its explicit repair ran first)."""
@@ -100,8 +104,10 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
 
         findings.append(f"the proxy {proxy.name} is {proxy.state}")
         steps.append(EnsureProxy(spec=proxy_spec(config), slots=live))
-    elif live and (restart or live != proxy.applied or proxy.config != proxy.applied):
+    elif live and (restart or live != proxy.applied or proxy.config != proxy.applied or _standby_elsewhere(proxy, live)):
         # After a restart too: the switch proves through every slot and the proxy that they serve.
+        # Standby slots still on a previous version (a deploy killed in its monitor window) follow
+        # the live ones, so the old version can be drained for good (else the keeper revives it).
         steps.append(SwitchUpstreams(slots=live, previous=live))
     elif not live and (proxy.config or proxy.applied):
         findings.append("no container that served is left to restore: deploy a version")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flashfit_ops.execute.proxy import read_files, slot_target
+from flashfit_ops.execute.proxy import read_files, slot_links, slot_target
 from tests.integration.ops.fake_backend.harness import Load, docker_client, fake_image, make_project, wait_on_condition
 
 pytestmark = pytest.mark.integration
@@ -147,7 +147,8 @@ def test_a_stopped_replica_is_routed_around_without_a_failed_request(project) ->
         repaired = project.flashfit("repair", "--json")
     assert repaired.code == 0, repaired.stderr
     assert load.errors == [] and load.non_2xx == 0
-    assert read_files(project.root / ".flashfit" / "proxy").config == (first.name, first.name)
+    sockets = project.root / ".flashfit" / "sockets"
+    assert set(slot_links(sockets).values()) == {first.name}  # every slot re-pointed at the live replica
     assert repaired.json()["execution"]["reloads"] == 0  # the slot count stayed: no nginx reload
 
 

@@ -163,3 +163,20 @@ def test_lifecycle_plans_serialise(tmp_path: Path) -> None:
     steps = plan_down(config, observed([a], live=[a]), volumes=True)
     data = json.loads(json.dumps([s.to_dict() for s in steps]))
     assert [d["kind"] for d in data][-3:] == ["remove_network", "remove_volume", "remove_volume"]
+
+
+def test_standby_slots_left_on_the_previous_version_follow_the_live_ones(tmp_path: Path) -> None:
+    """A deploy killed inside its monitor window leaves the previous version running behind the
+    standby slots: repair points them at the live version too (else the keeper, which starts what
+    any slot links to, would start the old version again after repair drained it)."""
+    config = make_config(tmp_path)
+    blue = backend("blue", 1, deploy_id=OLD, version="v1")
+    green = backend("green", 1, deploy_id=NEWER, version="v2")
+    state = observed([blue, green], live=[green])
+    state = dataclasses.replace(state, proxy=dataclasses.replace(state.proxy, standby=(blue.name,)))
+    steps = plan_repair(config, state).steps
+    assert steps[0] == SwitchUpstreams((green.name,), (green.name,))
+    assert any(isinstance(s, Drain) and blue.name in s.names for s in steps)
+    # Standby already on the live version: nothing to do.
+    settled = dataclasses.replace(state.proxy, standby=(green.name,))
+    assert plan_repair(config, dataclasses.replace(state, proxy=settled, containers=(green,))).steps == ()
