@@ -33,8 +33,11 @@ def example_config(tmp_path: Path) -> Path:
 # leave the other workers idle at the end. Every other file keeps its collection order.
 LONGEST_FIRST = (
     "tests/integration/ops/test_swarm.py",
+    "tests/integration/ops/cluster/test_multinode.py",
     "tests/integration/ops/test_deploy_faults.py",
+    "tests/integration/ops/test_self_healing.py",
     "tests/integration/ops/test_monitoring.py",
+    "tests/integration/ops/test_deploy_warm_standby.py",
     "tests/integration/ops/test_deploy_single_rolling.py",
     "tests/integration/ops/test_images_build.py",
     "tests/server/integration/test_schemathesis.py",
