@@ -60,7 +60,15 @@ def inspect_segmented(folder: Path, sha_budget: int = SHA_BUDGET) -> Finding:
         return failure(f"the data folder is not valid: {error}", RESTORE_HINT)
     counts = {name: sum(e.count for e in entries) for name, entries in manifest.stores.items()}
     segments = sum(len(entries) for entries in manifest.stores.values())
-    return combine([], f"{segments} segments agree with the manifest (rows {counts}, "
+    parts: list[tuple[str, str, str | None]] = []
+    for name, rows in counts.items():
+        live = rows - len(manifest.tombstones)  # an id lives in one segment per store
+        if live < items:
+            parts.append((FAILURE, f"{name}: the manifest holds {live} live vectors but the catalogue lists {items} items", RESTORE_HINT))
+        elif live > items:  # an add writes the vectors first, then its catalogue row
+            parts.append((WARNING, f"{name}: {live - items} vectors have no catalogue row yet (an add in flight, or one "
+                          "that was interrupted: the server ignores them)", None))
+    return combine(parts, f"{segments} segments agree with the manifest (rows {counts}, "
                    f"{len(manifest.tombstones)} deleted; {items} items)",
                    folder=str(folder), generation=manifest.generation, items=items, rows=counts,
                    sha256_checked_bytes=checked)

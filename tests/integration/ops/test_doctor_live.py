@@ -196,7 +196,7 @@ def test_a_healthy_deployment_is_all_ok(stack: DoctorStack):
     assert statuses(results) == {name: OK for name in results}, {
         n: (r.summary, r.hint) for n, r in results.items() if r.status != OK}
     assert exit_code(results.values()) == 0
-    assert "clip 3" in results["stores"].summary
+    assert results["stores"].details["rows"] == {"clip": 3, "blip": 3, "fashion": 3}
     assert results["upstream"].details["live_color"] == "blue"
     # nginx routes through replica slots; doctor names the container each slot links to
     assert f"slot-1 -> {stack.backend().name}" in results["upstream"].summary
@@ -289,17 +289,19 @@ def test_a_stale_deploy_lock(stack: DoctorStack):
 
 
 def test_index_metadata_that_disagrees_with_the_index(stack: DoctorStack):
-    meta_path = stack.data_dir() / "clip.json"
-    original = meta_path.read_bytes()
-    meta = json.loads(original)
-    meta["count"] += 5
-    meta_path.write_text(json.dumps(meta))
+    """The manifest (the vectors' commit point) and the catalogue disagree: a tombstone for an
+    item the catalogue still lists (the generation is left alone, so the server does not apply it)."""
+    manifest_path = stack.data_dir() / "manifest.json"
+    original = manifest_path.read_bytes()
+    manifest = json.loads(original)
+    manifest["tombstones"].append([1, manifest["generation"]])
+    manifest_path.write_text(json.dumps(manifest))
     try:
         result = stack.doctor("stores")["stores"]
     finally:
-        meta_path.write_bytes(original)
+        manifest_path.write_bytes(original)
     assert result.status == FAILURE
-    assert f"clip: the index holds {meta['count'] - 5} vectors but clip.json says {meta['count']}" in result.summary
+    assert "clip: the manifest holds 2 live vectors but the catalogue lists 3 items" in result.summary
     assert "restore" in result.hint
     assert stack.doctor("stores")["stores"].status == OK
 
@@ -316,7 +318,10 @@ def test_the_cli_reports_json_and_exit_codes(stack: DoctorStack):
 
 
 def test_a_stopped_server_container(stack: DoctorStack):
-    """Last: it breaks the stack for good (teardown removes it)."""
+    """Last: it breaks the stack for good (teardown removes it). The keeper, which would start
+    the stopped backend again (see test_self_healing.py), is stopped first."""
+    for keeper in stack.client.containers.list(filters={"label": f"io.flashfit.project={stack.project}", "name": "keeper"}):
+        keeper.stop(timeout=5)
     backend = stack.backend()
     backend.stop(timeout=5)
     results = stack.doctor("containers", "proxy-health", "backend-health", "upstream")

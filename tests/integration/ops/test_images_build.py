@@ -308,7 +308,7 @@ def test_a_failing_step_exits_1_showing_the_step_and_its_last_lines(
     (house / "a-1-py3-none-any.whl").write_bytes(b"not really a wheel")
     (house / "requirements.txt").write_text("a==1\n")
     fake = Wheelhouse(house, house / "requirements.txt", [], ["a-1-py3-none-any.whl"], 18, True, 0.0)
-    monkeypatch.setattr(b, "make_wheelhouse", lambda _path: fake)
+    monkeypatch.setattr(b, "make_wheelhouse", lambda _path, **_options: fake)
     config = project / "broken.yml"
     config.write_text(f"server:\n  image: {TEST_REPO}\n  build:\n    base_image: {proxy.image}\n    context: ./src\n")
     made.tag(f"{TEST_REPO}:broken")
