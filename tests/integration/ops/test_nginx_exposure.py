@@ -6,6 +6,7 @@ network and mount namespace, so port 80 and /tmp/nginx.pid belong to this test a
 from __future__ import annotations
 
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -78,7 +79,9 @@ def serve_and_request(tmp_path: Path, allow_from: list[str]) -> dict[str, list]:
     (private_tmp / "client.py").write_text(CLIENT)
     hosts = tmp_path / "hosts"
     hosts.write_text("127.0.0.1 localhost backend\n")
-    python = sys.executable
+    # The interpreter behind the venv (the scripts need only the standard library): a checkout
+    # or venv under /tmp is hidden once the private /tmp is mounted.
+    python = os.path.realpath(sys.executable)
     script = (
         f"set -e; ip link set lo up; mount --bind {hosts} /etc/hosts; mount --bind {private_tmp} /tmp; "
         f"{python} /tmp/backend.py >/dev/null 2>&1 & backend=$!; {nginx} -c /tmp/nginx.conf; "
