@@ -287,6 +287,18 @@ class Executor:
                 pool.shutdown(wait=True)
         return results
 
+
+    def _server_log(self, name: str) -> str:
+        """The container's own last log lines. The engine copies a container's output into its log
+        asynchronously, so a line printed just before the failure it explains may not be there
+        yet: read again for up to a second while nothing is."""
+        lines = server_lines(self.backend.logs(name, tail=LOG_SCAN), LOG_LINES)
+        for _ in range(10):
+            if lines:
+                break
+            time.sleep(0.1)
+            lines = server_lines(self.backend.logs(name, tail=LOG_SCAN), LOG_LINES)
+        return lines
     def _gate_or_raise(self, names: tuple[str, ...], deadline: float, label: str) -> None:
         results = self._gate(names, deadline, label)
         now = self.clock()
@@ -300,7 +312,7 @@ class Executor:
         if failed:
             first = sorted(failed, key=lambda n: failed[n].reason.startswith("cancelled"))[0]
             for name in failed:
-                self.execution.failed_logs[name] = server_lines(self.backend.logs(name, tail=LOG_SCAN), LOG_LINES)
+                self.execution.failed_logs[name] = self._server_log(name)
             reasons = "; ".join(f"{n}: {r.reason}" for n, r in sorted(failed.items()))
             raise GateFailed(
                 f"{first} did not become ready: {failed[first].reason}",
@@ -456,7 +468,7 @@ class Executor:
                 for name in step.names:
                     problem = self._exited(name)
                     if problem:
-                        self.execution.failed_logs[name] = server_lines(self.backend.logs(name, tail=LOG_SCAN), LOG_LINES)
+                        self.execution.failed_logs[name] = self._server_log(name)
                         raise DiedAfterSwitch(
                             f"{problem} within the {step.window:g}s monitor window after the switch",
                             hint=f"the last {LOG_LINES} log lines are shown above; traffic went back to the previous version",
