@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from flashfit_ops.backup.snapshot import HttpSnapshotter, SnapshotResult
+from flashfit_ops.engine.protocol import Engine
 from flashfit_ops.errors import FlashFitError, IntegrityFailure, OperationFailed, Unavailable
 
 if TYPE_CHECKING:
@@ -66,13 +67,13 @@ def deployment_from(observed: Any) -> Deployment:
                       proxy_running=observed.proxy.running)
 
 
-def connect_backend() -> Any:
+def connect_backend() -> Engine:
     from flashfit_ops.execute.backend import DockerBackend
 
     return DockerBackend.connect()
 
 
-def find_deployment(config: Config, backend: Any = None) -> tuple[Deployment | None, Any]:
+def find_deployment(config: Config, backend: Engine | None = None) -> tuple[Deployment | None, Engine | None]:
     """(the deployment, the backend) when the project has backend containers, else (None, backend).
     Raises Unavailable when the Docker engine does not answer (the caller decides what that means)."""
     if config.target != "local":
@@ -84,7 +85,7 @@ def find_deployment(config: Config, backend: Any = None) -> tuple[Deployment | N
     return (deployment if deployment.deployed else None), backend
 
 
-def _base_url(backend: Any, config: Config, name: str) -> str | None:
+def _base_url(backend: Engine, config: Config, name: str) -> str | None:
     from flashfit_ops.plan.common import BACKEND_PORT
 
     address = backend.ip_address(name, config.network_name)
@@ -106,7 +107,7 @@ class DeployedSnapshotter:
     ones first; no proxy timeout, TLS or rate limit in the way), then the proxy. Never None: a
     deployed server that does not answer is an error, not a reason to read its data folder."""
 
-    def __init__(self, config: Config, deployment: Deployment, backend: Any, jwt_secret: str | None,
+    def __init__(self, config: Config, deployment: Deployment, backend: Engine, jwt_secret: str | None,
                  timeout: float = 600.0, transport: Any = None):
         self.config = config
         self.deployment = deployment
@@ -178,7 +179,7 @@ class DockerServiceControl:
 
     name = "docker"
 
-    def __init__(self, backend: Any, config: Config, deployment: Deployment, *, say: Say = _quiet,
+    def __init__(self, backend: Engine, config: Config, deployment: Deployment, *, say: Say = _quiet,
                  stop_timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
                  probe_for: Callable[[str], Any] | None = None, sleep: Callable[[float], None] = time.sleep):
         """probe_for(name) -> a health-gate Probe of that container, or of the proxy for name None
@@ -323,7 +324,7 @@ def restore_deployed(
     store: Store,
     ref: str | None,
     *,
-    backend: Any = None,
+    backend: Engine | None = None,
     lock_wait: float | None = None,
     say: Say = _quiet,
     on_lock_wait: Callable[[Any, float], None] | None = None,

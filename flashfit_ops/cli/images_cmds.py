@@ -37,7 +37,7 @@ def bootstrap(
     """Make flashfit/debian-python:bookworm and flashfit/nginx:bookworm from Debian packages
     (debootstrap + docker import), unless they exist locally or can be pulled."""
     from flashfit_ops.config import load_config
-    from flashfit_ops.docker_client import connect
+    from flashfit_ops.engine.connect import connect
     from flashfit_ops.images.bootstrap import bootstrap as run_bootstrap
 
     loaded = load_config(config)
@@ -64,7 +64,7 @@ def build(
 ) -> None:
     """Build the backend image <server.image>:<version> from a wheelhouse (no PyPI in the build)."""
     from flashfit_ops.config import load_config
-    from flashfit_ops.docker_client import connect
+    from flashfit_ops.engine.connect import connect
     from flashfit_ops.images import registry
     from flashfit_ops.images.build import build_image
 
@@ -133,7 +133,7 @@ def push(
 ) -> None:
     """Push an image built earlier (<server.image>:<version>) to registry.server."""
     from flashfit_ops.config import load_config
-    from flashfit_ops.docker_client import connect
+    from flashfit_ops.engine.connect import connect
     from flashfit_ops.images import registry
     from flashfit_ops.images.build import check_version
 

@@ -17,6 +17,7 @@ from flashfit_ops.errors import Unavailable
 
 if TYPE_CHECKING:  # pragma: no cover
     from flashfit_ops.config.model import Config
+    from flashfit_ops.engine.protocol import Container, EngineClient
 
 # Labels written by the deploy engine (flashfit_ops/plan/common.py).
 LABEL_PROJECT = "io.flashfit.project"
@@ -50,7 +51,7 @@ class DoctorContext:
         *,
         env: str | None = None,
         settings: Settings | None = None,
-        docker_factory: Callable[[], Any] | None = None,
+        docker_factory: Callable[[], EngineClient] | None = None,
         http_transport: Any = None,
         now: Callable[[], datetime] | None = None,
     ):
@@ -62,9 +63,9 @@ class DoctorContext:
         self._http_transport = http_transport
         self._now = now or (lambda: datetime.now(timezone.utc))
         self._lock = threading.Lock()
-        self._client: Any = None
+        self._client: EngineClient | None = None
         self._client_error: BaseException | None = None
-        self._containers: list[Any] | None = None
+        self._containers: list[Container] | None = None
         self._containers_lock = threading.Lock()
         self._memo: dict[str, Any] = {}
         self._memo_locks: dict[str, threading.Lock] = {}
@@ -117,7 +118,7 @@ class DoctorContext:
 
     # --- docker --------------------------------------------------------------------------------
 
-    def docker(self) -> Any:
+    def docker(self) -> EngineClient:
         """The one client of this run; the connection error, if any, is kept and re-raised."""
         with self._lock:
             if self._client is None and self._client_error is None:
@@ -125,7 +126,7 @@ class DoctorContext:
                     if self._docker_factory is not None:
                         self._client = self._docker_factory()
                     else:
-                        from flashfit_ops.docker_client import connect
+                        from flashfit_ops.engine.connect import connect
 
                         self._client = connect(timeout=self.settings.docker_timeout)
                 except BaseException as error:  # noqa: BLE001 - remembered for every check
@@ -137,7 +138,7 @@ class DoctorContext:
                 raise error
             return self._client
 
-    def containers(self) -> list[Any]:
+    def containers(self) -> list[Container]:
         """Every container of the project (running or not), listed once per run."""
         with self._containers_lock:
             if self._containers is None:
@@ -147,16 +148,16 @@ class DoctorContext:
                 )
             return list(self._containers)
 
-    def by_role(self, role: str) -> list[Any]:
+    def by_role(self, role: str) -> list[Container]:
         return [c for c in self.containers() if labels_of(c).get(LABEL_ROLE) == role]
 
-    def backends(self, *, running_only: bool = False) -> list[Any]:
+    def backends(self, *, running_only: bool = False) -> list[Container]:
         found = self.by_role(ROLE_BACKEND)
         if running_only:
             found = [c for c in found if state_of(c) == "running"]
         return sorted(found, key=lambda c: c.name)
 
-    def proxy(self) -> Any | None:
+    def proxy(self) -> Container | None:
         proxies = self.by_role(ROLE_PROXY)
         running = [c for c in proxies if state_of(c) == "running"]
         return (running or proxies or [None])[0]

@@ -1,62 +1,36 @@
-"""DockerBackend: the only place that calls the Docker SDK for deploys. Everything it returns is
-plain data; every engine error becomes a FlashFitError (unreachable engine -> Unavailable, exit 3).
-The executor and the observer take a backend, so unit tests pass a fake one at this seam."""
+"""DockerBackend: the deploy operations (engine.protocol.Engine) over the engine's SDK client
+(engine.protocol.EngineClient, from engine.connect). Everything it returns is plain data; every
+engine error becomes a FlashFitError through engine.errors (unreachable engine -> Unavailable,
+exit 3). The executor and the observer take an Engine, so unit tests pass a fake one at this seam.
+The image, swarm, monitoring and doctor modules take the EngineClient itself."""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
-from flashfit_ops.errors import OperationFailed, Unavailable
+from flashfit_ops.engine.errors import ENGINE_HINT, engine_errors
+from flashfit_ops.engine.protocol import Container, ContainerInfo, EngineClient
 from flashfit_ops.plan.common import LABEL_PROJECT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE, SOCKET_DIR, EngineGpus
-from flashfit_ops.plan.steps import ContainerSpec, GpuRequest, ProxySpec
+from flashfit_ops.plan.steps import ContainerSpec, EnsureKeeper, GpuRequest, ProxySpec
 
-if TYPE_CHECKING:  # pragma: no cover
-    import docker
+__all__ = ["ENGINE_HINT", "ContainerInfo", "DockerBackend", "device_request"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-ENGINE_HINT = "start the Docker engine (scripts/ensure-docker.sh where there is no systemd); `docker info` must work"
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    name: str
-    id: str
-    labels: dict[str, str]
-    state: str
-    image: str
-    exit_code: int | None
-    restart_count: int = 0
-    started_at: str = ""
-    created: str = ""
-    # Where the container's mounts land inside it.
-    mount_targets: tuple[str, ...] = ()
 
 
 def _engine_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from docker.errors import APIError, DockerException, NotFound
-
-        try:
+        with engine_errors(f"the Docker engine refused {func.__name__}"):
             return func(*args, **kwargs)
-        except NotFound:
-            raise
-        except APIError as error:
-            explanation = getattr(error, "explanation", None) or str(error)
-            raise OperationFailed(f"the Docker engine refused {func.__name__}: {explanation}") from None
-        except DockerException as error:
-            raise Unavailable(f"the Docker engine is unreachable: {error}", hint=ENGINE_HINT) from None
-        except OSError as error:  # requests' ConnectionError and friends
-            raise Unavailable(f"the Docker engine is unreachable: {error}", hint=ENGINE_HINT) from None
 
     return wrapper  # type: ignore[return-value]
 
 
 def device_request(gpus: GpuRequest) -> Any:
     """The Docker SDK's DeviceRequest for a container's GPUs (what `docker run --gpus` sends)."""
-    from docker.types import DeviceRequest
+    from flashfit_ops.engine.sdk import DeviceRequest
 
     return DeviceRequest(
         driver=gpus.driver,
@@ -66,7 +40,7 @@ def device_request(gpus: GpuRequest) -> Any:
     )
 
 
-def _info(container: Any) -> ContainerInfo:
+def _info(container: Container) -> ContainerInfo:
     attrs = container.attrs
     state = attrs.get("State", {}) or {}
     return ContainerInfo(
@@ -84,13 +58,13 @@ def _info(container: Any) -> ContainerInfo:
 
 
 class DockerBackend:
-    def __init__(self, client: "docker.DockerClient"):
+    def __init__(self, client: EngineClient):
         self.client = client
         self._ncpu: int | None = None
 
     @classmethod
     def connect(cls) -> "DockerBackend":
-        from flashfit_ops.docker_client import connect
+        from flashfit_ops.engine.connect import connect
 
         return cls(connect())
 
@@ -105,7 +79,7 @@ class DockerBackend:
 
     @_engine_errors
     def container(self, name: str) -> ContainerInfo | None:
-        from docker.errors import NotFound
+        from flashfit_ops.engine.errors import NotFound
 
         try:
             return _info(self.client.containers.get(name))
@@ -118,7 +92,7 @@ class DockerBackend:
 
     @_engine_errors
     def image_exists(self, reference: str) -> bool:
-        from docker.errors import ImageNotFound
+        from flashfit_ops.engine.errors import ImageNotFound
 
         try:
             self.client.images.get(reference)
@@ -142,7 +116,7 @@ class DockerBackend:
 
     @_engine_errors
     def remove_network(self, name: str) -> None:
-        from docker.errors import NotFound
+        from flashfit_ops.engine.errors import NotFound
 
         for network in self.client.networks.list(names=[name]):
             try:
@@ -152,7 +126,7 @@ class DockerBackend:
 
     @_engine_errors
     def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
-        from docker.errors import NotFound
+        from flashfit_ops.engine.errors import NotFound
 
         try:
             self.client.volumes.get(name)
@@ -163,7 +137,7 @@ class DockerBackend:
 
     @_engine_errors
     def remove_volume(self, name: str) -> None:
-        from docker.errors import NotFound
+        from flashfit_ops.engine.errors import NotFound
 
         try:
             self.client.volumes.get(name).remove()
@@ -188,7 +162,7 @@ class DockerBackend:
 
     @_engine_errors
     def image_labels(self, reference: str) -> dict[str, str] | None:
-        from docker.errors import ImageNotFound
+        from flashfit_ops.engine.errors import ImageNotFound
 
         try:
             return dict(self.client.images.get(reference).labels or {})
@@ -203,7 +177,7 @@ class DockerBackend:
     @_engine_errors
     def create_backend(self, spec: ContainerSpec, secrets: dict[str, str]) -> None:
         """Create (not start) a backend container; secrets join its environment here only."""
-        from docker.types import Mount
+        from flashfit_ops.engine.sdk import Mount
 
         mounts = [Mount(m.target, m.source, type=m.kind, read_only=m.read_only) for m in spec.mounts]
         self.client.containers.create(
@@ -221,9 +195,9 @@ class DockerBackend:
         )
 
     @_engine_errors
-    def run_keeper(self, step: Any, script: str) -> None:
+    def run_keeper(self, step: EnsureKeeper, script: str) -> None:
         """The keeper container (flashfit_ops.plan.steps.EnsureKeeper): root, to reach the engine."""
-        from docker.types import Mount
+        from flashfit_ops.engine.sdk import Mount
 
         mounts = [
             Mount("/flashfit-keeper.py", script, type="bind", read_only=True),
@@ -250,7 +224,7 @@ class DockerBackend:
 
     @_engine_errors
     def run_proxy(self, spec: ProxySpec) -> ContainerInfo:
-        from docker.types import Mount
+        from flashfit_ops.engine.sdk import Mount
 
         mounts = [Mount(PROXY_CONFIG_DIR, spec.config_dir, type="bind", read_only=True)]
         if spec.sockets_dir:
@@ -284,7 +258,7 @@ class DockerBackend:
 
     @_engine_errors
     def stop(self, name: str, timeout: float = 10.0) -> None:
-        from docker.errors import NotFound
+        from flashfit_ops.engine.errors import NotFound
 
         try:
             self.client.containers.get(name).stop(timeout=int(max(1, round(timeout))))
@@ -293,7 +267,7 @@ class DockerBackend:
 
     @_engine_errors
     def remove(self, name: str) -> None:
-        from docker.errors import NotFound
+        from flashfit_ops.engine.errors import NotFound
 
         try:
             self.client.containers.get(name).remove(force=True, v=False)
@@ -309,7 +283,7 @@ class DockerBackend:
 
     @_engine_errors
     def logs(self, name: str, tail: int = 20) -> str:
-        from docker.errors import NotFound
+        from flashfit_ops.engine.errors import NotFound
 
         try:
             raw = self.client.containers.get(name).logs(tail=tail, stdout=True, stderr=True)

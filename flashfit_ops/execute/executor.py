@@ -3,7 +3,8 @@ interrupts) undoes the steps done so far in reverse order. It decides no policy:
 the plan; how to undo each kind of step is mechanical (a started container is removed, a stopped
 one started and gated again, a switch switched back).
 
-Every Docker call goes through `backend` (DockerBackend, or a fake in unit tests).
+Every Docker call goes through `backend`, an engine.protocol.Engine (DockerBackend, or a fake in
+unit tests).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterator
 
 from flashfit_ops import console
 from flashfit_ops.config.model import Config
+from flashfit_ops.engine.protocol import Engine
 from flashfit_ops.errors import FlashFitError, OperationFailed
 from flashfit_ops.execute.health import GateResult, GateSettings, Probe, http_probe, server_lines, wait_ready
 from flashfit_ops.execute.proxy import ProxyController, read_files
@@ -110,7 +112,7 @@ def _signals_deferred() -> Iterator[None]:
 class Executor:
     def __init__(
         self,
-        backend: Any,
+        backend: Engine,
         config: Config,
         *,
         secrets: dict[str, str] | None = None,

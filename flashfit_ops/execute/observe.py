@@ -4,6 +4,7 @@ the proxy folder says which of them nginx serves."""
 from __future__ import annotations
 
 from flashfit_ops.config.model import Config
+from flashfit_ops.engine.protocol import Engine
 from flashfit_ops.execute.proxy import ProxyController, read_files
 from flashfit_ops.plan.common import (
     LABEL_COLOR,
@@ -20,7 +21,7 @@ from flashfit_ops.plan.keeper import keeper_name
 from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
 
 
-def observe(backend, config: Config, *, check_proxy_config: bool = True) -> Observed:
+def observe(backend: Engine, config: Config, *, check_proxy_config: bool = True) -> Observed:
     infos = backend.list_containers(config.project)
     containers = []
     proxy_info = None
@@ -84,7 +85,7 @@ def observe(backend, config: Config, *, check_proxy_config: bool = True) -> Obse
     )
 
 
-def probe_container(backend, config: Config, name: str) -> dict:
+def probe_container(backend: Engine, config: Config, name: str) -> dict:
     """Readiness (and liveness when not ready) of one backend, reached on its own address."""
     from flashfit_ops.execute.health import http_probe
     from flashfit_ops.plan.common import BACKEND_PORT
@@ -101,7 +102,7 @@ def probe_container(backend, config: Config, name: str) -> dict:
     return out
 
 
-def with_health(backend, config: Config, observed: Observed, names: tuple[str, ...] | None = None) -> Observed:
+def with_health(backend: Engine, config: Config, observed: Observed, names: tuple[str, ...] | None = None) -> Observed:
     """`observed` with the health of the running containers nginx routes to (or `names`) probed,
     so a repair never routes to a container that runs but does not answer."""
     import dataclasses

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from flashfit_ops.config.model import Config
+from flashfit_ops.engine.protocol import Engine
 from flashfit_ops.errors import OperationFailed
 from flashfit_ops.fileio import atomic_write_text, fsync_dir
 from flashfit_ops.monitoring import targets as scrape_targets
@@ -240,11 +241,11 @@ def _is_socket(path: Path) -> bool:
 
 
 class ProxyController:
-    """Switches the proxy's slots. `backend` is the DockerBackend (or a fake in tests)."""
+    """Switches the proxy's slots. `backend` is the engine (DockerBackend, or a fake in tests)."""
 
     def __init__(
         self,
-        backend,
+        backend: Engine,
         config: Config,
         *,
         clock: Callable[[], float] = time.monotonic,

@@ -15,10 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from flashfit_ops import console
 from flashfit_ops.config.model import Config
+from flashfit_ops.engine.protocol import Engine, EngineClient
 from flashfit_ops.errors import FlashFitError, OperationFailed, Unavailable, UsageError
 from flashfit_ops.execute import history as hist
 from flashfit_ops.execute.executor import Executor
@@ -40,6 +41,9 @@ from flashfit_ops.plan.observed import Observed
 from flashfit_ops.plan.repair import plan_repair
 from flashfit_ops.plan.rollback import plan_restart, retained_versions
 from flashfit_ops.plan.steps import Step
+
+if TYPE_CHECKING:  # pragma: no cover
+    from flashfit_ops.execute.backend import DockerBackend
 
 
 def lock_path(config: Config) -> Path:
@@ -83,10 +87,17 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _backend():
+def _backend() -> DockerBackend:
+    return _engine()[1]
+
+
+def _engine() -> tuple[EngineClient, DockerBackend]:
+    """The engine's client (for Swarm and image builds) and the deploy operations over it."""
+    from flashfit_ops.engine.connect import connect
     from flashfit_ops.execute.backend import DockerBackend
 
-    return DockerBackend.connect()
+    client = connect()
+    return client, DockerBackend(client)
 
 
 # -- versions and images -------------------------------------------------------------------------
@@ -102,18 +113,18 @@ def default_version(config: Config) -> str:
     return version_from_state(state)
 
 
-def ensure_image(backend: Any, config: Config, version: str) -> bool:
+def ensure_image(backend: Engine, client: EngineClient, config: Config, version: str) -> bool:
     """Build the version when its image is missing. Returns True when it built."""
     if backend.image_exists(image_ref(config, version)):
         return False
     from flashfit_ops.images.build import build_image
 
     console.step(f"{image_ref(config, version)} does not exist: building it")
-    build_image(backend.client, config, version=version)
+    build_image(client, config, version=version)
     return True
 
 
-def require_gpus(backend: Any, config: Config, version: str) -> None:
+def require_gpus(backend: Engine, config: Config, version: str) -> None:
     """GPUs the engine cannot provide stop a deploy before its first step (exit 3), instead of a
     container that is created and then never starts; so does a CPU-only image of the version."""
     if config.resources.gpus is None:
@@ -203,7 +214,7 @@ def acquire_lock(config: Config, lock_wait: float | None, message: str = "") -> 
 
 def _execute(
     config: Config,
-    backend: Any,
+    backend: Engine,
     run: Run,
     make_plan: Callable[[Observed], list[Step]],
     *,
@@ -304,18 +315,18 @@ def deploy(
     version = version or default_version(config)
     if not valid_version(version):
         raise UsageError(f"{version!r} is not a valid version (an image tag)", hint="letters, digits, '_', '.', '-'")
-    backend = _backend()
+    client, backend = _engine()
     require_gpus(backend, config, version)
     if config.target == "swarm":
         if dry_run:
-            return _swarm_deploy(backend, config, version, dry_run=True)
+            return _swarm_deploy(client, config, version, dry_run=True)
         lock = acquire_lock(config, lock_wait, message)
         try:
             with sigterm_as_interrupt():
                 if not config.registry.server:  # with a registry, nodes pull it by digest from there
-                    ensure_image(backend, config, version)
+                    ensure_image(backend, client, config, version)
                 run = Run("deploy", "swarm-rolling", version, replicas, message)
-                return _swarm_recorded(config, backend, run, lambda: _swarm_deploy(backend, config, version, dry_run=False))
+                return _swarm_recorded(config, client, run, lambda: _swarm_deploy(client, config, version, dry_run=False))
         finally:
             lock.release()
     if dry_run:
@@ -337,8 +348,8 @@ def deploy(
     try:
         repair_locked(config, backend)  # service first: a killed proxy or dead backend is restored now
         with sigterm_as_interrupt():
-            ensure_image(backend, config, version)
-            monitoring = monitoring_for_deploy(config, backend)  # long-lived: kept unless changed
+            ensure_image(backend, client, config, version)
+            monitoring = monitoring_for_deploy(config, backend, client)  # long-lived: kept unless changed
         run = Run("deploy", strategy, version, replicas, message)
 
         def make_plan(observed: Observed) -> list[Step]:
@@ -349,18 +360,18 @@ def deploy(
         lock.release()
 
 
-def _swarm_deploy(backend: Any, config: Config, version: str, dry_run: bool) -> dict[str, Any]:
+def _swarm_deploy(client: EngineClient, config: Config, version: str, dry_run: bool) -> dict[str, Any]:
     from flashfit_ops.swarm import deploy as swarm
 
-    return swarm.deploy(backend.client, config, version, dry_run=dry_run, on_step=lambda s: console.step(s.describe()))
+    return swarm.deploy(client, config, version, dry_run=dry_run, on_step=lambda s: console.step(s.describe()))
 
 
-def _swarm_recorded(config: Config, backend: Any, run: Run, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _swarm_recorded(config: Config, client: EngineClient, run: Run, action: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """A Swarm deploy or rollback, with its start and finish in the history like a local one."""
     from flashfit_ops.swarm import deploy as swarm
 
     deploy_id = new_deploy_id()
-    started = _history_start(config, run, deploy_id, swarm.live_version(backend.client, config), LockInfo.mine(message=run.message))
+    started = _history_start(config, run, deploy_id, swarm.live_version(client, config), LockInfo.mine(message=run.message))
     try:
         result = action()
     except FlashFitError as error:
@@ -374,7 +385,7 @@ def _swarm_recorded(config: Config, backend: Any, run: Run, action: Callable[[],
     return {**result, "id": deploy_id, "strategy": run.strategy, "url": public_url(config), "live": live}
 
 
-def rollback_options(config: Config, backend: Any | None = None) -> dict[str, Any]:
+def rollback_options(config: Config, backend: Engine | None = None) -> dict[str, Any]:
     """Versions a rollback can go to: retained containers (fast) and local images of successful
     deploys (at most deploy.keep_versions), the live one excluded."""
     backend = backend or _backend()
@@ -412,9 +423,9 @@ def rollback(
     lock_wait: float | None = None,
     message: str = "",
 ) -> dict[str, Any]:
-    backend = _backend()
+    client, backend = _engine()
     if config.target == "swarm":
-        return _swarm_rollback(config, backend, version, dry_run=dry_run, lock_wait=lock_wait, message=message)
+        return _swarm_rollback(config, client, backend, version, dry_run=dry_run, lock_wait=lock_wait, message=message)
     options = rollback_options(config, backend)
     if version is None:
         return {"result": "listed", **options}
@@ -448,11 +459,11 @@ def rollback(
 
 
 def _swarm_rollback(
-    config: Config, backend: Any, version: str | None, *, dry_run: bool, lock_wait: float | None, message: str
+    config: Config, client: EngineClient, backend: Engine, version: str | None, *, dry_run: bool, lock_wait: float | None, message: str
 ) -> dict[str, Any]:
     from flashfit_ops.swarm import deploy as swarm
 
-    options = swarm.rollback_options(backend.client, config, hist.successful_versions(history_path(config)))
+    options = swarm.rollback_options(client, config, hist.successful_versions(history_path(config)))
     if version is None:
         return {"result": "listed", **options}
     if version == options["live_version"]:
@@ -460,13 +471,13 @@ def _swarm_rollback(
     if not config.registry.server and not backend.image_exists(image_ref(config, version)):
         raise UsageError(f"there is no image for version {version}", hint="`flashfit rollback` lists the versions")
     if dry_run:
-        return _swarm_deploy(backend, config, version, dry_run=True)
+        return _swarm_deploy(client, config, version, dry_run=True)
     lock = acquire_lock(config, lock_wait, message or f"rollback to {version}")
     try:
         with sigterm_as_interrupt():
             run = Run("rollback", "swarm-rolling", version, config.replicas, message)
             on_step = lambda step: console.step(step.describe())  # noqa: E731
-            return _swarm_recorded(config, backend, run, lambda: swarm.rollback(backend.client, config, version, on_step=on_step))
+            return _swarm_recorded(config, client, run, lambda: swarm.rollback(client, config, version, on_step=on_step))
     finally:
         lock.release()
 
@@ -487,11 +498,11 @@ def _history_disagreements(config: Config, routed_version: str | None) -> tuple[
 def status(config: Config) -> dict[str, Any]:
     """Read-only: what nginx routes to (the slot links), each container's health, the history,
     and where they disagree, with the repair plan that `flashfit repair` would carry out."""
-    backend = _backend()
+    client, backend = _engine()
     if config.target == "swarm":
         from flashfit_ops.swarm import deploy as swarm
 
-        return swarm.status(backend.client, config)
+        return swarm.status(client, config)
     observed = observe(backend, config)
     running = [c for c in observed.containers if c.running]
     with ThreadPoolExecutor(max_workers=max(1, min(8, len(running)))) as pool:
@@ -586,7 +597,7 @@ def repair(config: Config, *, dry_run: bool = False, lock_wait: float | None = N
         lock.release()
 
 
-def repair_locked(config: Config, backend: Any) -> dict[str, Any] | None:
+def repair_locked(config: Config, backend: Engine) -> dict[str, Any] | None:
     """Under the caller's lock: carry out the repair plan when there is one (recorded in the
     history as a `repair`); None when everything is consistent."""
     observed = with_health(backend, config, observe(backend, config))

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from flashfit_ops import console
+from flashfit_ops.engine.errors import engine_errors
 from flashfit_ops.errors import OperationFailed, Unavailable, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    import docker
+    from flashfit_ops.engine.protocol import EngineClient, Image
 
 DEBOOTSTRAP = "/usr/sbin/debootstrap"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -354,8 +355,8 @@ def split_reference(reference: str) -> tuple[str, str]:
     return name, tag
 
 
-def local_image(client: "docker.DockerClient", reference: str) -> Any | None:
-    from docker.errors import ImageNotFound
+def local_image(client: EngineClient, reference: str) -> Image | None:
+    from flashfit_ops.engine.errors import ImageNotFound
 
     try:
         return client.images.get(reference)
@@ -363,16 +364,16 @@ def local_image(client: "docker.DockerClient", reference: str) -> Any | None:
         return None
 
 
-def try_pull(client: "docker.DockerClient", reference: str) -> tuple[Any | None, str]:
+def try_pull(client: EngineClient, reference: str) -> tuple[Image | None, str]:
     """Pull an image; (image, "") on success, (None, reason) when no registry serves it."""
-    from docker.errors import APIError, DockerException
+    from flashfit_ops.engine.errors import DockerException, explanation
 
     repository, tag = split_reference(reference)
     try:
-        return client.images.pull(repository, tag=tag), ""
-    except (APIError, DockerException) as error:
-        reason = getattr(error, "explanation", None) or str(error)
-        return None, str(reason).splitlines()[0][:200]
+        image: Image = client.images.pull(repository, tag=tag)
+        return image, ""
+    except DockerException as error:  # APIError included: no registry serves it
+        return None, explanation(error).splitlines()[0][:200]
 
 
 @contextlib.contextmanager
@@ -395,7 +396,7 @@ def mirror_from_env() -> str:
 
 
 def ensure_image(
-    client: "docker.DockerClient",
+    client: EngineClient,
     recipe: Recipe,
     cache: Path,
     *,
@@ -432,7 +433,7 @@ def ensure_image(
 
 
 def ensure_derived(
-    client: "docker.DockerClient", recipe: DerivedRecipe, cache: Path, *, force: bool = False, mirror: str | None = None
+    client: EngineClient, recipe: DerivedRecipe, cache: Path, *, force: bool = False, mirror: str | None = None
 ) -> ImageOutcome:
     """The image of a derived recipe: the local one, else built on the base image (itself found
     or bootstrapped first). Never pulled: the name is ours, no registry serves it."""
@@ -446,16 +447,14 @@ def ensure_derived(
     return _outcome(recipe.image, BUILT, started, image, detail=f"apt-get install {' '.join(recipe.packages)} on {recipe.base.image}")
 
 
-def build_derived(client: "docker.DockerClient", recipe: DerivedRecipe) -> Any:
+def build_derived(client: EngineClient, recipe: DerivedRecipe) -> Image:
     import io
-
-    from docker.errors import APIError
 
     tail: deque[str] = deque(maxlen=15)
     previous = client.api.timeout
     client.api.timeout = 900
     try:
-        with console.status(f"building {recipe.image}") as live:
+        with engine_errors(f"building {recipe.image} failed"), console.status(f"building {recipe.image}") as live:
             stream = client.api.build(
                 fileobj=io.BytesIO(recipe.dockerfile().encode()), tag=recipe.image, rm=True, forcerm=True, pull=False, decode=True
             )
@@ -469,8 +468,6 @@ def build_derived(client: "docker.DockerClient", recipe: DerivedRecipe) -> Any:
                 if line:
                     tail.append(line)
                     live.update(f"{recipe.image}: {line[:100]}")
-    except APIError as error:
-        raise OperationFailed(f"building {recipe.image} failed: {error.explanation or error}") from None
     finally:
         client.api.timeout = previous
     image = local_image(client, recipe.image)
@@ -479,9 +476,9 @@ def build_derived(client: "docker.DockerClient", recipe: DerivedRecipe) -> Any:
     return image
 
 
-def _remove_if_unused(client: "docker.DockerClient", image_id: str) -> None:
+def _remove_if_unused(client: EngineClient, image_id: str) -> None:
     """Drop the image a forced rebuild replaced, unless a container or a derived image still uses it."""
-    from docker.errors import APIError
+    from flashfit_ops.engine.errors import APIError
 
     try:
         if not client.images.get(image_id).tags:
@@ -490,19 +487,15 @@ def _remove_if_unused(client: "docker.DockerClient", image_id: str) -> None:
         pass
 
 
-def import_rootfs(client: "docker.DockerClient", tarball: Path, recipe: Recipe, key: str) -> Any:
-    from docker.errors import APIError
-
+def import_rootfs(client: EngineClient, tarball: Path, recipe: Recipe, key: str) -> Image:
     repository, tag = split_reference(recipe.image)
     previous = client.api.timeout
     client.api.timeout = 900  # a few hundred MB to register
     try:
-        with console.status(f"importing {recipe.image}"):
+        with engine_errors(f"docker import of {recipe.image} failed"), console.status(f"importing {recipe.image}"):
             answer = client.api.import_image_from_file(
                 str(tarball), repository=repository, tag=tag, changes=recipe.import_changes(key)
             )
-    except APIError as error:
-        raise OperationFailed(f"docker import of {recipe.image} failed: {error.explanation or error}") from None
     finally:
         client.api.timeout = previous
     for line in str(answer).splitlines():
@@ -516,7 +509,7 @@ def import_rootfs(client: "docker.DockerClient", tarball: Path, recipe: Recipe, 
     return image
 
 
-def _outcome(name: str, path: str, started: float, image: Any, *, detail: str = "", warnings: list[str] | None = None) -> ImageOutcome:
+def _outcome(name: str, path: str, started: float, image: Image, *, detail: str = "", warnings: list[str] | None = None) -> ImageOutcome:
     return ImageOutcome(
         image=name,
         path=path,
@@ -529,7 +522,7 @@ def _outcome(name: str, path: str, started: float, image: Any, *, detail: str = 
 
 
 def bootstrap(
-    client: "docker.DockerClient",
+    client: EngineClient,
     base_dir: Path,
     *,
     which: list[str] | None = None,

@@ -35,12 +35,13 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from flashfit_ops import console
 from flashfit_ops.config.model import Config
+from flashfit_ops.engine.errors import engine_errors
 from flashfit_ops.errors import OperationFailed, Unavailable, UsageError
 from flashfit_ops.images import bootstrap as boot
 from flashfit_ops.images.wheelhouse import REQUIREMENTS, Wheelhouse, make_wheelhouse
 
 if TYPE_CHECKING:  # pragma: no cover
-    import docker
+    from flashfit_ops.engine.protocol import EngineClient, Image
 
 LABEL_PROJECT = "io.flashfit.project"
 LABEL_VERSION = "io.flashfit.version"
@@ -184,7 +185,7 @@ def build_flashfit_wheel(source: Path, out: Path) -> Path:
 # The base image
 
 
-def ensure_base(client: "docker.DockerClient", config: Config) -> boot.ImageOutcome:
+def ensure_base(client: EngineClient, config: Config) -> boot.ImageOutcome:
     """The FROM image: local, else pulled, else (for flashfit/debian-python:bookworm only) built
     from Debian packages right here, as `flashfit images bootstrap` would."""
     reference = config.server.build.base_image
@@ -327,16 +328,14 @@ def console_escape(text: str) -> str:
     return escape(text)
 
 
-def run_build(client: "docker.DockerClient", context: Path, tag: str, labels: dict[str, str]) -> tuple[str, StepLog]:
+def run_build(client: EngineClient, context: Path, tag: str, labels: dict[str, str]) -> tuple[str, StepLog]:
     """Stream a classic-builder build of `context`; returns (image id, steps). Errors name the step."""
-    from docker.errors import APIError
-
     log = StepLog(on_done=_print_step)
     image_id = None
     previous = client.api.timeout
     client.api.timeout = BUILD_TIMEOUT
     try:
-        with console.status(f"building {tag}") as live:
+        with engine_errors(f"the build of {tag} failed"), console.status(f"building {tag}") as live:
             stream = client.api.build(
                 path=str(context),
                 tag=tag,
@@ -359,8 +358,6 @@ def run_build(client: "docker.DockerClient", context: Path, tag: str, labels: di
                     detail = chunk.get("errorDetail") or {}
                     log.close()
                     _raise_step_failure(log, chunk["error"], detail.get("code"))
-    except APIError as error:
-        raise OperationFailed(f"the build of {tag} failed: {error.explanation or error}") from None
     finally:
         client.api.timeout = previous
     log.close()
@@ -382,7 +379,7 @@ def _raise_step_failure(log: StepLog, message: str, code: Any) -> None:
 
 
 def build_image(
-    client: "docker.DockerClient", config: Config, *, version: str | None = None, gpu: bool | None = None
+    client: EngineClient, config: Config, *, version: str | None = None, gpu: bool | None = None
 ) -> BuildResult:
     started = time.monotonic()
     gpu = wants_gpu(config, gpu)

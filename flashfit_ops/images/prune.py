@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from flashfit_ops.engine.protocol import EngineClient
 from flashfit_ops.images.bootstrap import split_reference
 
 IN_USE = "used by a container or service"
@@ -60,7 +61,7 @@ def plan_prune(tags: list[ImageTag], *, used_ids: set[str], used_versions: set[s
 
 
 # -- engine -----------------------------------------------------------------------------------
-def list_tags(client: Any, repository: str) -> list[ImageTag]:
+def list_tags(client: EngineClient, repository: str) -> list[ImageTag]:
     """Every `repository:<version>` tag on the engine, one entry per tag."""
     found = []
     for image in client.images.list(name=repository):
@@ -71,7 +72,7 @@ def list_tags(client: Any, repository: str) -> list[ImageTag]:
     return found
 
 
-def usage(client: Any, repository: str, project: str, swarm: bool) -> tuple[set[str], set[str]]:
+def usage(client: EngineClient, repository: str, project: str, swarm: bool) -> tuple[set[str], set[str]]:
     """Image ids any container on the engine uses (any project: the engine would refuse anyway),
     and the versions the project's Swarm services run or would roll back to."""
     used_ids = {c.attrs.get("Image", "") for c in client.containers.list(all=True, ignore_removed=True)}
@@ -98,8 +99,8 @@ class PruneResult:
         return {**self.plan.to_dict(), "removed": self.removed, "refused": self.refused}
 
 
-def remove_tags(client: Any, repository: str, plan: PrunePlan) -> PruneResult:
-    from docker.errors import APIError, NotFound
+def remove_tags(client: EngineClient, repository: str, plan: PrunePlan) -> PruneResult:
+    from flashfit_ops.engine.errors import APIError, NotFound, explanation
 
     result = PruneResult(plan)
     for tag in plan.remove:
@@ -108,7 +109,7 @@ def remove_tags(client: Any, repository: str, plan: PrunePlan) -> PruneResult:
         except NotFound:
             result.removed.append(tag.version)  # gone already: the goal is met
         except APIError as error:
-            result.refused[tag.version] = str(error.explanation or error)
+            result.refused[tag.version] = explanation(error)
         else:
             result.removed.append(tag.version)
     return result
@@ -116,7 +117,7 @@ def remove_tags(client: Any, repository: str, plan: PrunePlan) -> PruneResult:
 
 def prune_images(config: Any, *, keep: int | None = None, dry_run: bool = False, lock_wait: float | None = None) -> PruneResult:
     """Under the deploy lock, so no deploy starts a version while its tag is being removed."""
-    from flashfit_ops.docker_client import connect
+    from flashfit_ops.engine.connect import connect
     from flashfit_ops.execute import history as hist
     from flashfit_ops.execute.service import acquire_lock, history_path
 
@@ -141,7 +142,7 @@ def prune_images(config: Any, *, keep: int | None = None, dry_run: bool = False,
 def prune_remote_images(config: Any, *, keep: int | None = None, dry_run: bool = False, lock_wait: float | None = None) -> PruneResult:
     """The same policy for the registry's tags: what Swarm services run or would roll back to, the
     rollback targets and the newest builds stay. Under the deploy lock, like the local prune."""
-    from flashfit_ops.docker_client import connect
+    from flashfit_ops.engine.connect import connect
     from flashfit_ops.execute import history as hist
     from flashfit_ops.execute.service import acquire_lock, history_path
     from flashfit_ops.images.registry import image_repository, prune_remote, require

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import httpx
 
 from flashfit_ops.config.model import Config
+from flashfit_ops.engine.protocol import EngineClient
 from flashfit_ops.errors import OperationFailed, Unavailable, UsageError
 from flashfit_ops.images.prune import ImageTag, PruneResult, plan_prune
 
@@ -192,7 +193,7 @@ def require(config: Config) -> None:
 
 
 # -- push and pin (through the engine) -----------------------------------------------------------
-def login(client: Any, config: Config, environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
+def login(client: EngineClient, config: Config, environ: Mapping[str, str] | None = None) -> dict[str, str] | None:
     """Log the engine client in, so pushes and Swarm service updates carry the credentials
     (docker-py sends them as X-Registry-Auth; the nodes then pull with them)."""
     creds = credentials(config, environ)
@@ -203,11 +204,11 @@ def login(client: Any, config: Config, environ: Mapping[str, str] | None = None)
     return auth
 
 
-def push(client: Any, config: Config, version: str, environ: Mapping[str, str] | None = None) -> str:
+def push(client: EngineClient, config: Config, version: str, environ: Mapping[str, str] | None = None) -> str:
     """Tag server.image:version into the registry, push it, return server/repo:version@sha256:..."""
     require(config)
     target = image_repository(config)
-    from docker.errors import ImageNotFound
+    from flashfit_ops.engine.errors import ImageNotFound
 
     try:
         client.images.get(f"{config.server.image}:{version}").tag(target, version)

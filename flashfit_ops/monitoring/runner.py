@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from flashfit_ops import console
 from flashfit_ops.config.model import Config
+from flashfit_ops.engine.protocol import Engine, EngineClient
 from flashfit_ops.errors import OperationFailed
 from flashfit_ops.fileio import atomic_write_text
 from flashfit_ops.monitoring import stack
@@ -54,7 +55,7 @@ def write_files(config: Config, url: str | None) -> set[str]:
     return changed
 
 
-def _ensure_image(client: Any, config: Config, spec: stack.MonitorSpec) -> str | None:
+def _ensure_image(client: EngineClient, config: Config, spec: stack.MonitorSpec) -> str | None:
     """None when the image is here (found or built); else why it cannot be had."""
     from flashfit_ops.images import bootstrap as boot
 
@@ -71,8 +72,8 @@ def _ensure_image(client: Any, config: Config, spec: stack.MonitorSpec) -> str |
     return None if image is not None else f"{spec.image} is not on this engine and cannot be pulled ({reason})"
 
 
-def _create(client: Any, config: Config, spec: stack.MonitorSpec, digest: str, secrets: dict[str, str]) -> None:
-    from docker.types import Mount
+def _create(client: EngineClient, config: Config, spec: stack.MonitorSpec, digest: str, secrets: dict[str, str]) -> None:
+    from flashfit_ops.engine.sdk import Mount
 
     mounts = [Mount(m.target, m.source, type=m.kind, read_only=m.read_only) for m in spec.mounts]
     environment = {env: secrets[src] for env, src in spec.secret_env if secrets.get(src)}
@@ -113,13 +114,12 @@ def _wait_ready(spec: stack.MonitorSpec, timeout: float = READY_TIMEOUT, sleep: 
     raise OperationFailed(f"{spec.name} did not become ready on {url} within {timeout:g}s ({last})", hint=f"see `docker logs {spec.name}`")
 
 
-def ensure(config: Config, backend: Any, live_slots: tuple[str, ...] = (), secrets: dict[str, str] | None = None) -> dict[str, Any]:
+def ensure(config: Config, backend: Engine, client: EngineClient, live_slots: tuple[str, ...] = (), secrets: dict[str, str] | None = None) -> dict[str, Any]:
     """Make the monitoring containers match the config; report what each one did."""
-    from docker.errors import APIError, NotFound
+    from flashfit_ops.engine.errors import APIError, NotFound, explanation
 
     if not config.monitoring.enabled:
         return {"enabled": False}
-    client = backend.client
     secrets = secrets or {}
     labels = {LABEL_PROJECT: config.project}
     backend.ensure_network(config.network_name, labels)
@@ -158,7 +158,7 @@ def ensure(config: Config, backend: Any, live_slots: tuple[str, ...] = (), secre
                 _create(client, config, spec, digest, secrets)
                 action = "started"
         except APIError as error:
-            raise OperationFailed(f"{spec.name}: the engine refused ({error.explanation or error})") from None
+            raise OperationFailed(f"{spec.name}: the engine refused ({explanation(error)})") from None
         _wait_ready(spec)
         url = f"http://127.0.0.1:{spec.ports[0][1]}"
         console.success(f"{spec.name} {action} ({url})")
@@ -166,7 +166,7 @@ def ensure(config: Config, backend: Any, live_slots: tuple[str, ...] = (), secre
     return report
 
 
-def monitoring_for_deploy(config: Config, backend: Any) -> dict[str, Any]:
+def monitoring_for_deploy(config: Config, backend: Engine, client: EngineClient) -> dict[str, Any]:
     """What `flashfit deploy` adds to its result: {} when monitoring is off, else {"monitoring":
     report}. Runs before any traffic moves, so Prometheus sees the switch."""
     if not config.monitoring.enabled:
@@ -177,7 +177,7 @@ def monitoring_for_deploy(config: Config, backend: Any) -> dict[str, Any]:
 
     console.step("monitoring")
     applied = read_files(proxy_dir(config), sockets_dir(config)).applied
-    return {"monitoring": ensure(config, backend, tuple(applied), load_secrets(config))}
+    return {"monitoring": ensure(config, backend, client, tuple(applied), load_secrets(config))}
 
 
 def monitoring_status(config: Config, live: set[str]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from flashfit_ops.config.model import Config
 from flashfit_ops.config.secrets import load_secrets
+from flashfit_ops.engine.protocol import EngineClient
 from flashfit_ops.errors import FlashFitError, OperationFailed
 from flashfit_ops.plan.steps import Step
 from flashfit_ops.render import render_stack, render_swarm_nginx
@@ -64,7 +65,7 @@ def _pinned(config: Config, stack: StackDefinition, version: str, environ: dict[
     return replace(stack, services={**stack.services, "backend": backend})
 
 
-def plan(client: Any, config: Config, materials: Materials) -> list[Step]:
+def plan(client: EngineClient, config: Config, materials: Materials) -> list[Step]:
     return plan_swarm_deploy(
         config, observe(client, config.project), materials.stack, object_names=materials.object_names, digests=materials.digests,
         proxy_host=proxy_host(),
@@ -72,7 +73,7 @@ def plan(client: Any, config: Config, materials: Materials) -> list[Step]:
 
 
 def deploy(
-    client: Any,
+    client: EngineClient,
     config: Config,
     version: str,
     *,
@@ -111,12 +112,12 @@ def _swarm_rolled_back(engine: SwarmEngine, config: Config) -> bool:
     return state in ("rollback_started", "rollback_completed")
 
 
-def live_version(client: Any, config: Config) -> str | None:
+def live_version(client: EngineClient, config: Config) -> str | None:
     backend = observe(client, config.project).services.get("backend")
     return backend.image.rsplit(":", 1)[-1] if backend else None
 
 
-def rollback_options(client: Any, config: Config, successful: list[str]) -> dict[str, Any]:
+def rollback_options(client: EngineClient, config: Config, successful: list[str]) -> dict[str, Any]:
     """Earlier versions that deployed successfully (newest first), the live one excluded; the one
     Swarm itself can roll back to (the service's previous spec) is marked."""
     live = live_version(client, config)
@@ -129,8 +130,8 @@ def rollback_options(client: Any, config: Config, successful: list[str]) -> dict
     return {"target": "swarm", "live_version": live, "versions": versions}
 
 
-def _previous_spec_version(client: Any, config: Config) -> str | None:
-    from docker.errors import NotFound
+def _previous_spec_version(client: EngineClient, config: Config) -> str | None:
+    from flashfit_ops.engine.errors import NotFound
 
     try:
         service = client.services.get(service_name(config.project, "backend"))
@@ -143,7 +144,7 @@ def _previous_spec_version(client: Any, config: Config) -> str | None:
 
 
 def rollback(
-    client: Any,
+    client: EngineClient,
     config: Config,
     version: str,
     *,
@@ -168,7 +169,7 @@ def rollback(
     return {"target": "swarm", "version": version, "how": how, "result": "success", "duration_s": round(time.monotonic() - started, 2)}
 
 
-def status(client: Any, config: Config) -> dict[str, Any]:
+def status(client: EngineClient, config: Config) -> dict[str, Any]:
     """Services and their tasks per node, with container health where the task runs here."""
     observed = observe(client, config.project)
     if not observed.swarm_active:
@@ -212,10 +213,10 @@ def status(client: Any, config: Config) -> dict[str, Any]:
     }
 
 
-def _container_health(client: Any, container_id: str | None) -> str | None:
+def _container_health(client: EngineClient, container_id: str | None) -> str | None:
     if not container_id:
         return None
-    from docker.errors import NotFound
+    from flashfit_ops.engine.errors import NotFound
 
     try:
         state = client.containers.get(container_id).attrs["State"]

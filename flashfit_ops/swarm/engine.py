@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from flashfit_ops.engine.protocol import EngineClient
 from flashfit_ops.errors import OperationFailed
 from flashfit_ops.plan.steps import Step
 from flashfit_ops.swarm.plan import (
@@ -26,7 +27,7 @@ from flashfit_ops.swarm.spec import StackDefinition
 FAILED_UPDATE_STATES = frozenset({"paused", "rollback_started", "rollback_paused", "rollback_completed"})
 
 
-def observe(client: Any, project: str) -> SwarmObserved:
+def observe(client: EngineClient, project: str) -> SwarmObserved:
     info = client.info()
     swarm = info.get("Swarm", {})
     active = swarm.get("LocalNodeState") == "active"
@@ -79,7 +80,7 @@ class ServiceHealth:
 
 
 class SwarmEngine:
-    def __init__(self, client: Any, project: str, *, on_status: Callable[[str], None] | None = None):
+    def __init__(self, client: EngineClient, project: str, *, on_status: Callable[[str], None] | None = None):
         self.client = client
         self.project = project
         self.on_status = on_status or (lambda _message: None)
@@ -151,7 +152,7 @@ class SwarmEngine:
         raise OperationFailed(f"{step.url} did not answer 200 through the proxy ({last})")
 
     def _apply_prune_swarm_objects(self, step: PruneSwarmObjects, _materials: Materials) -> None:
-        from docker.errors import APIError
+        from flashfit_ops.engine.errors import APIError
 
         label = {"label": f"{STACK_LABEL}={self.project}"}
         for obj in [*self.client.secrets.list(filters=label), *self.client.configs.list(filters=label)]:

@@ -51,7 +51,7 @@ def service_kwargs(
 ) -> dict[str, Any]:
     """Arguments for `client.services.create(**kwargs)`; secret_ids/config_ids map a stack name to
     the (id, name) of the Swarm object holding its current content."""
-    from docker import types
+    from flashfit_ops.engine import sdk as types
 
     role = definition.key
     env = {**definition.env, **(extra_env or {})}

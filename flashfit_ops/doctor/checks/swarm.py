@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from flashfit_ops.doctor.context import DoctorContext
 from flashfit_ops.doctor.registry import check
+from flashfit_ops.engine.protocol import EngineClient
 from flashfit_ops.doctor.result import FAILURE, WARNING, Finding, combine, failure, ok, warning
 
 RECENT = timedelta(minutes=15)
@@ -90,8 +91,8 @@ def swarm(ctx: DoctorContext) -> Finding:
 SERVICE_LABEL = "com.docker.swarm.service.name"
 
 
-def _tasks(client: Any, name: str) -> list[dict]:
-    from docker.errors import NotFound
+def _tasks(client: EngineClient, name: str) -> list[dict]:
+    from flashfit_ops.engine.errors import NotFound
 
     try:
         return client.services.get(name).tasks(filters={"desired-state": "running"})
@@ -124,7 +125,7 @@ def tasks_per_node(ctx: DoctorContext) -> Finding:
     return combine(parts, summary, tasks=layout)
 
 
-def _local_task_container(client: Any, service: str) -> Any | None:
+def _local_task_container(client: EngineClient, service: str) -> Any | None:
     """A running container of the service on the engine flashfit talks to (a manager)."""
     found = client.containers.list(filters={"label": f"{SERVICE_LABEL}={service}", "status": "running"})
     return found[0] if found else None
@@ -182,7 +183,7 @@ def proxy_service(ctx: DoctorContext) -> Finding:
 def published_by_service(ctx: DoctorContext) -> Finding:
     """Ports are the proxy service's, bound by Swarm on the nodes that run it."""
     client = ctx.docker()
-    from docker.errors import NotFound
+    from flashfit_ops.engine.errors import NotFound
 
     try:
         spec = client.services.get(f"{ctx.project}_nginx").attrs.get("Endpoint", {}).get("Ports") or []

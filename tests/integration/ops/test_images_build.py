@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 from flashfit_ops.cli import app
 from flashfit_ops.config import load_config
-from flashfit_ops.docker_client import connect
+from flashfit_ops.engine.connect import connect
 from flashfit_ops.errors import EXIT_FAILED, EXIT_OK, EXIT_UNAVAILABLE
 from flashfit_ops.images import bootstrap as boot
 from flashfit_ops.images import build as b

@@ -243,8 +243,7 @@ def test_ensure_keeps_reloads_or_recreates_by_spec_digest(tmp_path: Path, monkey
 
     class Engine:
         def __init__(self, containers: dict):
-            self.client = self
-            self.containers = self
+            self.containers = self  # the deploy operations and the SDK client in one fake
             self.by_name = containers
 
         def get(self, name: str):
@@ -259,17 +258,20 @@ def test_ensure_keeps_reloads_or_recreates_by_spec_digest(tmp_path: Path, monkey
             return False
 
     specs = {s.service: s for s in stack.monitor_specs(cfg, str(targets.monitoring_dir(cfg)))}
-    first = runner.ensure(cfg, Engine({}))
+    empty = Engine({})
+    first = runner.ensure(cfg, empty, empty)
     assert created == ["shop-prometheus", "shop-alertmanager"] and first["prometheus"]["action"] == "started"
 
     prometheus = Container("shop-prometheus", specs["prometheus"].digest())
     alertmanager = Container("shop-alertmanager", "an-older-spec")
     created.clear()
-    again = runner.ensure(cfg, Engine({"shop-prometheus": prometheus, "shop-alertmanager": alertmanager}))
+    engine = Engine({"shop-prometheus": prometheus, "shop-alertmanager": alertmanager})
+    again = runner.ensure(cfg, engine, engine)
     assert again["prometheus"]["action"] == "kept" and prometheus.signals == [] and not prometheus.removed
     assert again["alertmanager"]["action"] == "started" and alertmanager.removed and created == ["shop-alertmanager"]
 
     faster = config(tmp_path, services={"grafana": {"enabled": False}}, monitoring={"enabled": True, "scrape_interval": "5s"})
-    reloaded = runner.ensure(faster, Engine({"shop-prometheus": prometheus, "shop-alertmanager": Container("shop-alertmanager", specs["alertmanager"].digest())}))
+    engine = Engine({"shop-prometheus": prometheus, "shop-alertmanager": Container("shop-alertmanager", specs["alertmanager"].digest())})
+    reloaded = runner.ensure(faster, engine, engine)
     assert reloaded["prometheus"]["action"] == "reloaded" and prometheus.signals == ["SIGHUP"]
     assert reloaded["alertmanager"]["action"] == "kept"

@@ -1,0 +1,28 @@
+"""The one way to reach the Docker engine: `connect()` returns the SDK client as an EngineClient,
+or raises Unavailable (exit 3) with a hint when the engine does not answer. Every module that
+talks to the engine gets its client from here (or is handed one); none calls docker.from_env().
+
+The SDK is imported inside the function so that importing this module (and `flashfit --help`)
+stays cheap."""
+
+from __future__ import annotations
+
+from flashfit_ops.engine.errors import unreachable
+from flashfit_ops.engine.protocol import EngineClient
+
+DEFAULT_TIMEOUT = 10.0
+
+
+def connect(timeout: float = DEFAULT_TIMEOUT) -> EngineClient:
+    """A client for the engine named by the environment (DOCKER_HOST & co.), API version negotiated.
+
+    `timeout` bounds connecting and each plain request; long streams (builds, pulls) pass their own."""
+    import docker
+    from docker.errors import DockerException
+
+    try:
+        client: EngineClient = docker.from_env(version="auto", timeout=timeout)
+        client.ping()
+    except (DockerException, OSError) as error:  # requests/urllib3 connection errors are OSErrors too
+        raise unreachable(error) from None
+    return client
