@@ -10,10 +10,10 @@ PYTEST_ARGS ?=
 # workers than the 2 cores here still pays; TEST_WORKERS=0 runs everything in one process.
 TEST_WORKERS ?= 3
 
-.PHONY: help venv host test unit integration demo bench clean
+.PHONY: help venv host test typecheck unit integration demo bench clean
 
 help:
-	@echo "make test | make demo | make unit | make integration | make bench | make clean"
+	@echo "make test | make demo | make unit | make typecheck | make integration | make bench | make clean"
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,12 @@ venv: $(VENV)/.installed
 host:
 	scripts/setup-host.sh
 
-test: venv host
+# mypy, configured in pyproject.toml ([tool.mypy]): holds the typed engine boundary
+# (flashfit_ops/engine/protocol.py). tests/unit/ops/test_types.py runs it too.
+typecheck: venv
+	$(PY) -m mypy
+
+test: venv host typecheck
 	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 unit: venv

@@ -76,7 +76,7 @@ def compress_file(source: Path, dest: Path) -> int:
 
 def decoded_reader(handle: BinaryIO, compression: str) -> BinaryIO:
     if compression == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(handle, read_size=CHUNK, closefd=False)  # type: ignore[return-value]
+        return zstandard.ZstdDecompressor().stream_reader(handle, read_size=CHUNK, closefd=False)
     return handle
 
 
@@ -163,9 +163,10 @@ def decrypt(blob: bytes, material: str, record: dict, aad: str) -> bytes:
     if record.get("kdf") == "scrypt":
         key = _derive(material, bytes.fromhex(str(record.get("salt", ""))))
     else:
-        key, kind = parse_key(material)
-        if key is None:
+        raw, kind = parse_key(material)
+        if raw is None:
             raise KeyError_("this file was encrypted with a raw key, not a passphrase")
+        key = raw
     try:
         return AESGCM(key).decrypt(blob[:NONCE], blob[NONCE:], aad.encode())
     except InvalidTag:

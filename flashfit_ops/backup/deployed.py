@@ -181,7 +181,7 @@ class DockerServiceControl:
 
     def __init__(self, backend: Engine, config: Config, deployment: Deployment, *, say: Say = _quiet,
                  stop_timeout: float | None = None, clock: Callable[[], float] = time.monotonic,
-                 probe_for: Callable[[str], Any] | None = None, sleep: Callable[[float], None] = time.sleep):
+                 probe_for: Callable[[str | None], Any] | None = None, sleep: Callable[[float], None] = time.sleep):
         """probe_for(name) -> a health-gate Probe of that container, or of the proxy for name None
         (tests pass fakes; by default HTTP to the container's current address, or to the proxy)."""
         from flashfit_ops.plan.common import STOP_TIMEOUT

@@ -621,7 +621,8 @@ def _live_diff(manifest: Manifest, data_dir: Path) -> dict[str, list[str]]:
 
     live = {rel: full for rel, full, _ in walk_data(data_dir, [])} if data_dir.is_dir() else {}
     wanted = {e.relative: e for e in manifest.entries("data")}
-    changed, same = [], []
+    changed: list[str] = []
+    same: list[str] = []
     for rel, entry in wanted.items():
         if rel in live:
             (same if blobs.sha256_file(live[rel])[0] == entry.sha256 else changed).append(rel)

@@ -21,7 +21,7 @@ import re
 import secrets as _secrets
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeGuard
 
 from flashfit_ops.backup.paths import UnsafePath, check_relpath
 from flashfit_ops.errors import IntegrityFailure
@@ -227,11 +227,11 @@ class Manifest:
             source=text("source") or "data-folder",
             host=text("host"),
             project=text("project"),
-            extra=raw.get("extra") if isinstance(raw.get("extra"), dict) else {},
+            extra=raw["extra"] if isinstance(raw.get("extra"), dict) else {},
         )
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

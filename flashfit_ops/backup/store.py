@@ -12,6 +12,7 @@ errors are retried twice over: botocore's own retries (standard mode) inside eac
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import re
@@ -62,7 +63,7 @@ class Store(Protocol):
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get_file(self, key: str, path: Path, on_bytes: OnBytes | None = None) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
-    def delete(self, keys: list[str]) -> None: ...
+    def delete(self, keys: builtins.list[str]) -> None: ...
 
 
 def with_retries(func: Callable[[], T], *, attempts: int | None = None, base: float | None = None,
@@ -233,7 +234,7 @@ class LocalStore:
         except FileNotFoundError:
             raise ObjectMissing(key) from None
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         for key in keys:
             self._path(key).unlink(missing_ok=True)
 
@@ -401,7 +402,7 @@ class S3Store:
 
         return self._call(run, key)
 
-    def delete(self, keys: list[str]) -> None:
+    def delete(self, keys: builtins.list[str]) -> None:
         for start in range(0, len(keys), 1000):
             batch = keys[start : start + 1000]
 

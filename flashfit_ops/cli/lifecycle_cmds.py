@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 import typer
 from rich.markup import escape
@@ -36,7 +36,7 @@ def _report(result: dict[str, Any], json_output: bool, done: str) -> None:
         console.warn(warning)
 
 
-def _run(call, json_output: bool, done: str) -> None:
+def _run(call: Callable[[], dict[str, Any]], json_output: bool, done: str) -> None:
     try:
         result = call()
     except FlashFitError as error:

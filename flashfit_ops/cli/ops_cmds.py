@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.markup import escape
@@ -149,7 +149,7 @@ def lock_status_cmd(config: ConfigOption = DEFAULT_CONFIG, json_output: JsonOpti
     if json_output:
         console.emit_json(info)
         return
-    owner = info.get("owner")
+    owner: Any = info.get("owner")
     if info["held"]:
         console.info(f"held by {owner['who']}@{owner['host']} (pid {owner['pid']}) since {owner['since']}: {owner.get('command', '')} {owner.get('message', '')}")
     elif info["stale"]:

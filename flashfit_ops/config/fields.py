@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, Callable
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -31,7 +31,7 @@ def _must_be_text(value: object) -> object:
     return value
 
 
-def _text(kind: str, pattern: str, advice: str, *, max_length: int = 255, extra=None):
+def _text(kind: str, pattern: str, advice: str, *, max_length: int = 255, extra: Callable[[str], object] | None = None) -> Any:
     compiled = re.compile(pattern)
 
     def check(value: str) -> str:

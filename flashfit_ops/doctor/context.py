@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from flashfit_ops.errors import Unavailable
 
@@ -131,11 +131,12 @@ class DoctorContext:
                         self._client = connect(timeout=self.settings.docker_timeout)
                 except BaseException as error:  # noqa: BLE001 - remembered for every check
                     self._client_error = error
-            if self._client_error is not None:
-                error = self._client_error
-                if isinstance(error, Unavailable):
-                    raise Unavailable(error.message, hint=error.hint)
-                raise error
+            failed = self._client_error
+            if failed is not None:
+                if isinstance(failed, Unavailable):
+                    raise Unavailable(failed.message, hint=failed.hint)
+                raise failed
+            assert self._client is not None  # connected above, or the error was raised
             return self._client
 
     def containers(self) -> list[Container]:
@@ -160,7 +161,8 @@ class DoctorContext:
     def proxy(self) -> Container | None:
         proxies = self.by_role(ROLE_PROXY)
         running = [c for c in proxies if state_of(c) == "running"]
-        return (running or proxies or [None])[0]
+        found = running or proxies
+        return found[0] if found else None
 
     # --- http ----------------------------------------------------------------------------------
 
@@ -188,7 +190,7 @@ def labels_of(container: Any) -> dict[str, str]:
 
 
 def state_of(container: Any) -> str:
-    return (attrs_of(container).get("State") or {}).get("Status") or getattr(container, "status", "unknown")
+    return cast(str, (attrs_of(container).get("State") or {}).get("Status") or getattr(container, "status", "unknown"))
 
 
 def container_ips(container: Any, prefer_network: str | None = None) -> list[str]:

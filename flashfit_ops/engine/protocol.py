@@ -29,7 +29,7 @@ Json = dict[str, Any]
 # -- the SDK surface ----------------------------------------------------------------------------
 class ExecResult(Protocol):
     @property
-    def exit_code(self) -> int | None: ...
+    def exit_code(self) -> int: ...  # None only for detached or streamed execs, which FlashFit never runs
     @property
     def output(self) -> Any: ...  # bytes, a (stdout, stderr) pair with demux=True, or a stream
 

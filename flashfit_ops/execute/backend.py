@@ -10,7 +10,7 @@ import functools
 from typing import Any, Callable, Iterator, TypeVar
 
 from flashfit_ops.engine.errors import ENGINE_HINT, engine_errors
-from flashfit_ops.engine.protocol import Container, ContainerInfo, EngineClient
+from flashfit_ops.engine.protocol import Container, ContainerInfo, Engine, EngineClient
 from flashfit_ops.plan.common import LABEL_PROJECT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE, SOCKET_DIR, EngineGpus
 from flashfit_ops.plan.steps import ContainerSpec, EnsureKeeper, GpuRequest, ProxySpec
 
@@ -57,7 +57,9 @@ def _info(container: Container) -> ContainerInfo:
     )
 
 
-class DockerBackend:
+class DockerBackend(Engine):
+    """The Engine protocol over the Docker SDK client."""
+
     def __init__(self, client: EngineClient):
         self.client = client
         self._ncpu: int | None = None

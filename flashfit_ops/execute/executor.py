@@ -21,7 +21,7 @@ from flashfit_ops import console
 from flashfit_ops.config.model import Config
 from flashfit_ops.engine.protocol import Engine
 from flashfit_ops.errors import FlashFitError, OperationFailed
-from flashfit_ops.execute.health import GateResult, GateSettings, Probe, http_probe, server_lines, wait_ready
+from flashfit_ops.execute.health import GateResult, GateSettings, Probe, ProbeResult, http_probe, server_lines, wait_ready
 from flashfit_ops.execute.proxy import ProxyController, read_files
 from flashfit_ops.plan.common import BACKEND_PORT, LABEL_VERSION, SOCKET_DIR
 from flashfit_ops.plan.steps import (
@@ -440,7 +440,11 @@ class Executor:
         # window; anything that touches the container again, and the end of the plan, wait for it.
         for name in step.names:
             self._register_stop_undo(name)
-            self._stops[name] = self._stop_pool.submit(self._drain_one, name, step.timeout)
+            self._stops[name] = self._stopper().submit(self._drain_one, name, step.timeout)
+
+    def _stopper(self) -> ThreadPoolExecutor:
+        assert self._stop_pool is not None, "stops run only inside run(), which owns the pool"
+        return self._stop_pool
 
     def _register_stop_undo(self, name: str) -> None:
         def undo() -> None:
@@ -452,7 +456,7 @@ class Executor:
 
     def _do_stop_container(self, step: StopContainer) -> None:
         self._register_stop_undo(step.name)
-        self._stops[step.name] = self._stop_pool.submit(self.backend.stop, step.name, timeout=step.timeout)
+        self._stops[step.name] = self._stopper().submit(self.backend.stop, step.name, timeout=step.timeout)
 
     def _do_remove_container(self, step: RemoveContainer) -> None:
         self._join_stop(step.name)
@@ -483,9 +487,7 @@ class Executor:
                 self.sleep(min(MONITOR_POLL, remaining))
 
 
-def _no_address(name: str):
-    from flashfit_ops.execute.health import ProbeResult
-
+def _no_address(name: str) -> ProbeResult:
     return ProbeResult(False, None, f"{name} has no address on the project network")
 
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from flashfit_ops.config.model import Config
+
+if TYPE_CHECKING:  # pragma: no cover
+    import httpx
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ def http_probe(base_url: str) -> Probe:
     return probe
 
 
-def failure_of(response) -> str | None:
+def failure_of(response: httpx.Response) -> str | None:
     """The cause a not-ready server gives in its /ready body ({"status": "failed", "checks":
     {"errors": {...}}}), or None while it is only still loading."""
     try:

@@ -72,7 +72,7 @@ def lock_held() -> bool:
 def routed() -> set[str]:
     """Containers the slot links name (`slot-<n>.sock` -> `<container>.sock`)."""
     folder = os.path.join(STATE, "sockets")
-    names = set()
+    names: set[str] = set()
     try:
         entries = os.listdir(folder)
     except OSError:

@@ -3,6 +3,8 @@ the proxy folder says which of them nginx serves."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from flashfit_ops.config.model import Config
 from flashfit_ops.engine.protocol import Engine
 from flashfit_ops.execute.proxy import ProxyController, read_files
@@ -96,7 +98,7 @@ def probe_container(backend: Engine, config: Config, name: str) -> dict:
     probe = http_probe(f"http://{address}:{BACKEND_PORT}")
     ready = probe(config.healthcheck.readiness_path, 2.0)
     alive = ready if ready.ok else probe(config.healthcheck.liveness_path, 2.0)
-    out = {"ready": ready.ok, "alive": alive.ok, "ready_status": ready.status, "health_status": alive.status}
+    out: dict[str, Any] = {"ready": ready.ok, "alive": alive.ok, "ready_status": ready.status, "health_status": alive.status}
     if ready.failed:
         out["failed"] = ready.failed
     return out

@@ -292,7 +292,7 @@ def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]
     first = traffic[-1].slots[0] if traffic else (observed.live_names or ("",))[0]
     container = observed.by_name(first)
     image = started.get(first) or (container.image if container is not None else None)
-    return keeper_step(config, image, os.environ.get("DOCKER_HOST"))
+    return [*keeper_step(config, image, os.environ.get("DOCKER_HOST"))]
 
 
 # -- commands ----------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ backends or the proxy; a failure here stops the deploy before any traffic moves.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from flashfit_ops import console
 from flashfit_ops.config.model import Config
@@ -24,7 +24,7 @@ GRAFANA_MISSING = (
 )
 
 
-def webhook_url(config: Config, environ: dict[str, str] | None = None) -> str | None:
+def webhook_url(config: Config, environ: Mapping[str, str] | None = None) -> str | None:
     """The alert webhook URL from the env file (the environment wins). Never printed."""
     import os
 

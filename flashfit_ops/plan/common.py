@@ -322,6 +322,7 @@ def cutover(config: Config, proxy: ProxyState, new: tuple[str, ...], old: tuple[
     window = config.deploy.monitor_window
     monitor = Monitor(names=new, window=window, fallback=old, warm=warm) if window > 0 else None
     if warm:
+        assert monitor is not None  # a warm window is a monitor window
         steps += [monitor, ReleaseStandby(names=new, previous=old), Drain(names=old, timeout=config.deploy.drain_timeout)]
         return steps
     if old:

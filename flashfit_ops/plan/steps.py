@@ -69,7 +69,7 @@ class Step:
         return self.kind
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"kind": self.kind, "description": self.describe()}
+        data: dict[str, Any] = {"kind": self.kind, "description": self.describe()}
         for f in fields(self):
             value = getattr(self, f.name)
             data[f.name] = asdict(value) if hasattr(value, "__dataclass_fields__") else _plain(value)

@@ -174,8 +174,8 @@ def status(client: EngineClient, config: Config) -> dict[str, Any]:
     observed = observe(client, config.project)
     if not observed.swarm_active:
         return {"target": "swarm", "swarm": "inactive", "serving": False, "services": []}
-    nodes = {node.id: node.attrs["Description"]["Hostname"] for node in client.nodes.list()}
-    services = []
+    nodes: dict[Any, Any] = {node.id: node.attrs["Description"]["Hostname"] for node in client.nodes.list()}
+    services: list[dict[str, Any]] = []
     for key, svc in sorted(observed.services.items()):
         service = client.services.get(svc.name)
         tasks = []
@@ -202,7 +202,7 @@ def status(client: EngineClient, config: Config) -> dict[str, Any]:
             }
         )
     backend = next((s for s in services if s["role"] == "backend"), None)
-    serving = bool(backend) and any(t["state"] == "running" for t in backend["tasks"])
+    serving = backend is not None and any(t["state"] == "running" for t in backend["tasks"])
     return {
         "target": "swarm",
         "swarm": "active",

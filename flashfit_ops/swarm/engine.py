@@ -103,7 +103,7 @@ class SwarmEngine:
 
     def _service_kwargs(self, key: str, materials: Materials) -> dict[str, Any]:
         definition = materials.stack.services[key]
-        refs = {kind: {} for kind in ("secret", "config")}
+        refs: dict[str, dict[str, tuple[str, str]]] = {kind: {} for kind in ("secret", "config")}
         for (kind, source), name in materials.object_names.items():
             obj = (self.client.secrets if kind == "secret" else self.client.configs).get(name)
             refs[kind][source] = (obj.id, name)

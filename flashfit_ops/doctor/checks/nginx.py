@@ -51,8 +51,8 @@ def _proxy_or_failure(ctx: DoctorContext) -> tuple[Any | None, Finding | None]:
 @check("nginx-config", "`nginx -t` inside the proxy container", timeout=10.0)
 def nginx_config(ctx: DoctorContext) -> Finding:
     proxy, problem = _proxy_or_failure(ctx)
-    if problem:
-        return problem
+    if problem or proxy is None:
+        return problem or failure("no proxy container", NO_PROXY_HINT.format(name=f"{ctx.project}-proxy"))
     args = nginxconf.config_args(nginx_command(proxy))
     code, output = _run(proxy, ["nginx", "-t", *args])
     return evaluate_test(code, output, proxy.name)
@@ -70,7 +70,7 @@ def evaluate_upstream(
     parts: list[tuple[str, str, str | None]] = []
     routed: list[str] = []
     colors: set[str] = set()
-    rows = []
+    rows: list[dict[str, Any]] = []
     if not any(servers.values()):
         return failure("the proxy config has no upstream servers", "`flashfit deploy` re-renders the proxy config")
     for upstream, addresses in servers.items():

@@ -114,9 +114,9 @@ def evaluate(
             parts.append((WARNING, f"could not test port {port} ({path})", "run doctor as root to test low ports"))
         else:
             parts.append((OK, f"{port} free", None))
-    ours = sum(1 for d in details.values() if d["state"] == "ours")
+    held = sum(1 for d in details.values() if d["state"] == "ours")
     free = sum(1 for d in details.values() if d["state"] == FREE)
-    return combine(parts, f"{len(needed)} ports: {ours} held by this project, {free} free", ports=details)
+    return combine(parts, f"{len(needed)} ports: {held} held by this project, {free} free", ports=details)
 
 
 def needed_ports(ctx: DoctorContext) -> dict[str, int]:

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import AbstractSet, Any, Iterator, NoReturn
 
 import pytest
 
+from flashfit_ops.engine.protocol import ContainerInfo, Engine
 from flashfit_ops.errors import OperationFailed
-from flashfit_ops.execute.backend import ContainerInfo
 from flashfit_ops.execute.executor import DiedAfterSwitch, Executor, GateFailed
 from flashfit_ops.execute.health import GateSettings, ProbeResult
 from flashfit_ops.plan import plan_deploy
-from flashfit_ops.plan.common import Target
-from flashfit_ops.plan.steps import RemoveContainer
+from flashfit_ops.plan.common import EngineGpus, Target
+from flashfit_ops.plan.steps import ContainerSpec, EnsureKeeper, ProxySpec, RemoveContainer
 from tests.unit.ops.test_plan_strategies import NEW, backend, make_config, name, observed
 
 
@@ -29,41 +30,44 @@ class FakeClock:
         self.now += max(seconds, 0.001)
 
 
-class FakeBackend:
-    def __init__(self, clock: FakeClock, running: set[str] = frozenset()):
-        self.calls: list[tuple] = []
+class FakeBackend(Engine):
+    """The engine at the executor's seam. It declares the Engine protocol, and mypy (run by
+    test_types.py and `make test`) checks that it keeps implementing it."""
+
+    def __init__(self, clock: FakeClock, running: AbstractSet[str] = frozenset()):
+        self.calls: list[tuple[Any, ...]] = []
         self.clock = clock
         self.states = {n: "running" for n in running}
         self.die_at: dict[str, float] = {}
 
-    def ensure_network(self, name, labels):
+    def ensure_network(self, name: str, labels: dict[str, str]) -> bool:
         self.calls.append(("ensure_network", name))
         return False
 
-    def remove_network(self, name):
+    def remove_network(self, name: str) -> None:
         self.calls.append(("remove_network", name))
 
-    def ensure_volume(self, name, labels):
+    def ensure_volume(self, name: str, labels: dict[str, str]) -> bool:
         self.calls.append(("ensure_volume", name))
         return False
 
-    def create_backend(self, spec, secrets):
+    def create_backend(self, spec: ContainerSpec, secrets: dict[str, str]) -> None:
         self.calls.append(("create_backend", spec.name, tuple(sorted(secrets))))
         self.states[spec.name] = "created"
 
-    def start(self, name):
+    def start(self, name: str) -> None:
         self.calls.append(("start", name))
         self.states[name] = "running"
 
-    def stop(self, name, timeout=10.0):
+    def stop(self, name: str, timeout: float = 10.0) -> None:
         self.calls.append(("stop", name))
         self.states[name] = "exited"
 
-    def remove(self, name):
+    def remove(self, name: str) -> None:
         self.calls.append(("remove", name))
         self.states.pop(name, None)
 
-    def container(self, name):
+    def container(self, name: str) -> ContainerInfo | None:
         state = self.states.get(name)
         if state is None:
             return None
@@ -71,12 +75,55 @@ class FakeBackend:
             state = self.states[name] = "exited"
         return ContainerInfo(name=name, id=name, labels={}, state=state, image="", exit_code=3 if state == "exited" else 0)
 
-    def ip_address(self, name, network):
+    def ip_address(self, name: str, network: str) -> str | None:
         return "10.0.0.2"
 
-    def logs(self, name, tail=20):
+    def logs(self, name: str, tail: int = 20) -> str:
         self.calls.append(("logs", name))
         return f"log line of {name}"
+
+    # The rest of the protocol: not asked by the plans these tests run.
+    def _not_here(self, what: str) -> NoReturn:
+        raise AssertionError(f"the executor asked {what} of the fake engine")
+
+    def list_containers(self, project: str) -> list[ContainerInfo]:
+        self._not_here("list_containers")
+
+    def network_exists(self, name: str) -> bool:
+        self._not_here("network_exists")
+
+    def image_exists(self, reference: str) -> bool:
+        self._not_here("image_exists")
+
+    def image_tags(self, repository: str) -> list[str]:
+        self._not_here("image_tags")
+
+    def image_labels(self, reference: str) -> dict[str, str] | None:
+        self._not_here("image_labels")
+
+    def gpu_support(self) -> EngineGpus:
+        self._not_here("gpu_support")
+
+    def gpu_nodes(self, label: str) -> int:
+        self._not_here("gpu_nodes")
+
+    def remove_volume(self, name: str) -> None:
+        self._not_here("remove_volume")
+
+    def run_keeper(self, step: EnsureKeeper, script: str) -> None:
+        self._not_here("run_keeper")
+
+    def run_proxy(self, spec: ProxySpec) -> ContainerInfo:
+        self._not_here("run_proxy")
+
+    def stream_logs(self, name: str, *, follow: bool, since: Any = None, tail: Any = "all") -> Iterator[bytes]:
+        self._not_here("stream_logs")
+
+    def exec(self, name: str, command: list[str]) -> tuple[int, str]:
+        self._not_here("exec")
+
+    def processes(self, name: str) -> list[tuple[int, str]]:
+        self._not_here("processes")
 
 
 class FakeProxy:
