@@ -1,6 +1,6 @@
 """The one way to reach the Docker engine: `connect()` returns the SDK client as an EngineClient,
 or raises Unavailable (exit 3) with a hint when the engine does not answer. Every module that
-talks to the engine gets its client from here (or is handed one); none calls docker.from_env().
+talks to the engine gets its client from here (or is handed one); none calls the SDK's from_env.
 
 The SDK is imported inside the function so that importing this module (and `flashfit --help`)
 stays cheap."""
