@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from flashfit_ops.backup.engine import NullProgress, Progress
+from flashfit_ops.backup.common import NullProgress, Progress
 from flashfit_ops.errors import IntegrityFailure, UsageError
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def create(
     feedback: Feedback = Feedback(),
 ) -> dict[str, Any]:
     """Back up to `to` (default backup.target); the result's warnings start with the snapshotter's."""
-    from flashfit_ops.backup.engine import create_backup
+    from flashfit_ops.backup.create import create_backup
 
     session = _session(config, to)
     snapshotter, notes = choose_snapshotter(session, server, no_server)
@@ -156,7 +156,7 @@ def create(
 
 def list_backups(config: Config, *, from_: str | None = None) -> dict[str, Any]:
     """{"target": url, "backups": [summary, ...]}, oldest first; damaged ones say so."""
-    from flashfit_ops.backup.engine import list_backups as summaries
+    from flashfit_ops.backup.catalogue import list_backups as summaries
 
     store = _session(config, from_).store
     return {"target": store.url, "backups": summaries(store)}
@@ -165,7 +165,7 @@ def list_backups(config: Config, *, from_: str | None = None) -> dict[str, Any]:
 def verify(config: Config, backup_id: str = "latest", *, read_data: bool = False, from_: str | None = None,
            feedback: Feedback = Feedback()) -> dict[str, Any]:
     """The verify report; `damage_error(report)` says whether it fails the command."""
-    from flashfit_ops.backup.engine import verify_backup
+    from flashfit_ops.backup.verify import verify_backup
 
     store = _session(config, from_).store
     return verify_backup(store, backup_id, read_data=read_data, progress=feedback.progress())
@@ -201,7 +201,7 @@ def retention_policy(config: Config, keep_last: int | None, keep_daily: int | No
 
 def prune(config: Config, *, keep_last: int | None = None, keep_daily: int | None = None, keep_weekly: int | None = None,
           dry_run: bool = False, from_: str | None = None) -> dict[str, Any]:
-    from flashfit_ops.backup.engine import prune_backups
+    from flashfit_ops.backup.prune import prune_backups
 
     store = _session(config, from_).store
     return prune_backups(store, retention_policy(config, keep_last, keep_daily, keep_weekly), dry_run=dry_run)
@@ -289,7 +289,7 @@ def _restore_deployed(session: _Session, backup_id: str, deployment: Deployment,
 
 def _restore_plain(session: _Session, backup_id: str, dry_run: bool, warning: str | None,
                    options: dict[str, Any]) -> dict[str, Any]:
-    from flashfit_ops.backup.engine import restore_backup
+    from flashfit_ops.backup.restore import restore_backup
     from flashfit_ops.backup.service import NoServiceControl
 
     service = NoServiceControl() if dry_run else plain_service(session.config)
