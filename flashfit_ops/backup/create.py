@@ -56,8 +56,10 @@ def create_backup(
     try:
         snap = _snapshot(snapshotter, data_dir, backup_id, warnings)
         items = _items(config, config_file, data_dir, snap, key_material if include_secrets else None, warnings)
+        total = sum(item.size for item in items)  # read here: the snapshot folder goes in `finally`
         stats = UploadStats()
-        entries = _upload(Uploader(store, existing_blobs(store), scratch, progress, stats), items, backup_id, progress, workers)
+        uploader = Uploader(store, existing_blobs(store), scratch, progress, stats)
+        entries = _upload(uploader, items, total, backup_id, progress, workers)
         manifest = _manifest(config, backup_id, now, entries, tag, snap, config_file, data_dir)
         # The manifest goes last: until it exists, this backup does not.
         with_retries(lambda: store.put_bytes(manifest_key(backup_id), manifest.to_json()))
@@ -74,7 +76,7 @@ def create_backup(
         "via": snap.via if snap else None,
         "server_version": manifest.server_version,
         "files": len(entries),
-        "bytes": sum(item.size for item in items),
+        "bytes": total,
         "new_blobs": stats.new_blobs,
         "reused_blobs": stats.reused_blobs,
         "uploaded_bytes": stats.uploaded_bytes,
@@ -127,11 +129,12 @@ def _check_key(key_material: str | None) -> None:
         raise UsageError(f"bad encryption key: {exc}") from None
 
 
-def _upload(uploader: Uploader, items: list[Item], backup_id: str, progress: Progress, workers: int) -> list[FileEntry]:
+def _upload(uploader: Uploader, items: list[Item], total: int, backup_id: str, progress: Progress,
+            workers: int) -> list[FileEntry]:
     """Largest first, so the long uploads start early and small ones fill the gaps. One thread
     hashes ahead, in that order, so hashing the next file overlaps uploading this one (the blob's
     name, its hash, must be known before its upload starts)."""
-    progress.start(f"backup {backup_id}", sum(item.size for item in items))
+    progress.start(f"backup {backup_id}", total)
     ordered = sorted(items, key=lambda item: item.size, reverse=True)
     hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flashfit-hash")
     try:
