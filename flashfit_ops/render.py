@@ -21,7 +21,7 @@ from flashfit_ops.config.rules import PRIVATE_PATHS, published_ports
 from flashfit_ops.fileio import fsync_dir
 from flashfit_ops.monitoring.rule_tests import rule_tests
 from flashfit_ops.errors import UsageError
-from flashfit_server.metric_names import (
+from flashfit_contract.metrics import (
     HTTP_REQUEST_DURATION_SECONDS,
     HTTP_REQUESTS_TOTAL,
     MODEL_INFERENCE_DURATION_SECONDS,

@@ -230,7 +230,7 @@ class DockerBackend:
             Mount("/flashfit", step.state_dir, type="bind", read_only=True),
             Mount("/var/run/docker.sock", step.engine_socket, type="bind"),
         ]
-        environment = {"KEEPER_PROJECT": step.labels.get("io.flashfit.project", ""), "KEEPER_PROXY": step.proxy}
+        environment = {"KEEPER_PROJECT": step.labels.get(LABEL_PROJECT, ""), "KEEPER_PROXY": step.proxy}
         container = self.client.containers.create(
             step.image,
             name=step.name,

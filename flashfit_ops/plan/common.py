@@ -8,6 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flashfit_ops.config.model import Config
+from flashfit_ops.labels import (  # re-exported: the strategies and the executor read them here
+    LABEL_COLOR,
+    LABEL_DEPLOY,
+    LABEL_PROJECT,
+    LABEL_REPLICA,
+    LABEL_ROLE,
+    LABEL_VERSION,
+    ROLE_BACKEND,
+    ROLE_PROXY,
+)
 from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
 from flashfit_ops.plan.steps import (
     ContainerSpec,
@@ -26,14 +36,6 @@ from flashfit_ops.plan.steps import (
     WaitReady,
 )
 
-LABEL_PROJECT = "io.flashfit.project"
-LABEL_ROLE = "io.flashfit.role"
-LABEL_COLOR = "io.flashfit.color"
-LABEL_VERSION = "io.flashfit.version"
-LABEL_REPLICA = "io.flashfit.replica"
-LABEL_DEPLOY = "io.flashfit.deploy"
-ROLE_BACKEND = "backend"
-ROLE_PROXY = "proxy"
 COLORS = ("blue", "green")
 BACKEND_PORT = 8080
 # Where the proxy container sees .flashfit/proxy; nginx runs with -c on a file in it, so an atomic
