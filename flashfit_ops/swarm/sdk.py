@@ -119,6 +119,9 @@ def service_kwargs(
             retries=check["retries"],
             start_period=int(check["start_period"] * NANOSECONDS),
         )
+    if definition.log_driver:
+        kwargs["log_driver"] = definition.log_driver
+        kwargs["log_driver_options"] = dict(definition.log_options)
     if definition.stop_grace_period is not None:
         kwargs["stop_grace_period"] = int(definition.stop_grace_period * NANOSECONDS)
     return kwargs

@@ -148,7 +148,7 @@ def test_the_engine_is_asked_for_the_specs_healthcheck_log_rotation_and_read_onl
     config = configs(tmp_path)[1]
     spec = deployed(config)
     client = RecordingClient()
-    DockerBackend(client).create_backend(spec, {"SECRET_KEY": "s"})  # type: ignore[arg-type]
+    DockerBackend(client).create_backend(spec, {"SECRET_KEY": "s"})  # type: ignore[arg-type, unused-ignore]
     [created] = client.containers.created
     assert created["healthcheck"] == {
         "Test": ["CMD", "flashfit-server", "probe", "--url", "http://127.0.0.1:8080/ready"],
