@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-from flashfit_ops.service_spec import Healthcheck, Logging, Mount  # Mount: re-exported for the steps' users
+from flashfit_ops.service_spec import CONTAINER_PORT, Healthcheck, Logging, Mount  # Mount: re-exported for the steps' users
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ContainerSpec:
     mounts: tuple[Mount, ...] = ()
     memory: str | None = None
     cpus: float | None = None
-    port: int = 8080
+    port: int = CONTAINER_PORT
     gpus: GpuRequest | None = None
     healthcheck: Healthcheck | None = None
     logging: Logging | None = None
