@@ -110,7 +110,7 @@ def _write_secrets(fetched: list[tuple[FileEntry, Path]], review: Path, key_mate
 def _refuse_unsafe_data(staging: Path, backup_id: str) -> None:
     """What the data files name (segments, images, index files) must stay inside the folder,
     and every segment must match its hash: the server's own validator, before the swap."""
-    from flashfit_server.datafolder import problems
+    from flashfit_contract.datafolder import problems
 
     found = problems(staging)
     if found:
