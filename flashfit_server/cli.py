@@ -295,7 +295,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_store(args: argparse.Namespace) -> int:
-    from flashfit_server.datafolder import DataFolderError, read_manifest
+    from flashfit_contract.datafolder import DataFolderError, read_manifest
     from flashfit_server.datastore import STORE_NAMES, DataStore, StoreError
     from flashfit_server.storebench import time_store
     from flashfit_server.vector_store import configure_faiss
@@ -328,7 +328,7 @@ def cmd_clear_cache(args: argparse.Namespace) -> int:
     files no store json names (left by interrupted writes), stale multiprocess metric files, and
     (with --models) the model checkpoints."""
     from flashfit_server.atomic import file_lock, read_json
-    from flashfit_server.datafolder import DataFolderError, read_manifest
+    from flashfit_contract.datafolder import DataFolderError, read_manifest
     from flashfit_server.datastore import STORE_NAMES
 
     settings = _settings()

@@ -42,7 +42,7 @@ import numpy as np
 
 from flashfit_server.atomic import fault_point, file_lock, fsync_dir, write_bytes_atomic, write_json_atomic
 from flashfit_server.catalog import CatalogDB, CatalogView, Item
-from flashfit_server.datafolder import (
+from flashfit_contract.datafolder import (
     CATALOG_NAME,
     MANIFEST_NAME,
     DataFolderError,

@@ -332,7 +332,7 @@ def restore_deployed(
     **restore_options: Any,
 ) -> dict[str, Any]:
     """restore_backup around a DockerServiceControl, under the deploy lock, recorded in the history."""
-    from flashfit_ops.backup.engine import restore_backup
+    from flashfit_ops.backup.restore import restore_backup
     from flashfit_ops.execute import history as hist
     from flashfit_ops.execute.lock import DeployLock, LockInfo
     from flashfit_ops.execute.observe import observe

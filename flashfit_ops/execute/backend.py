@@ -13,6 +13,7 @@ from flashfit_ops.engine.errors import ENGINE_HINT, engine_errors
 from flashfit_ops.engine.protocol import Container, ContainerInfo, Engine, EngineClient
 from flashfit_ops.plan.common import LABEL_PROJECT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE, SOCKET_DIR, EngineGpus
 from flashfit_ops.plan.steps import ContainerSpec, EnsureKeeper, GpuRequest, ProxySpec
+from flashfit_ops.service_spec import Healthcheck, Logging
 
 __all__ = ["ENGINE_HINT", "ContainerInfo", "DockerBackend", "device_request"]
 
@@ -38,6 +39,24 @@ def device_request(gpus: GpuRequest) -> Any:
         device_ids=list(gpus.device_ids) or None,
         capabilities=[list(gpus.capabilities)],
     )
+
+
+NANOSECONDS = 1_000_000_000
+
+
+def healthcheck_config(check: Healthcheck) -> dict[str, Any]:
+    """The engine's HealthConfig for a container (durations in nanoseconds)."""
+    return {
+        "Test": ["CMD", *check.test],
+        "Interval": int(check.interval * NANOSECONDS),
+        "Timeout": int(check.timeout * NANOSECONDS),
+        "Retries": check.retries,
+        "StartPeriod": int(check.start_period * NANOSECONDS),
+    }
+
+
+def log_config(logging: Logging) -> dict[str, Any]:
+    return {"Type": logging.driver, "Config": dict(logging.options)}
 
 
 def _info(container: Container) -> ContainerInfo:
@@ -192,6 +211,8 @@ class DockerBackend(Engine):
             mem_limit=spec.memory.lower() if spec.memory else None,
             nano_cpus=self._cpus(spec.cpus),
             device_requests=[device_request(spec.gpus)] if spec.gpus else None,
+            healthcheck=healthcheck_config(spec.healthcheck) if spec.healthcheck else None,
+            log_config=log_config(spec.logging) if spec.logging else None,
             restart_policy={"Name": "unless-stopped"},
             detach=True,
         )
@@ -206,7 +227,7 @@ class DockerBackend(Engine):
             Mount("/flashfit", step.state_dir, type="bind", read_only=True),
             Mount("/var/run/docker.sock", step.engine_socket, type="bind"),
         ]
-        environment = {"KEEPER_PROJECT": step.labels.get("io.flashfit.project", ""), "KEEPER_PROXY": step.proxy}
+        environment = {"KEEPER_PROJECT": step.labels.get(LABEL_PROJECT, ""), "KEEPER_PROXY": step.proxy}
         container = self.client.containers.create(
             step.image,
             name=step.name,

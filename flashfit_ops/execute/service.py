@@ -1,6 +1,8 @@
 """What the CLI calls: deploy, rollback, status, history, logs, lock. Each runs the one flow:
-connect -> lock -> observe -> plan -> execute -> history. The CLI never talks to Docker; this
-module never prints (progress goes through the executor's `say`, which is the console)."""
+connect -> lock -> observe -> plan -> execute -> history. The CLI never talks to Docker. Results
+are returned as data for the CLI to render; progress on the way (building, waiting for the lock,
+a stale lock taken over, a repair first, each step) goes to flashfit_ops.console, the one place
+that prints, which keeps stdout clean in --json mode."""
 
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ def usage(client: EngineClient, repository: str, project: str, swarm: bool) -> t
     used_ids = {c.attrs.get("Image", "") for c in client.containers.list(all=True, ignore_removed=True)}
     versions: set[str] = set()
     if swarm:
-        from flashfit_ops.swarm.engine import STACK_LABEL
+        from flashfit_ops.labels import LABEL_STACK_NAMESPACE as STACK_LABEL
 
         for service in client.services.list(filters={"label": f"{STACK_LABEL}={project}"}):
             for spec in (service.attrs.get("Spec"), service.attrs.get("PreviousSpec")):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from flashfit_ops.config.model import Config
+from flashfit_ops.labels import ROLE_KEEPER
 from flashfit_ops.plan.common import proxy_name, project_labels, state_dir
 from flashfit_ops.plan.steps import EnsureKeeper
 
-ROLE_KEEPER = "keeper"
 
 
 def keeper_name(project: str) -> str:

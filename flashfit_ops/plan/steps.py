@@ -9,13 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-
-@dataclass(frozen=True)
-class Mount:
-    source: str  # a volume name or an absolute host path
-    target: str
-    kind: str = "volume"  # volume | bind
-    read_only: bool = False
+from flashfit_ops.service_spec import CONTAINER_PORT, Healthcheck, Logging, Mount  # Mount: re-exported for the steps' users
 
 
 @dataclass(frozen=True)
@@ -44,8 +38,10 @@ class ContainerSpec:
     mounts: tuple[Mount, ...] = ()
     memory: str | None = None
     cpus: float | None = None
-    port: int = 8080
+    port: int = CONTAINER_PORT
     gpus: GpuRequest | None = None
+    healthcheck: Healthcheck | None = None
+    logging: Logging | None = None
 
 
 @dataclass(frozen=True)

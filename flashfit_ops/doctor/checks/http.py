@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flashfit_ops.doctor import promtext
 from flashfit_ops.doctor.context import BACKEND_PORT, DoctorContext, container_ips
 from flashfit_ops.doctor.observed import live_backend_names
 from flashfit_ops.doctor.registry import check
 from flashfit_ops.doctor.result import FAILURE, WARNING, Finding, combine, failure, ok, warning
-from flashfit_server.metric_names import MODEL_INFERENCE_DURATION_SECONDS
+from flashfit_contract import health as fields
+from flashfit_contract.metrics import MODEL_INFERENCE_DURATION_SECONDS
+
+if TYPE_CHECKING:  # pragma: no cover
+    import httpx
 
 LATENCY_PATH = "/api/items?limit=1"
 STORE_P95_WARN_MS = 100.0
@@ -24,7 +28,7 @@ NOT_READY_HINT = "`docker logs {name}`: a model that failed to load, or stores s
 # --- /health and /ready ---------------------------------------------------------------------------
 
 
-def probe(client: Any, base: str, ctx: DoctorContext) -> dict[str, Any]:
+def probe(client: httpx.Client, base: str, ctx: DoctorContext) -> dict[str, Any]:
     """GET liveness and readiness under `base`; what they said, as data."""
     out: dict[str, Any] = {"url": base}
     for key, path in (("health", ctx.config.healthcheck.liveness_path), ("ready", ctx.config.healthcheck.readiness_path)):
@@ -47,8 +51,8 @@ def not_loaded(health_body: Any) -> tuple[list[str], list[str]]:
     """(models not loaded, stores that are empty) from a /health body."""
     if not isinstance(health_body, dict):
         return [], []
-    models = [k.removesuffix("_loaded") for k, v in (health_body.get("models") or {}).items() if not v]
-    stores = [k.removesuffix("_index_size") for k, v in (health_body.get("vector_stores") or {}).items() if not v]
+    models = [k.removesuffix(fields.MODEL_LOADED_SUFFIX) for k, v in (health_body.get(fields.MODELS) or {}).items() if not v]
+    stores = [k.removesuffix(fields.INDEX_SIZE_SUFFIX) for k, v in (health_body.get(fields.VECTOR_STORES) or {}).items() if not v]
     return models, stores
 
 
@@ -64,13 +68,13 @@ def judge_probe(label: str, result: dict[str, Any], hint: str) -> list[tuple[str
         parts.append((FAILURE, f"{label} /ready does not answer: {ready['error']}", hint))
     elif ready.get("status") != 200:
         body = ready.get("body") if isinstance(ready.get("body"), dict) else {}
-        checks = body.get("checks") or {}
+        checks = body.get(fields.CHECKS) or {}
         why = []
         if models:
             why.append(f"models not loaded: {', '.join(models)}")
-        if checks.get("vector_stores_ready") is False:
+        if checks.get(fields.VECTOR_STORES_READY) is False:
             why.append("vector stores not open")
-        for slot, error in (checks.get("errors") or {}).items():
+        for slot, error in (checks.get(fields.ERRORS) or {}).items():
             why.append(f"{slot}: {error}")
         reason = "; ".join(why) or f"status {ready.get('status')}"
         parts.append((FAILURE, f"{label} not ready ({reason})", hint))

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "flashfit-store/2"
@@ -114,9 +115,9 @@ def parse_manifest(data: object, folder: Path) -> Manifest:
             where = f"{MANIFEST_NAME}: stores.{name}[{index}]"
             if not isinstance(raw, dict):
                 raise DataFolderError(f"{where} must be an object")
-            file = raw.get("file")
-            inside(folder, file, f"{where}.file")  # type: ignore[arg-type]
-            if not _SEGMENT_FILE.match(file) or not file.startswith(f"segments/{name}-"):  # type: ignore[union-attr]
+            file = cast(str, raw.get("file"))  # inside() refuses anything but a string
+            inside(folder, file, f"{where}.file")
+            if not _SEGMENT_FILE.match(file) or not file.startswith(f"segments/{name}-"):
                 raise DataFolderError(f"{where}.file is not a segment name of store {name}: {file!r:.80}")
             if file in seen:
                 raise DataFolderError(f"{where}.file is listed twice")
