@@ -9,6 +9,7 @@ functions too), so a forbidden import fails here before it ships.
       plan              never execute, images, swarm, backup, doctor, monitoring or cli (plans are
                         data, computed without an engine), never the Docker SDK
       cli               never the Docker SDK or boto3 itself (it calls the library)
+      engine            the only package that imports the Docker SDK (connect, protocol, errors)
       subpackages       no import cycles between them
 """
 
@@ -102,6 +103,8 @@ def violations(graph: Mapping[str, Iterable[str]]) -> list[str]:
             elif (within(module, "flashfit_ops.plan") or within(module, "flashfit_ops.cli")
                   or within(module, "flashfit_ops.config")) and top in SDKS:
                 why = "the Docker SDK and boto3 stay behind the library"
+            elif within(module, "flashfit_ops") and top == "docker" and not within(module, "flashfit_ops.engine"):
+                why = "the Docker SDK is imported by flashfit_ops/engine only"
             if why:
                 out.append(f"{module} -> {target}: {why}")
     return out
@@ -164,6 +167,7 @@ def test_the_rules_catch_forbidden_imports() -> None:
         "flashfit_ops.plan.common": imports_of("from ..execute import service\n", "flashfit_ops.plan.common", False),
         "flashfit_ops.plan.rolling": {"docker.types"},
         "flashfit_ops.cli.render_cmd": {"boto3"},
+        "flashfit_ops.images.bootstrap": imports_of("def later():\n    from docker.errors import APIError\n", "flashfit_ops.images.bootstrap", False),
         "flashfit_ops.config.model": {"flashfit_ops.render"},
         "flashfit_ops.render": imports_of("from flashfit_server import metric_names\n", "flashfit_ops.render", False),
         "flashfit_server.app": {"flashfit_ops.errors"},
