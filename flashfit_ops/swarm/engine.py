@@ -1,5 +1,6 @@
-"""Carries out Swarm plans through the Docker SDK, observes the cluster, waits for convergence,
-and asks Swarm for its own rollback. The only module of flashfit.swarm that talks to Docker."""
+"""Carries out Swarm plans through the engine client (engine.protocol.EngineClient), observes the
+cluster, waits for convergence, and asks Swarm for its own rollback. The module of flashfit.swarm
+that changes the cluster; deploy.py only reads it (status, the previous spec)."""
 
 from __future__ import annotations
 
