@@ -343,12 +343,7 @@ def restore(
         console.step(f"deployed stack: {', '.join(deployment.running) or 'no running container'} will be stopped for the swap; "
                      "the proxy answers 502/503/504 until they are ready again")
 
-        def on_lock_wait(holder: Any, waited: float) -> None:
-            if int(waited * 4) % 20 == 0:  # every ~5 s
-                console.info(f"  waiting for the deploy lock ({waited:.0f}s): held by {holder.describe() if holder else 'another deploy'}")
-
-        result = restore_deployed(loaded, store, backup_id, backend=backend, lock_wait=lock_wait, say=console.step,
-                                  on_lock_wait=on_lock_wait, **options)
+        result = restore_deployed(loaded, store, backup_id, backend=backend, lock_wait=lock_wait, say=console.step, **options)
     else:
         service = None if dry_run else service_for(loaded)
         result = restore_backup(loaded, store, backup_id, service=service or NoServiceControl(), dry_run=dry_run, **options)

@@ -1,7 +1,15 @@
 """The deploy history: `.flashfit/history.jsonl`, one JSON object per line, appended.
 
-A deploy appends a "start" record and, when it ends, a "finish" record with the same id; a deploy
-killed outright (SIGKILL) leaves only its start, and reads back as "interrupted"."""
+Every command that changes something (`flashfit_ops.runs.recorded.recorded_run`) appends a
+"start" record and, when it ends, a "finish" record with the same id; one killed outright
+(SIGKILL) leaves only its start, and reads back as "interrupted".
+
+One record shape (schema 2): a start carries every START_FIELDS key, a finish every FINISH_FIELDS
+key, and facts only one kind has (a restore's backup, a deploy's ready seconds) go under
+"details". Files written before schema 2 (each command spelled its own record, facts at the top
+level, a restore's "live_version" for the previous version) read back in the same shape:
+`entries` gives every entry every core key, with the details beside them.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +18,16 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+
+SCHEMA = 2
+START_FIELDS = (
+    "id", "kind", "strategy", "version", "previous_version", "replicas",
+    "who", "host", "pid", "command", "message", "started_at",
+)  # fmt: skip
+FINISH_FIELDS = ("id", "result", "exit_code", "error", "warnings", "finished_at", "duration_s")
+# Kinds that change what serves; `images prune` is recorded too but leaves the service alone.
+SERVICE_KINDS = frozenset({"deploy", "rollback", "repair", "stop", "start", "down", "restore"})
 
 
 def append(path: Path, record: dict[str, Any]) -> None:
@@ -26,7 +44,7 @@ def append(path: Path, record: dict[str, Any]) -> None:
 
 
 def read_raw(path: Path) -> list[dict[str, Any]]:
-    records = []
+    records: list[dict[str, Any]] = []
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -44,8 +62,26 @@ def read_raw(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _flat(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's fields with its details beside them (schema 1 kept them at the top level)."""
+    data = {k: v for k, v in record.items() if k not in ("event", "v", "details")}
+    details = record.get("details")
+    if isinstance(details, dict):
+        data.update({k: v for k, v in details.items() if k not in data})
+    return data
+
+
+def _normalized(entry: dict[str, Any]) -> dict[str, Any]:
+    if entry.get("previous_version") is None and "live_version" in entry:  # a schema-1 restore
+        entry["previous_version"] = entry["live_version"]
+    for key in (*START_FIELDS, *FINISH_FIELDS):
+        entry.setdefault(key, [] if key == "warnings" else None)
+    return entry
+
+
 def entries(path: Path) -> list[dict[str, Any]]:
-    """One entry per deploy, oldest first: start and finish records merged by id."""
+    """One entry per run, oldest first: start and finish records merged by id, every core field
+    present whatever schema wrote them."""
     merged: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     for record in read_raw(path):
@@ -53,12 +89,15 @@ def entries(path: Path) -> list[dict[str, Any]]:
         if key not in merged:
             merged[key] = {}
             order.append(key)
-        event = record.get("event")
-        data = {k: v for k, v in record.items() if k != "event"}
-        merged[key].update(data)
-        if event == "start" and "result" not in merged[key]:
+        merged[key].update(_flat(record))
+        if record.get("event") == "start" and merged[key].get("result") is None:
             merged[key]["result"] = "interrupted"
-    return [merged[k] for k in order]
+    return [_normalized(merged[k]) for k in order]
+
+
+def last_service_entry(path: Path) -> dict[str, Any] | None:
+    """The newest entry of a command that changed what serves (a prune is skipped)."""
+    return next((e for e in reversed(entries(path)) if (e.get("kind") or "deploy") in SERVICE_KINDS), None)
 
 
 def successful_versions(path: Path) -> list[str]:
