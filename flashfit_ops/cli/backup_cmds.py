@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from flashfit_ops import console
-from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, guarded
+from flashfit_ops.cli.common import App, ConfigOption, EnvOption, JsonOption, guarded
 from flashfit_ops.errors import IntegrityFailure, UsageError
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ backup_app = typer.Typer(help="Back up, list, verify and prune backups of the da
 ToOption = Annotated[str | None, typer.Option("--to", help="Backup target URL (file://FOLDER or s3://BUCKET/PREFIX); default backup.target.")]
 FromOption = Annotated[str | None, typer.Option("--from", help="Backup target URL to read; default backup.target.")]
 KeyFileOption = Annotated[Path | None, typer.Option("--key-file", help="File holding the encryption key for secrets (else BACKUP_ENCRYPTION_KEY).")]
-BackupEnvOption = Annotated[str | None, typer.Option("--env", "-e", help="Environment overlay to apply: dev or prod.")]
+BackupEnvOption = EnvOption  # the same rule as every command (it defaulted to prod before)
 
 
 def human_bytes(count: float) -> str:
@@ -58,12 +58,6 @@ class RichProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-
-
-def _load(config: Path, env: str | None) -> Config:
-    from flashfit_ops.config import load_config
-
-    return load_config(config, env=env)
 
 
 def _store(url: str | None, loaded: Config) -> Store:
@@ -123,14 +117,15 @@ def _snapshotter(loaded: Config, server: str | None, no_server: bool) -> tuple[A
 
 @guarded
 def create(
+    app: App,
     to: ToOption = None,
     tag: Annotated[str | None, typer.Option("--tag", help="A label kept in the manifest.")] = None,
     include_secrets: Annotated[bool, typer.Option("--include-secrets", help="Include the env file, encrypted (AES-GCM).")] = False,
     key_file: KeyFileOption = None,
     server: Annotated[str | None, typer.Option("--server", help="Server URL for the snapshot; default: the deployed containers (then the proxy) when `flashfit deploy` runs the project, else http://127.0.0.1:<ports.backend>.")] = None,
     no_server: Annotated[bool, typer.Option("--no-server", help="Read the data folder directly, without asking the server for a snapshot (stop the server first for a consistent copy).")] = False,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Back up the vector stores (through the server's snapshot when it runs: on a deployed stack,
@@ -139,12 +134,13 @@ def create(
     read the folder it writes. Unchanged content is never uploaded twice."""
     from flashfit_ops.backup.engine import create_backup
 
-    loaded = _load(config, env)
+    loaded = app.config
+    app.note_former_prod_default("backup create")
     store = _store(to, loaded)
     snapshotter, notes = _snapshotter(loaded, server, no_server)
     key = _key_material(loaded, key_file) if include_secrets else None
     console.step(f"backing up to {store.url}")
-    result = create_backup(loaded, store, config_file=config, snapshotter=snapshotter, tag=tag,
+    result = create_backup(loaded, store, config_file=app.config_path, snapshotter=snapshotter, tag=tag,
                            include_secrets=include_secrets, key_material=key, progress=RichProgress())
     result["warnings"] = notes + result["warnings"]
     if json_output:
@@ -162,15 +158,17 @@ def create(
 
 @guarded
 def list_(
+    app: App,
     from_: FromOption = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """List the complete backups, oldest first (an interrupted backup has no manifest and is not listed)."""
     from flashfit_ops.backup.engine import list_backups
 
-    loaded = _load(config, env)
+    loaded = app.config
+    app.note_former_prod_default("backup list")
     store = _store(from_, loaded)
     backups = list_backups(store)
     if json_output:
@@ -191,17 +189,19 @@ def list_(
 
 @guarded
 def verify(
+    app: App,
     backup_id: Annotated[str, typer.Argument(help="A backup id (or unique prefix), 'latest' or 'all'.")] = "latest",
     read_data: Annotated[bool, typer.Option("--read-data", help="Download every blob and check its hash.")] = False,
     from_: FromOption = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Check that a backup is complete; exit 5 naming every damaged file and blob."""
     from flashfit_ops.backup.engine import verify_backup
 
-    loaded = _load(config, env)
+    loaded = app.config
+    app.note_former_prod_default("backup verify")
     store = _store(from_, loaded)
     report = verify_backup(store, backup_id, read_data=read_data, progress=RichProgress())
     if not report["ok"]:
@@ -225,20 +225,22 @@ def verify(
 
 @guarded
 def prune(
+    app: App,
     keep_last: Annotated[int | None, typer.Option("--keep-last", min=0, help="Keep the N newest (default backup.retention.keep_last).")] = None,
     keep_daily: Annotated[int | None, typer.Option("--keep-daily", min=0, help="Keep the newest of each of N days.")] = None,
     keep_weekly: Annotated[int | None, typer.Option("--keep-weekly", min=0, help="Keep the newest of each of N weeks.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would go; delete nothing.")] = False,
     from_: FromOption = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Forget backups by the retention policy, then delete the blobs no remaining backup needs."""
     from flashfit_ops.backup.engine import prune_backups
     from flashfit_ops.backup.retention import Policy
 
-    loaded = _load(config, env)
+    loaded = app.config
+    app.note_former_prod_default("backup prune")
     store = _store(from_, loaded)
     retention = loaded.backup.retention
     policy = Policy(
@@ -263,24 +265,26 @@ def prune(
 
 @guarded
 def schedule(
+    app: App,
     every: Annotated[str | None, typer.Option("--every", help="daily or weekly (Sundays); default from backup.retention.", show_default=False)] = None,
     at: Annotated[str, typer.Option("--at", help="Local time of day, HH:MM.")] = "03:00",
     cron: Annotated[bool, typer.Option("--cron", help="Print a crontab line even where systemd runs.")] = False,
     unit_dir: Annotated[Path | None, typer.Option("--unit-dir", help="Where to write the systemd units (default /etc/systemd/system).", show_default=False)] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Run `backup create`, then `backup prune`, on a schedule: a systemd timer where systemd runs,
     else the crontab line to add. The doctor then measures the newest backup against it."""
     from flashfit_ops.backup import schedule as sched
 
-    loaded = _load(config, env)
+    loaded = app.config
+    app.note_former_prod_default("backup schedule")
     every = every or sched.default_every(loaded)
     problems = sched.validate(every, at)
     if problems:
         raise UsageError("; ".join(problems), hint="e.g. flashfit backup schedule --every daily --at 03:00")
-    plan = sched.Schedule(every=every, at=at, command=sched.current_command(), config_file=str(Path(config).resolve()), env=env)
+    plan = sched.Schedule(every=every, at=at, command=sched.current_command(), config_file=str(app.config_path.resolve()), env=app.env)
     result: dict[str, Any] = {"every": every, "at": at, "command": plan.script()}
     if not cron and sched.systemd_running():
         result.update(installed="systemd", **sched.install_systemd(loaded, plan, unit_dir))
@@ -312,6 +316,7 @@ def service_for(loaded: Config) -> Any:
 
 @guarded
 def restore(
+    app: App,
     backup_id: Annotated[str, typer.Argument(help="A backup id (or unique prefix), or 'latest'.")] = "latest",
     from_: FromOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the backup is complete and show what would change; touch nothing.")] = False,
@@ -319,8 +324,8 @@ def restore(
     key_file: KeyFileOption = None,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", help="Seconds to wait for the server after the swap.")] = 120.0,
     lock_wait: Annotated[float | None, typer.Option("--lock-wait", help="Seconds to wait for a running deploy's lock (default: deploy.lock_wait).", show_default=False)] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Restore a backup: download into a staging folder, verify every hash, then swap it in for the
@@ -332,9 +337,10 @@ def restore(
     from flashfit_ops.backup.engine import restore_backup
     from flashfit_ops.backup.service import NoServiceControl
 
-    loaded = _load(config, env)
+    loaded = app.config
+    app.note_former_prod_default("restore")
     store = _store(from_, loaded)
-    options: dict[str, Any] = dict(config_file=config, apply_config=apply_config, key_material=_key_material(loaded, key_file),
+    options: dict[str, Any] = dict(config_file=app.config_path, apply_config=apply_config, key_material=_key_material(loaded, key_file),
                                    progress=RichProgress(), ready_timeout=ready_timeout)
     deployment, backend, warning = (None, None, None) if dry_run else _deployment(loaded)
     if deployment is not None:
