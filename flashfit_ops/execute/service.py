@@ -27,7 +27,6 @@ from flashfit_ops.plan.common import (
     Target,
     gpu_problem,
     image_ref,
-    state_dir,
     swarm_gpu_problem,
     valid_version,
 )
