@@ -34,22 +34,25 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from flashfit_ops import console
 from flashfit_ops.errors import EXIT_FAILED, EXIT_INTEGRITY, EXIT_INTERRUPTED, EXIT_OK, FlashFitError, IntegrityFailure
-from flashfit_ops.plan.common import state_dir
 from flashfit_ops.runs import history as hist
 from flashfit_ops.runs.lock import DeployLock, LockInfo, WaitProgress
 
 if TYPE_CHECKING:
     from flashfit_ops.config.model import Config
 
+# The project's state folder, as flashfit_ops.plan.common.state_dir names it (a test holds them
+# equal); not imported from there, which would tie runs/ to plan/ and, through it, to render.
+STATE_DIR = ".flashfit"
+
 SUCCESS, FAILED, ROLLED_BACK, REFUSED, INTERRUPTED = "success", "failed", "rolled_back", "refused", "interrupted"
 
 
 def lock_path(config: Config) -> Path:
-    return state_dir(config) / "lock"
+    return config.base_dir / STATE_DIR / "lock"
 
 
 def history_path(config: Config) -> Path:
-    return state_dir(config) / "history.jsonl"
+    return config.base_dir / STATE_DIR / "history.jsonl"
 
 
 def new_deploy_id(now: float | None = None) -> str:

@@ -26,6 +26,13 @@ def records(config) -> list[dict]:
     return hist.read_raw(history_path(config))
 
 
+def test_the_lock_and_history_live_in_the_projects_state_folder(tmp_path: Path) -> None:
+    from flashfit_ops.plan.common import state_dir
+
+    config = make_config(tmp_path)
+    assert (lock_path(config), history_path(config)) == (state_dir(config) / "lock", state_dir(config) / "history.jsonl")
+
+
 def test_a_successful_run_holds_the_lock_and_writes_one_start_and_one_finish(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     with recorded_run(config, "deploy", strategy="rolling", version="v2", previous_version="v1", replicas=2, message="why") as run:
