@@ -83,8 +83,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# Locks this process holds, by path: a nested deploy_lock (a deploy's repair) takes it once.
-_held: dict[Path, DeployLock] = {}
+# Locks held here, by path, with the thread holding each: a nested deploy_lock in the same thread
+# (a deploy's repair) takes it once; another thread of this process waits like another process.
+_held: dict[Path, int] = {}
 
 
 def acquire_lock(config: Config, lock_wait: float | None, message: str = "") -> DeployLock:
@@ -110,13 +111,13 @@ def acquire_lock(config: Config, lock_wait: float | None, message: str = "") -> 
 
 @contextlib.contextmanager
 def deploy_lock(config: Config, lock_wait: float | None = None, message: str = "") -> Iterator[None]:
-    """Hold the deploy lock (once per process) with SIGTERM taking Ctrl-C's path meanwhile."""
+    """Hold the deploy lock (re-entrant in one thread) with SIGTERM taking Ctrl-C's path meanwhile."""
     path = lock_path(config).resolve()
-    if path in _held:
+    if _held.get(path) == threading.get_ident():
         yield
         return
     lock = acquire_lock(config, lock_wait, message)
-    _held[path] = lock
+    _held[path] = threading.get_ident()
     try:
         with sigterm_as_interrupt():
             yield

@@ -9,6 +9,7 @@ import ast
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,24 @@ def test_a_run_inside_a_held_deploy_lock_takes_it_once(tmp_path: Path) -> None:
         assert lock_status(lock_path(config)).held
     assert not lock_status(lock_path(config)).held
     assert [r["event"] for r in records(config)] == ["start", "finish"]
+
+
+def test_another_thread_of_the_same_process_does_not_share_the_lock(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    raised: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            with recorded_run(config, "deploy", lock_wait=0):
+                pass
+        except LockHeld as error:
+            raised.append(error)
+
+    with deploy_lock(config, lock_wait=0):
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join()
+    assert len(raised) == 1 and records(config) == []
 
 
 OLD_HISTORY = [  # what each command wrote before the one shape (schema 1)
