@@ -206,3 +206,29 @@ def test_images_and_backup_no_longer_import_the_executor_package() -> None:
     assert offenders == []
     deployed = ast.parse((REPO / "flashfit_ops" / "backup" / "deployed.py").read_text())
     assert not [n for n in ast.walk(deployed) if isinstance(n, ast.ImportFrom) and n.module == "flashfit_ops.execute.service"]
+
+
+def test_a_swarm_deploy_writes_the_same_record_shape_as_a_local_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Swarm path once wrote a finish with only result and error (no warnings, no exit code)."""
+    from types import SimpleNamespace
+
+    from flashfit_ops.execute import service
+    from flashfit_ops.swarm import deploy as swarm
+
+    config = make_config(tmp_path)
+    monkeypatch.setattr(swarm, "live_version", lambda client, cfg: "v1")
+    backend = SimpleNamespace(client=None)
+    done = service._swarm_recorded(config, backend, service.Run("deploy", "swarm-rolling", "v2", 3), lambda: {"result": "success"})
+
+    def broken() -> dict:
+        raise OperationFailed("tasks never ran")
+
+    with pytest.raises(OperationFailed):
+        service._swarm_recorded(config, backend, service.Run("deploy", "swarm-rolling", "v3", 3), broken)
+    with recorded_run(config, "deploy", strategy="rolling", version="v4"):
+        pass
+    shapes = {(r["event"], tuple(sorted(r))) for r in records(config)}
+    assert len(shapes) == 2
+    entries = hist.entries(history_path(config))
+    assert [(e["id"], e["previous_version"], e["result"], e["exit_code"], e["error"]) for e in entries[:2]] == [
+        (done["id"], "v1", "success", 0, None), (entries[1]["id"], "v1", "failed", 1, "tasks never ran")]
