@@ -34,7 +34,7 @@ def health(request: Request) -> dict:
         "models": {f"{slot}_loaded": service.registry.is_loaded(slot) for slot in ("clip", "blip", "fashion")},
         "vector_stores": {f"{name}_index_size": size for name, size in sizes.items()},
         "device": service.registry.device_info(),
-    }
+    } | ({"catalog_sync": service.replica.status()} if service.replica is not None else {})
 
 
 @router.get("/ready", responses={503: {"description": "still loading, or a model failed to load"}})
@@ -55,10 +55,19 @@ def ready(request: Request) -> JSONResponse:
         problems["startup"] = request.app.state.startup_error
     if service.datastore.problem:  # a newer data folder on disk that this worker refused
         problems["data_folder"] = service.datastore.problem
+    sync_ready = True
+    if service.replica is not None:  # a shared catalogue: not ready before this node has caught up
+        replica = service.replica
+        checks["catalog_sync"] = replica.readiness() or f"following: commit {replica.applied_seq} applied"
+        sync_ready = replica.caught_up
+        if replica.problem and not replica.caught_up and replica.refused:
+            problems["catalog_sync"] = replica.problem
+        elif replica.problem:
+            checks["catalog_sync"] = f"{checks['catalog_sync']}; {replica.problem}"
     if problems:
         checks["errors"] = problems
     is_ready = bool(checks["models_loaded"] and checks["vector_stores_ready"]) and not problems
-    is_ready = is_ready and workers_ready
+    is_ready = is_ready and workers_ready and sync_ready
     # "failed": it will never become ready (a model or a store failed to load), so a deploy gate
     # stops at once instead of waiting out its deadline; "not_ready": still loading.
     state = "ready" if is_ready else ("failed" if problems else "not_ready")
