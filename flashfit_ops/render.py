@@ -76,7 +76,8 @@ def _environment() -> jinja2.Environment:
 
 
 def _backend_env(config: Config) -> dict[str, str]:
-    return dict(sorted({**config.server.environment.as_env(), **config.resources.server_env()}.items()))
+    env = {**config.server.environment.as_env(), **config.resources.server_env(), **config.catalog.server_env()}
+    return dict(sorted(env.items()))
 
 
 def is_host_path(source: str) -> bool:

@@ -156,19 +156,26 @@ def _clear_metrics_dir(folder: Path) -> int:
 # --- probe ---------------------------------------------------------------------------------------
 
 
+PROBE_BODY_BYTES = 64 << 10
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    body = b""
     try:
         with urllib.request.urlopen(args.url, timeout=args.timeout) as response:  # noqa: S310
             status = response.status
+            body = response.read(PROBE_BODY_BYTES) if args.body else b""
     except urllib.error.HTTPError as exc:
         status = exc.code
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"probe {args.url}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"probe {args.url}: {status}")
+    if body:  # doctor reads a task's /health this way, from inside the overlay network
+        print(body.decode("utf-8", errors="replace"))
     return EXIT_OK if status == 200 else EXIT_FAILED
 
 
@@ -382,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe = commands.add_parser("probe", help="exit 0 if URL answers 200 (container HEALTHCHECK)")
     probe.add_argument("--url", default="http://127.0.0.1:8080/ready")
     probe.add_argument("--timeout", type=float, default=3.0)
+    probe.add_argument("--body", action="store_true", help="print the answer's body (at most 64 kB) after the status")
     probe.set_defaults(func=cmd_probe)
 
     token = commands.add_parser("token", help="mint a bearer token from JWT_SECRET_KEY")

@@ -122,7 +122,7 @@ class Replica:
         head = max(self.head_seen, applied)
         behind = 0.0 if head <= applied or self.behind_since is None else time.monotonic() - self.behind_since
         return {
-            "log": self.shared.target.url, "applied_seq": applied, "log_head_seq": head,
+            "log": self.shared.url, "applied_seq": applied, "log_head_seq": head,
             "behind_seconds": round(behind, 3), "caught_up": self.caught_up, "problem": self.problem,
             "races_lost": self.races_lost,
         }
@@ -142,15 +142,15 @@ class Replica:
         """A folder synced with another log, or holding items no log knows, would mix catalogues."""
         db = self.store.db
         known = db.meta(SYNC_LOG_KEY)
-        if known is not None and known != self.shared.target.url:
-            raise SyncError(f"the data folder follows {known}, not {self.shared.target.url}: use an empty folder")
+        if known is not None and known != self.shared.url:
+            raise SyncError(f"the data folder follows {known}, not {self.shared.url}: use an empty folder")
         if known is None:
             count = db.count()
             if count:
                 raise SyncError(
-                    f"the data folder holds {count} items that are not in the shared log {self.shared.target.url}: "
+                    f"the data folder holds {count} items that are not in the shared log {self.shared.url}: "
                     "start this node from an empty data folder (see README, multi-node)")
-            db.set_meta(SYNC_LOG_KEY, self.shared.target.url)
+            db.set_meta(SYNC_LOG_KEY, self.shared.url)
 
     def _set_problem(self, exc: BaseException | None, context: str = "") -> None:
         text = None if exc is None else f"{exc}" if isinstance(exc, SyncError) else f"{type(exc).__name__}: {exc}"
@@ -228,8 +228,10 @@ class Replica:
                                     f"here make {dims[name]}-d ones: this node runs other checkpoints")
         jobs: list[tuple[str, BlobRef]] = [("segments", r.segments[n]) for r in records for n in STORE_NAMES]
         jobs += [("images", item.image) for r in records for item in r.items]
+        unique = list(dict.fromkeys(jobs))  # the same image (or segment) is fetched once
         with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
-            blobs = list(pool.map(lambda job: self.shared.get_blob(*job), jobs))
+            fetched = dict(zip(unique, pool.map(lambda job: self.shared.get_blob(*job), unique), strict=True))
+        blobs = [fetched[job] for job in jobs]
         segments, images = iter(blobs[:3 * len(records)]), iter(blobs[3 * len(records):])
         news: list[NewItem] = []
         ids: list[int] = []

@@ -242,6 +242,11 @@ class SharedLog:
             self._client = boto3.session.Session().client("s3", endpoint_url=self.target.endpoint_url, config=config)
         return self._client
 
+    @property
+    def url(self) -> str:
+        """The log's URL in one spelling (no trailing slash), as replicas report it."""
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
     def key(self, relative: str) -> str:
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
@@ -291,7 +296,7 @@ class SharedLog:
                     break
                 kwargs["ContinuationToken"] = page["NextContinuationToken"]
         except self._errors() as exc:
-            raise LogUnreachable(f"cannot list the shared log at {self.target.url}: {exc}") from None
+            raise LogUnreachable(f"cannot list the shared log at {self.url}: {exc}") from None
         return sorted(s for s in seqs if s > seq)
 
     def get_record(self, seq: int) -> Record:
