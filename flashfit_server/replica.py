@@ -261,7 +261,9 @@ class Replica:
         created_at = datetime.now(UTC).isoformat(timespec="seconds")
         news = [replace(n, created_at=n.created_at or created_at) for n in news]
         with self._lock():
-            images = [self.shared.put_blob("images", n.image_data) for n in news]
+            uploaded: dict[bytes, BlobRef] = {}  # a batch repeating one image uploads it once
+            images = [uploaded.get(n.image_data) or uploaded.setdefault(n.image_data, self.shared.put_blob("images", n.image_data))
+                      for n in news]
             while True:
                 self.apply_new()
                 seq = self.applied_seq + 1
@@ -315,11 +317,11 @@ class Replica:
                     self._check_folder()
                     self.apply_new()
                 self._set_problem(None)
-                break
+                self.caught_up = True
+                return
             except SyncError as exc:
                 self._set_problem(exc)
                 self._stop.wait(self.poll_interval)
-        self.caught_up = True
 
     def start_following(self) -> None:
         if self._thread is None:

@@ -104,7 +104,8 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self.registry.all_loaded and self.datastore.is_open
+        caught_up = self.replica is None or self.replica.caught_up  # a write needs the whole log applied
+        return self.registry.all_loaded and self.datastore.is_open and caught_up
 
     @contextlib.contextmanager
     def read(self) -> Iterator[DataState]:

@@ -27,6 +27,8 @@ from flashfit_server.datafolder import MAX_DIM, MAX_ID, STORE_NAMES
 
 RECORD_FORMAT = "flashfit-log/1"
 MAX_RECORD_BYTES = 16 << 20
+MAX_IMAGE_BYTES = 64 << 20
+SEGMENT_HEADER = 64  # segments.HEADER (not imported: this module stays free of numpy)
 MAX_SEQ = 10**12 - 1  # 12 digits keep the keys in seq order when listed
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX = re.compile(r"^[A-Za-z0-9!_.*'()/-]{0,512}$")
@@ -198,12 +200,15 @@ def parse_record(data: bytes, seq: int) -> Record:
     items = tuple(_item(r, f"{where}.items[{i}]") for i, r in enumerate(items_raw))
     if len({i.id for i in items}) != len(items):
         raise SyncError(f"{where}.items lists an id twice")
-    return Record(
-        seq, "add", writer,
-        dims={n: _int(dims_raw[n], f"{where}.dims.{n}", 1, MAX_DIM) for n in STORE_NAMES},
-        items=items,
-        segments={n: _blob(segs_raw[n], f"{where}.segments.{n}") for n in STORE_NAMES},
-    )
+    dims = {n: _int(dims_raw[n], f"{where}.dims.{n}", 1, MAX_DIM) for n in STORE_NAMES}
+    segments = {n: _blob(segs_raw[n], f"{where}.segments.{n}") for n in STORE_NAMES}
+    for name in STORE_NAMES:  # the size a segment of these items must have: nothing bigger is downloaded
+        if segments[name].size != SEGMENT_HEADER + len(items) * (8 + 4 * dims[name]):
+            raise SyncError(f"{where}.segments.{name}.size does not fit {len(items)} vectors of {dims[name]} floats")
+    for item in items:
+        if item.image.size > MAX_IMAGE_BYTES:
+            raise SyncError(f"{where}: the image of item {item.id} is larger than {MAX_IMAGE_BYTES} bytes")
+    return Record(seq, "add", writer, dims=dims, items=items, segments=segments)
 
 
 # --- the bucket ---------------------------------------------------------------------------------

@@ -36,9 +36,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path,
     bucket = new_bucket(moto_endpoint)
     servers: list[LiveServer] = []
     try:
-        for name in "abc":
+        for name in "abc":  # C runs two workers: they share one folder and take turns applying the log
             servers.append(start_server(tmp_path_factory.mktemp(f"node-{name}"), tiny_models,
-                                        env=server_env(moto_endpoint, bucket)))
+                                        workers=2 if name == "c" else 1, env=server_env(moto_endpoint, bucket)))
         yield bucket, servers
     finally:
         for server in servers:
