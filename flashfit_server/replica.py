@@ -107,6 +107,7 @@ class Replica:
         self.refused = False  # the problem is the log's content (not the network): it will not pass by itself
         self.head_seen = 0
         self.behind_since: float | None = None
+        self._behind_at = 0  # the applied seq when behind_since was set
         self.races_lost = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -115,12 +116,16 @@ class Replica:
 
     @property
     def applied_seq(self) -> int:
+        """The last record applied to this folder (0 before the folder is open)."""
+        if not self.store.is_open:
+            return 0
         return int(self.store.db.meta(SYNC_SEQ_KEY) or 0)
 
     def status(self) -> dict[str, Any]:
-        applied = self.applied_seq if self.store.is_open else 0
+        applied = self.applied_seq
         head = max(self.head_seen, applied)
-        behind = 0.0 if head <= applied or self.behind_since is None else time.monotonic() - self.behind_since
+        since = self.behind_since
+        behind = 0.0 if head <= applied or since is None else time.monotonic() - since
         return {
             "log": self.shared.url, "applied_seq": applied, "log_head_seq": head,
             "behind_seconds": round(behind, 3), "caught_up": self.caught_up, "problem": self.problem,
@@ -160,9 +165,13 @@ class Replica:
         self.refused = exc is not None and not isinstance(exc, LogUnreachable)
 
     def _note_head(self, head: int, applied: int) -> None:
+        """`behind_since`: since when this folder has been behind the log without progress (a
+        replica applying a steady stream of commits is one poll behind, not stuck)."""
         self.head_seen = max(self.head_seen, head)
-        if self.head_seen > applied and self.behind_since is None:
-            self.behind_since = time.monotonic()
+        if self.head_seen <= applied:
+            self.behind_since = None
+        elif self.behind_since is None or applied > self._behind_at:
+            self.behind_since, self._behind_at = time.monotonic(), applied
 
     def apply_new(self) -> int:
         """Apply every record after `sync_seq` (caller holds the sync lock); the count applied."""
@@ -174,12 +183,15 @@ class Replica:
             with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
                 records = list(pool.map(self.shared.get_record, seqs[start:start + 256]))
             expected = self.applied_seq + 1
-            contiguous = [r for i, r in enumerate(records) if r.seq == expected + i]
+            contiguous: list[Record] = []
+            for record in records:  # stop at a gap: seqs are created in order, a hole is a damaged log
+                if record.seq != expected + len(contiguous):
+                    break
+                contiguous.append(record)
             done += self._apply_records(contiguous)
             if len(contiguous) < len(records):
                 raise SyncError(f"log record {self.applied_seq + 1} is missing (the log has {records[len(contiguous)].seq})")
-        if self.head_seen <= self.applied_seq:
-            self.behind_since = None
+        self._note_head(self.head_seen, self.applied_seq)
         return done
 
     def _apply_records(self, records: list[Record]) -> int:
