@@ -130,7 +130,8 @@ def main() -> int:
         writer = Replica(store, SharedLog(SyncTarget(f"s3://{bucket}/shop", endpoint, "us-east-1")))
         writer.catch_up()
         print(f"catalogue sync: 3 servers (1 worker each), log s3://{bucket}/shop at {endpoint} (moto server), "
-              f"poll {args.poll_interval}s, folders under {args.root}; {args.rounds} rounds per size")
+              f"poll {args.poll_interval}s, folders under {args.root}; {args.rounds} rounds per size; "
+              f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
         print(f"{'items':>8} {'bulk load':>10} {'followers behind':>16} {'seen p50':>9} {'seen p95':>9} {'seen max':>9} "
               f"{'goal':>6}")
         total = 0
@@ -147,7 +148,8 @@ def main() -> int:
             p50 = statistics.median(times)
             p95 = sorted(times)[max(0, int(len(times) * 0.95) - 1)]
             print(f"{size:>8} {loaded - started:>9.1f}s {caught:>15.1f}s {p50:>8.3f}s "
-                  f"{p95:>8.3f}s {max(times):>8.3f}s {'ok' if max(times) <= 2.0 else 'MISS':>6}", flush=True)
+                  f"{p95:>8.3f}s {max(times):>8.3f}s {'ok' if max(times) <= 2.0 else 'MISS':>6}  "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
         lost = [httpx.get(s.url + "/health", timeout=10).json()["catalog_sync"]["races_lost"] for s in servers]
         print(f"races for a seq lost (A, B, C): {lost}; bulk writer: {writer.races_lost}")
         store.close()

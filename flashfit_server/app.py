@@ -20,11 +20,10 @@ from flashfit_server.middleware import AllowedHosts, BodySizeLimit, JsonShapeLim
 from flashfit_server.models.device import DeviceUnavailable
 from flashfit_server.models.registry import ModelNames, ModelRegistry
 from flashfit_server.readiness import WorkerReadiness
-from flashfit_server.replica import Replica
+from flashfit_server.replica import replica_for
 from flashfit_server.routers import admin, fusion, health, items
 from flashfit_server.service import Service
 from flashfit_server.settings import Settings
-from flashfit_server.sharedlog import SharedLog, SyncTarget
 from flashfit_server.vector_store import configure_faiss
 
 log = logging.getLogger("flashfit_server")
@@ -54,14 +53,6 @@ def _load_in_background(app: FastAPI) -> None:
         log.info("ready: stores %s", service.datastore.sizes())
 
     service.registry.start_loading(then=open_stores)
-
-
-def _replica(settings: Settings, datastore: DataStore) -> Replica | None:
-    if not settings.catalog_sync_url:
-        return None
-    target = SyncTarget(settings.catalog_sync_url, settings.catalog_sync_endpoint or None,
-                        settings.catalog_sync_region or None)
-    return Replica(datastore, SharedLog(target), settings.catalog_sync_poll_interval)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -117,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.watch_device(registry.device_info)
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.service = Service(settings, registry, datastore, _replica(settings, datastore))
+    app.state.service = Service(settings, registry, datastore, replica_for(settings, datastore))
     app.state.startup_error = None
     app.state.readiness = WorkerReadiness.from_env(settings.workers)
 

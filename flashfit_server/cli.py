@@ -270,6 +270,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     configure_faiss(os.cpu_count() or 1)
     store = DataStore(settings.vector_store_dir, settings.vector_index, initial_weights(*settings.fusion_weights))  # type: ignore[arg-type]
     store.open(registry.dims())
+    from flashfit_server.replica import replica_for
+    from flashfit_server.sharedlog import SyncError
+
+    replica = replica_for(settings, store)  # with CATALOG_SYNC_URL, every batch is a commit of the shared log
+    try:
+        if replica is not None:
+            replica.sync_once()
+    except SyncError as exc:
+        print(f"error: catalogue sync: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    add_items = store.add_items if replica is None else replica.add_items
     tags = [t.strip() for t in (args.tags or "").split(",") if t.strip()]
     started, added, skipped = time.perf_counter(), 0, 0
     for first in range(0, len(files), batch_size):
@@ -290,7 +301,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             )
             for (path, d), e in zip(decoded, embedded, strict=True)
         ]
-        added += len(store.add_items(new_items))
+        added += len(add_items(new_items))
         print(f"ingested {added}/{len(files)}", file=sys.stderr)
     seconds = time.perf_counter() - started
     print(f"ingested {added} items, skipped {skipped}, in {seconds:.1f}s ({added / max(seconds, 1e-9):.1f} items/s)")

@@ -42,6 +42,7 @@ from flashfit_server.catalog import Item
 from flashfit_server.datafolder import MAX_ID
 from flashfit_server.datastore import STORE_NAMES, DataStore, NewItem, NotFound
 from flashfit_server.segments import HEADER, MAGIC, encode
+from flashfit_server.settings import Settings
 from flashfit_server.sharedlog import (
     BlobMismatch,
     BlobRef,
@@ -50,6 +51,7 @@ from flashfit_server.sharedlog import (
     Record,
     SharedLog,
     SyncError,
+    SyncTarget,
 )
 
 log = logging.getLogger(__name__)
@@ -320,14 +322,18 @@ class Replica:
 
     # --- lifecycle --------------------------------------------------------------------------
 
+    def sync_once(self) -> None:
+        """Check that this folder may follow the log, and apply what is new (SyncError if not)."""
+        with self._lock():
+            self._check_folder()
+            self.apply_new()
+
     def catch_up(self) -> None:
         """Before readiness: apply the whole log (retrying an unreachable bucket; a refused record
         stays in `problem`, named, and is retried too, in case it gets repaired)."""
         while not self._stop.is_set():
             try:
-                with self._lock():
-                    self._check_folder()
-                    self.apply_new()
+                self.sync_once()
                 self._set_problem(None)
                 self.caught_up = True
                 return
@@ -356,3 +362,11 @@ class Replica:
     def close(self) -> None:
         self._stop.set()
 
+
+def replica_for(settings: Settings, store: DataStore) -> Replica | None:
+    """The replica that CATALOG_SYNC_URL asks for (None: this folder keeps its own catalogue)."""
+    if not settings.catalog_sync_url:
+        return None
+    target = SyncTarget(settings.catalog_sync_url, settings.catalog_sync_endpoint or None,
+                        settings.catalog_sync_region or None)
+    return Replica(store, SharedLog(target), settings.catalog_sync_poll_interval)

@@ -3,6 +3,9 @@ catalogue log in moto's S3 server: what a write through one node looks like thro
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -171,3 +174,24 @@ def test_a_node_refuses_a_tampered_segment_and_is_not_ready_with_the_reason_name
     finally:
         late.stop()
         s3.put_object(Bucket=bucket, Key=key, Body=bytes(data[:-1] + bytes([data[-1] ^ 0x01])))
+
+
+def test_ingest_on_any_node_commits_through_the_shared_log(cluster: tuple[str, list[LiveServer]], moto_endpoint: str,
+                                                           tiny_models: Path, tmp_path: Path) -> None:
+    bucket, (a, _, _) = cluster
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for seed in (501, 502):
+        (pictures / f"ingested-{seed}.png").write_bytes(image_bytes(seed))
+    env = {**os.environ, **server_env(moto_endpoint, bucket), "MODEL_CACHE_DIR": str(tiny_models),
+           "VECTOR_STORE_DIR": str(tmp_path / "ingest-node"), "TORCH_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "flashfit_server.cli", "ingest", str(pictures)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    wait_for(lambda: {"ingested-501", "ingested-502"} <= _all_names(a), "ingested items through A")
+
+
+def _all_names(server: LiveServer) -> set[str]:
+    with server.client() as client:
+        return {client.get(f"/api/items/{i}").json()["name"] for i in _ids(server)}
