@@ -195,3 +195,22 @@ def test_ingest_on_any_node_commits_through_the_shared_log(cluster: tuple[str, l
 def _all_names(server: LiveServer) -> set[str]:
     with server.client() as client:
         return {client.get(f"/api/items/{i}").json()["name"] for i in _ids(server)}
+
+
+def test_doctor_judges_what_the_replicas_report_healthy(cluster: tuple[str, list[LiveServer]]) -> None:
+    """The doctor check reads /health's catalog_sync: the format the servers write is the one it judges."""
+    from flashfit_ops.doctor.checks.catalog import judge
+    from flashfit_ops.doctor.result import OK
+
+    bucket, servers = cluster
+    _add(servers[0], 600)
+    head = max(_health(s)["log_head_seq"] for s in servers)
+    wait_for(lambda: all(_health(s)["applied_seq"] >= head for s in servers), "every replica at the head")
+    statuses = {s.url: _health(s) for s in servers}
+    finding = judge(statuses, f"s3://{bucket}/shop")
+    assert finding.status == OK, finding
+
+
+def _health(server: LiveServer) -> dict:
+    with server.client() as client:
+        return client.get("/health").json()["catalog_sync"]
