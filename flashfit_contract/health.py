@@ -8,6 +8,7 @@ VERSION = "version"  # the APP_VERSION the container was started with
 MODELS = "models"  # {"<slot>_loaded": bool}
 VECTOR_STORES = "vector_stores"  # {"<slot>_index_size": int}
 DEVICE = "device"  # {"type": "cpu" | "cuda", ...}
+CATALOG_SYNC = "catalog_sync"  # only with a shared catalogue: applied seq, log head, lag, problem
 MODEL_LOADED_SUFFIX = "_loaded"
 INDEX_SIZE_SUFFIX = "_index_size"
 

@@ -97,7 +97,7 @@ def backend_mounts(config: Config) -> tuple[Mount, ...]:
 
 def backend_service(config: Config) -> BackendService:
     health = config.healthcheck
-    env = {**config.server.environment.as_env(), **config.resources.server_env()}
+    env = {**config.server.environment.as_env(), **config.resources.server_env(), **config.catalog.server_env()}
     limits, reservations = config.resources.limits, config.resources.reservations
     return BackendService(
         port=CONTAINER_PORT,

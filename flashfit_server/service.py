@@ -31,8 +31,10 @@ from flashfit_server.inference import Deadline, InferenceTimeout
 from flashfit_server.models.encoders import l2_normalise
 from flashfit_server.models.registry import ModelRegistry
 from flashfit_server.recommend import Ranked, rank
+from flashfit_server.replica import Replica
 from flashfit_server.schemas import FeedbackRequest, RecommendRequest
 from flashfit_server.settings import Settings
+from flashfit_server.sharedlog import SyncError
 
 # How far preferences pull the query towards their text ("casual summer"): enough to reorder
 # close candidates, not enough to replace the query.
@@ -88,10 +90,12 @@ def embed_catalogue_sync(registry: ModelRegistry, images: list) -> list[Catalogu
 
 
 class Service:
-    def __init__(self, settings: Settings, registry: ModelRegistry, datastore: DataStore):
+    def __init__(self, settings: Settings, registry: ModelRegistry, datastore: DataStore,
+                 replica: Replica | None = None):
         self.settings = settings
         self.registry = registry
         self.datastore = datastore
+        self.replica = replica  # set when the catalogue follows a shared log (CATALOG_SYNC_URL)
         self.recommendations_served = 0
         self._served: OrderedDict[int, dict[str, float]] = OrderedDict()
         self._served_lock = threading.Lock()
@@ -100,7 +104,8 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self.registry.all_loaded and self.datastore.is_open
+        caught_up = self.replica is None or self.replica.caught_up  # a write needs the whole log applied
+        return self.registry.all_loaded and self.datastore.is_open and caught_up
 
     @contextlib.contextmanager
     def read(self) -> Iterator[DataState]:
@@ -142,8 +147,16 @@ class Service:
             name=fields.name, caption=embedded.caption, category=fields.category,
             color=fields.color, tags=fields.tags, user_id=fields.user_id,
         )
-        [item] = await run_in_threadpool(self.datastore.add_items, [new])
+        [item] = await run_in_threadpool(self._store_items, [new])
         return item
+
+    def _store_items(self, new: list[NewItem]) -> list[Item]:
+        if self.replica is None:
+            return self.datastore.add_items(new)
+        try:
+            return self.replica.add_items(new)
+        except SyncError as exc:
+            raise ApiError(503, "catalog_sync_unavailable", f"not stored: {exc}") from None
 
     # --- recommendation ------------------------------------------------------------------------
 
@@ -283,6 +296,10 @@ class Service:
 
     def delete_item(self, item_id: int) -> Item:
         try:
+            if self.replica is not None:
+                return self.replica.delete_item(item_id)
             return self.datastore.delete_item(item_id)
         except NotFound:
             raise not_found(item_id) from None
+        except SyncError as exc:
+            raise ApiError(503, "catalog_sync_unavailable", f"not deleted: {exc}") from None

@@ -28,7 +28,6 @@ if TYPE_CHECKING:
     from flashfit_ops.engine.protocol import Engine
 
 Say = Callable[[str], None]
-LOCK_WAIT_REPORT_EVERY = 5.0  # seconds between "waiting for the deploy lock" lines
 
 
 def _quiet(_message: str) -> None:
@@ -242,16 +241,6 @@ def plain_service(config: Config) -> ServiceControl:
     return NoServiceControl()
 
 
-def lock_wait_reporter(info: Say) -> Callable[[Any, float], None]:
-    """A deploy-lock wait callback that says who holds the lock, every ~5 s."""
-
-    def on_lock_wait(holder: Any, waited: float) -> None:
-        if int(waited * 4) % int(LOCK_WAIT_REPORT_EVERY * 4) == 0:
-            info(f"  waiting for the deploy lock ({waited:.0f}s): held by {holder.describe() if holder else 'another deploy'}")
-
-    return on_lock_wait
-
-
 def restore(
     config: Config,
     config_file: Path,
@@ -285,7 +274,7 @@ def _restore_deployed(session: _Session, backup_id: str, deployment: Deployment,
     feedback.step(f"deployed stack: {', '.join(deployment.running) or 'no running container'} will be stopped for the swap; "
                   "the proxy answers 502/503/504 until they are ready again")
     return restore_deployed(session.config, session.store, backup_id, backend=backend, lock_wait=lock_wait, say=feedback.step,
-                            on_lock_wait=lock_wait_reporter(feedback.info), **options)
+                            **options)
 
 
 def _restore_plain(session: _Session, backup_id: str, dry_run: bool, warning: str | None,

@@ -8,11 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from flashfit_ops import console
-from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, guarded
+from flashfit_ops.cli.common import App, ConfigOption, EnvOption, JsonOption, guarded
 
 if TYPE_CHECKING:
     from flashfit_ops.backup.api import Feedback
-    from flashfit_ops.config.model import Config
 
 backup_app = typer.Typer(help="Back up, list, verify and prune backups of the data and configuration.",
                          no_args_is_help=True)
@@ -20,7 +19,7 @@ backup_app = typer.Typer(help="Back up, list, verify and prune backups of the da
 ToOption = Annotated[str | None, typer.Option("--to", help="Backup target URL (file://FOLDER or s3://BUCKET/PREFIX); default backup.target.")]
 FromOption = Annotated[str | None, typer.Option("--from", help="Backup target URL to read; default backup.target.")]
 KeyFileOption = Annotated[Path | None, typer.Option("--key-file", help="File holding the encryption key for secrets (else BACKUP_ENCRYPTION_KEY).")]
-BackupEnvOption = Annotated[str | None, typer.Option("--env", "-e", help="Environment overlay to apply: dev or prod.")]
+BackupEnvOption = EnvOption  # the same rule as every command (it defaulted to prod before)
 
 
 def human_bytes(count: float) -> str:
@@ -58,12 +57,6 @@ class RichProgress:
             self._progress = None
 
 
-def _load(config: Path, env: str | None) -> Config:
-    from flashfit_ops.config import load_config
-
-    return load_config(config, env=env)
-
-
 def _feedback() -> Feedback:
     from flashfit_ops.backup.api import Feedback
 
@@ -72,14 +65,15 @@ def _feedback() -> Feedback:
 
 @guarded
 def create(
+    app: App,
     to: ToOption = None,
     tag: Annotated[str | None, typer.Option("--tag", help="A label kept in the manifest.")] = None,
     include_secrets: Annotated[bool, typer.Option("--include-secrets", help="Include the env file, encrypted (AES-GCM).")] = False,
     key_file: KeyFileOption = None,
     server: Annotated[str | None, typer.Option("--server", help="Server URL for the snapshot; default: the deployed containers (then the proxy) when `flashfit deploy` runs the project, else http://127.0.0.1:<ports.backend>.")] = None,
     no_server: Annotated[bool, typer.Option("--no-server", help="Read the data folder directly, without asking the server for a snapshot (stop the server first for a consistent copy).")] = False,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Back up the vector stores (through the server's snapshot when it runs: on a deployed stack,
@@ -88,7 +82,8 @@ def create(
     read the folder it writes. Unchanged content is never uploaded twice."""
     from flashfit_ops.backup import api
 
-    result = api.create(_load(config, env), config, to=to, tag=tag, include_secrets=include_secrets, key_file=key_file,
+    app.note_former_prod_default("backup create")
+    result = api.create(app.config, app.config_path, to=to, tag=tag, include_secrets=include_secrets, key_file=key_file,
                         server=server, no_server=no_server, feedback=_feedback())
     if json_output:
         console.emit_json(result)
@@ -105,15 +100,17 @@ def create(
 
 @guarded
 def list_(
+    app: App,
     from_: FromOption = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """List the complete backups, oldest first (an interrupted backup has no manifest and is not listed)."""
     from flashfit_ops.backup import api
 
-    listing = api.list_backups(_load(config, env), from_=from_)
+    app.note_former_prod_default("backup list")
+    listing = api.list_backups(app.config, from_=from_)
     backups = listing["backups"]
     if json_output:
         console.emit_json(listing)
@@ -133,17 +130,19 @@ def list_(
 
 @guarded
 def verify(
+    app: App,
     backup_id: Annotated[str, typer.Argument(help="A backup id (or unique prefix), 'latest' or 'all'.")] = "latest",
     read_data: Annotated[bool, typer.Option("--read-data", help="Download every blob and check its hash.")] = False,
     from_: FromOption = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Check that a backup is complete; exit 5 naming every damaged file and blob."""
     from flashfit_ops.backup import api
 
-    report = api.verify(_load(config, env), backup_id, read_data=read_data, from_=from_, feedback=_feedback())
+    app.note_former_prod_default("backup verify")
+    report = api.verify(app.config, backup_id, read_data=read_data, from_=from_, feedback=_feedback())
     failure = api.damage_error(report)
     if failure is not None:
         if not json_output:
@@ -162,19 +161,21 @@ def verify(
 
 @guarded
 def prune(
+    app: App,
     keep_last: Annotated[int | None, typer.Option("--keep-last", min=0, help="Keep the N newest (default backup.retention.keep_last).")] = None,
     keep_daily: Annotated[int | None, typer.Option("--keep-daily", min=0, help="Keep the newest of each of N days.")] = None,
     keep_weekly: Annotated[int | None, typer.Option("--keep-weekly", min=0, help="Keep the newest of each of N weeks.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would go; delete nothing.")] = False,
     from_: FromOption = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Forget backups by the retention policy, then delete the blobs no remaining backup needs."""
     from flashfit_ops.backup import api
 
-    result = api.prune(_load(config, env), keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
+    app.note_former_prod_default("backup prune")
+    result = api.prune(app.config, keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
                        dry_run=dry_run, from_=from_)
     if json_output:
         console.emit_json(result)
@@ -192,19 +193,21 @@ def prune(
 
 @guarded
 def schedule(
+    app: App,
     every: Annotated[str | None, typer.Option("--every", help="daily or weekly (Sundays); default from backup.retention.", show_default=False)] = None,
     at: Annotated[str, typer.Option("--at", help="Local time of day, HH:MM.")] = "03:00",
     cron: Annotated[bool, typer.Option("--cron", help="Print a crontab line even where systemd runs.")] = False,
     unit_dir: Annotated[Path | None, typer.Option("--unit-dir", help="Where to write the systemd units (default /etc/systemd/system).", show_default=False)] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Run `backup create`, then `backup prune`, on a schedule: a systemd timer where systemd runs,
     else the crontab line to add. The doctor then measures the newest backup against it."""
     from flashfit_ops.backup import api
 
-    result = api.schedule(_load(config, env), config, env, every=every, at=at, cron=cron, unit_dir=unit_dir)
+    app.note_former_prod_default("backup schedule")
+    result = api.schedule(app.config, app.config_path, app.env, every=every, at=at, cron=cron, unit_dir=unit_dir)
     every = result["every"]
     if json_output:
         console.emit_json(result)
@@ -219,6 +222,7 @@ def schedule(
 
 @guarded
 def restore(
+    app: App,
     backup_id: Annotated[str, typer.Argument(help="A backup id (or unique prefix), or 'latest'.")] = "latest",
     from_: FromOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the backup is complete and show what would change; touch nothing.")] = False,
@@ -226,8 +230,8 @@ def restore(
     key_file: KeyFileOption = None,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", help="Seconds to wait for the server after the swap.")] = 120.0,
     lock_wait: Annotated[float | None, typer.Option("--lock-wait", help="Seconds to wait for a running deploy's lock (default: deploy.lock_wait).", show_default=False)] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Restore a backup: download into a staging folder, verify every hash, then swap it in for the
@@ -238,7 +242,8 @@ def restore(
     data back."""
     from flashfit_ops.backup import api
 
-    result = api.restore(_load(config, env), config, backup_id, from_=from_, dry_run=dry_run, apply_config=apply_config,
+    app.note_former_prod_default("restore")
+    result = api.restore(app.config, app.config_path, backup_id, from_=from_, dry_run=dry_run, apply_config=apply_config,
                          key_file=key_file, ready_timeout=ready_timeout, lock_wait=lock_wait, feedback=_feedback())
     if json_output:
         console.emit_json(result)

@@ -8,24 +8,19 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets as _random
-import signal
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from flashfit_ops import console
 from flashfit_ops.config.model import Config
 from flashfit_ops.engine.protocol import Engine, EngineClient
-from flashfit_ops.errors import FlashFitError, OperationFailed, Unavailable, UsageError
-from flashfit_ops.execute import history as hist
+from flashfit_ops.errors import OperationFailed, Unavailable, UsageError
 from flashfit_ops.execute.executor import Executor
-from flashfit_ops.execute.lock import DeployLock, LockInfo, WaitProgress, force_release, lock_status, pid_alive
 from flashfit_ops.execute.observe import observe, probe_container, with_health
 from flashfit_ops.monitoring import targets as scrape_targets
 from flashfit_ops.monitoring.runner import monitoring_for_deploy, monitoring_status
@@ -35,7 +30,6 @@ from flashfit_ops.plan.common import (
     Target,
     gpu_problem,
     image_ref,
-    state_dir,
     swarm_gpu_problem,
     valid_version,
 )
@@ -43,24 +37,20 @@ from flashfit_ops.plan.observed import Observed
 from flashfit_ops.plan.repair import plan_repair
 from flashfit_ops.plan.rollback import plan_restart, retained_versions
 from flashfit_ops.plan.steps import Step
+from flashfit_ops.runs import history as hist
+from flashfit_ops.runs.lock import force_release, lock_status, pid_alive
+from flashfit_ops.runs.recorded import (  # noqa: F401  (acquire_lock, sigterm_as_interrupt: imported from here too)
+    acquire_lock,
+    deploy_lock,
+    history_path,
+    lock_path,
+    new_deploy_id,
+    recorded_run,
+    sigterm_as_interrupt,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from flashfit_ops.execute.backend import DockerBackend
-
-
-def lock_path(config: Config) -> Path:
-    return state_dir(config) / "lock"
-
-
-def history_path(config: Config) -> Path:
-    return state_dir(config) / "history.jsonl"
-
-
-def new_deploy_id(now: float | None = None) -> str:
-    """Sortable (the leftovers policy compares them) and short enough for container names."""
-    now = time.time() if now is None else now
-    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
-    return f"{stamp}{int(now * 1000) % 1000:03d}{_random.token_hex(1)}"
 
 
 def public_url(config: Config) -> str:
@@ -70,23 +60,6 @@ def public_url(config: Config) -> str:
         return f"https://{host}{port}/"
     port = "" if config.ports.http == 80 else f":{config.ports.http}"
     return f"http://127.0.0.1{port}/"
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM takes the same path as Ctrl-C: the executor rolls back, the CLI exits 130."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _backend() -> DockerBackend:
@@ -159,61 +132,6 @@ class Run:
     message: str = ""
 
 
-def _history_start(config: Config, run: Run, deploy_id: str, previous_version: str | None, info: LockInfo) -> float:
-    started = time.time()
-    hist.append(
-        history_path(config),
-        {
-            "event": "start",
-            "id": deploy_id,
-            "kind": run.kind,
-            "strategy": run.strategy,
-            "version": run.version,
-            "previous_version": previous_version,
-            "replicas": run.replicas,
-            "who": info.who,
-            "host": info.host,
-            "pid": info.pid,
-            "message": run.message,
-            "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-        },
-    )
-    return started
-
-
-def _history_finish(config: Config, deploy_id: str, started: float, result: str, extra: dict[str, Any]) -> None:
-    hist.append(
-        history_path(config),
-        {
-            "event": "finish",
-            "id": deploy_id,
-            "result": result,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "duration_s": round(time.time() - started, 2),
-            **extra,
-        },
-    )
-
-
-def acquire_lock(config: Config, lock_wait: float | None, message: str = "") -> DeployLock:
-    lock = DeployLock(lock_path(config))
-    wait = config.deploy.lock_wait if lock_wait is None else lock_wait
-    progress = WaitProgress(wait, console.info)  # lines that show in CI logs too
-    with console.status("waiting for the deploy lock") as live:
-
-        def on_wait(holder: LockInfo | None, waited: float) -> None:
-            who = holder.describe() if holder else "another deploy"
-            live.update(f"waiting for the deploy lock ({waited:.0f}s of {wait:g}s): held by {who}")
-            progress(holder, waited)
-
-        lock.acquire(LockInfo.mine(message=message), wait=wait, on_wait=on_wait)
-    if progress.waited:
-        console.info(f"got the deploy lock after {progress.waited:.0f}s")
-    if lock.taken_over is not None:
-        console.warn(f"took over a stale lock: {lock.taken_over.describe()} is gone")
-    return lock
-
-
 def _execute(
     config: Config,
     backend: Engine,
@@ -222,59 +140,43 @@ def _execute(
     *,
     executor_factory: Callable[..., Executor] | None = None,
 ) -> dict[str, Any]:
-    """Under the lock: observe, plan, execute, record. Raises after rolling back on failure."""
+    """Under the lock, recorded: observe, plan, execute. Raises after rolling back on failure."""
     from flashfit_ops.config.secrets import load_secrets
 
     observed = with_health(backend, config, observe(backend, config))
-    deploy_id = new_deploy_id()
     steps = make_plan(observed)
     if run.kind in KEEPS_SERVING and (steps or observed.keeper_state != "running"):
         steps += _keeper(config, observed, steps)
-    info = LockInfo.mine()
-    started = _history_start(config, run, deploy_id, observed.live_version, info)
     from flashfit_ops.execute.lifecycle import LifecycleExecutor
 
     executor = (executor_factory or LifecycleExecutor)(backend, config, secrets=load_secrets(config))
-    outcome = "failed"
-    try:
-        with sigterm_as_interrupt():
+    with recorded_run(
+        config, run.kind, strategy=run.strategy, version=run.version, previous_version=observed.live_version,
+        replicas=run.replicas, message=run.message,
+    ) as record:  # fmt: skip
+        try:
             execution = executor.run(steps)
-        outcome = "success"
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        raise
-    except FlashFitError as error:
-        outcome = "rolled_back" if executor.execution.rolled_back else "failed"
-        error.details.setdefault("deploy_id", deploy_id)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            scrape_targets.settle(config)  # drained containers stop being scrape targets
-        execution_dict = executor.execution.to_dict()
-        _history_finish(
-            config,
-            deploy_id,
-            started,
-            outcome,
-            {
-                "error": executor.execution.error,
-                "ready_seconds": execution_dict["ready_seconds"],
-                "rolled_back": executor.execution.rolled_back,
-                "warnings": executor.execution.warnings,
-            },
-        )
+        finally:
+            with contextlib.suppress(OSError):
+                scrape_targets.settle(config)  # drained containers stop being scrape targets
+            record.rolled_back = executor.execution.rolled_back
+            record.error = executor.execution.error
+            record.warnings = list(executor.execution.warnings)
+            record.details.update(
+                ready_seconds=executor.execution.to_dict()["ready_seconds"], rolled_back=executor.execution.rolled_back
+            )
     after = observe(backend, config, check_proxy_config=False)
     return {
         "result": "success",
         "kind": run.kind,
-        "deploy_id": deploy_id,
+        "deploy_id": record.id,
         "strategy": run.strategy,
         "version": run.version,
         "previous_version": observed.live_version,
         "live": list(after.live_names),
         "live_color": after.live_color,
         "url": public_url(config),
-        "duration_s": round(time.time() - started, 2),
+        "duration_s": record.seconds(),
         "plan": [s.to_dict() for s in steps],
         "execution": execution.to_dict(),
     }
@@ -322,15 +224,11 @@ def deploy(
     if config.target == "swarm":
         if dry_run:
             return _swarm_deploy(client, config, version, dry_run=True)
-        lock = acquire_lock(config, lock_wait, message)
-        try:
-            with sigterm_as_interrupt():
-                if not config.registry.server:  # with a registry, nodes pull it by digest from there
-                    ensure_image(backend, client, config, version)
-                run = Run("deploy", "swarm-rolling", version, replicas, message)
-                return _swarm_recorded(config, client, run, lambda: _swarm_deploy(client, config, version, dry_run=False))
-        finally:
-            lock.release()
+        with deploy_lock(config, lock_wait, message):
+            if not config.registry.server:  # with a registry, nodes pull it by digest from there
+                ensure_image(backend, client, config, version)
+            run = Run("deploy", "swarm-rolling", version, replicas, message)
+            return _swarm_recorded(config, client, run, lambda: _swarm_deploy(client, config, version, dry_run=False))
     if dry_run:
         observed = observe(backend, config)
         target = Target(version=version, deploy_id=new_deploy_id(), replicas=replicas)
@@ -346,20 +244,16 @@ def deploy(
             "previous_version": observed.live_version,
             "plan": [s.to_dict() for s in steps],
         }
-    lock = acquire_lock(config, lock_wait, message)
-    try:
+    with deploy_lock(config, lock_wait, message):
         repair_locked(config, backend)  # service first: a killed proxy or dead backend is restored now
-        with sigterm_as_interrupt():
-            ensure_image(backend, client, config, version)
-            monitoring = monitoring_for_deploy(config, backend, client)  # long-lived: kept unless changed
+        ensure_image(backend, client, config, version)
+        monitoring = monitoring_for_deploy(config, backend, client)  # long-lived: kept unless changed
         run = Run("deploy", strategy, version, replicas, message)
 
         def make_plan(observed: Observed) -> list[Step]:
             return plan_deploy(strategy, config, observed, Target(version, new_deploy_id(), replicas))
 
         return {**_execute(config, backend, run, make_plan), **monitoring}
-    finally:
-        lock.release()
 
 
 def _swarm_deploy(client: EngineClient, config: Config, version: str, dry_run: bool) -> dict[str, Any]:
@@ -372,19 +266,13 @@ def _swarm_recorded(config: Config, client: EngineClient, run: Run, action: Call
     """A Swarm deploy or rollback, with its start and finish in the history like a local one."""
     from flashfit_ops.swarm import deploy as swarm
 
-    deploy_id = new_deploy_id()
-    started = _history_start(config, run, deploy_id, swarm.live_version(client, config), LockInfo.mine(message=run.message))
-    try:
+    previous = swarm.live_version(client, config)
+    with recorded_run(
+        config, run.kind, strategy=run.strategy, version=run.version, previous_version=previous, replicas=run.replicas, message=run.message
+    ) as record:
         result = action()
-    except FlashFitError as error:
-        _history_finish(config, deploy_id, started, "failed", {"error": error.message})
-        raise
-    except BaseException:
-        _history_finish(config, deploy_id, started, "interrupted", {})
-        raise
-    _history_finish(config, deploy_id, started, "success", {})
     live = [f"{config.project}_backend ({config.replicas} tasks)"]
-    return {**result, "id": deploy_id, "strategy": run.strategy, "url": public_url(config), "live": live}
+    return {**result, "id": record.id, "strategy": run.strategy, "url": public_url(config), "live": live}
 
 
 def rollback_options(config: Config, backend: Engine | None = None) -> dict[str, Any]:
@@ -452,12 +340,9 @@ def rollback(
         observed = observe(backend, config)
         steps = make_plan(observed)
         return {"result": "planned", "dry_run": True, "version": version, "replicas": replicas, "plan": [s.to_dict() for s in steps]}
-    lock = acquire_lock(config, lock_wait, message or f"rollback to {version}")
-    try:
+    with deploy_lock(config, lock_wait, message or f"rollback to {version}"):
         repair_locked(config, backend)
         return _execute(config, backend, Run("rollback", strategy, version, replicas, message), make_plan)
-    finally:
-        lock.release()
 
 
 def _swarm_rollback(
@@ -474,20 +359,16 @@ def _swarm_rollback(
         raise UsageError(f"there is no image for version {version}", hint="`flashfit rollback` lists the versions")
     if dry_run:
         return _swarm_deploy(client, config, version, dry_run=True)
-    lock = acquire_lock(config, lock_wait, message or f"rollback to {version}")
-    try:
-        with sigterm_as_interrupt():
-            run = Run("rollback", "swarm-rolling", version, config.replicas, message)
-            on_step = lambda step: console.step(step.describe())  # noqa: E731
-            return _swarm_recorded(config, client, run, lambda: swarm.rollback(client, config, version, on_step=on_step))
-    finally:
-        lock.release()
+    with deploy_lock(config, lock_wait, message or f"rollback to {version}"):
+        run = Run("rollback", "swarm-rolling", version, config.replicas, message)
+        on_step = lambda step: console.step(step.describe())  # noqa: E731
+        return _swarm_recorded(config, client, run, lambda: swarm.rollback(client, config, version, on_step=on_step))
 
 
 def _history_disagreements(config: Config, routed_version: str | None) -> tuple[dict[str, Any] | None, list[str]]:
     """The last history entry, and where the history disagrees with what nginx routes to."""
     entries = hist.entries(history_path(config))
-    last = entries[-1] if entries else None
+    last = hist.last_service_entry(history_path(config))
     found: list[str] = []
     if last is not None and last.get("result") == "interrupted":
         found.append(f"the last {last.get('kind', 'deploy')} ({last.get('version') or '-'}, id {last.get('id')}) was interrupted")
@@ -592,11 +473,8 @@ def repair(config: Config, *, dry_run: bool = False, lock_wait: float | None = N
         observed = with_health(backend, config, observe(backend, config))
         planned = plan_repair(config, observed, restart_stopped=not stopped_on_purpose(config))
         return {"result": "planned", "dry_run": True, "kind": "repair", **planned.to_dict()}
-    lock = acquire_lock(config, lock_wait, "repair")
-    try:
+    with deploy_lock(config, lock_wait, "repair"):
         return repair_locked(config, backend) or {"result": "nothing to repair", "kind": "repair", "plan": [], "findings": []}
-    finally:
-        lock.release()
 
 
 def repair_locked(config: Config, backend: Engine) -> dict[str, Any] | None:
@@ -619,17 +497,16 @@ def repair_locked(config: Config, backend: Engine) -> dict[str, Any] | None:
         console.warn("repairing first: " + "; ".join(planned.findings or ("leftovers of an interrupted deploy",)))
     version = planned.view.live_version
     run = Run("repair", "repair", version if version != "mixed" else None, message="; ".join(planned.findings)[:500])
-    with sigterm_as_interrupt():
-        restart = not stopped_on_purpose(config)
-        result = _execute(config, backend, run, lambda o: list(plan_repair(config, o, restart_stopped=restart).steps))
+    restart = not stopped_on_purpose(config)
+    result = _execute(config, backend, run, lambda o: list(plan_repair(config, o, restart_stopped=restart).steps))
     result["findings"] = list(planned.findings)
     return result
 
 
 def stopped_on_purpose(config: Config) -> bool:
     """The last recorded command was a successful `flashfit stop`: stopped containers stay so."""
-    entries = hist.entries(history_path(config))
-    return bool(entries) and entries[-1].get("kind") == "stop" and entries[-1].get("result") == "success"
+    last = hist.last_service_entry(history_path(config))
+    return last is not None and last.get("kind") == "stop" and last.get("result") == "success"
 
 
 def lifecycle(
@@ -663,14 +540,10 @@ def lifecycle(
         observed = with_health(backend, config, observe(backend, config))
         steps = make_plan(observed)
         return {"result": "planned", "dry_run": True, "kind": kind, "version": version_of(observed), "plan": [s.to_dict() for s in steps]}
-    lock = acquire_lock(config, lock_wait, message or kind)
-    try:
+    with deploy_lock(config, lock_wait, message or kind):
         observed = observe(backend, config)
         run = Run(kind, kind, version_of(observed), None, message)
-        with sigterm_as_interrupt():
-            return _execute(config, backend, run, make_plan)
-    finally:
-        lock.release()
+        return _execute(config, backend, run, make_plan)
 
 
 def history(config: Config, limit: int | None = None) -> list[dict[str, Any]]:

@@ -37,7 +37,7 @@ def health(request: Request) -> dict:
         fields.MODELS: {f"{slot}{fields.MODEL_LOADED_SUFFIX}": service.registry.is_loaded(slot) for slot in MODELS},
         fields.VECTOR_STORES: {f"{name}{fields.INDEX_SIZE_SUFFIX}": size for name, size in sizes.items()},
         fields.DEVICE: service.registry.device_info(),
-    }
+    } | ({fields.CATALOG_SYNC: service.replica.status()} if service.replica is not None else {})
 
 
 @router.get("/ready", responses={503: {"description": "still loading, or a model failed to load"}})
@@ -58,10 +58,19 @@ def ready(request: Request) -> JSONResponse:
         problems["startup"] = request.app.state.startup_error
     if service.datastore.problem:  # a newer data folder on disk that this worker refused
         problems["data_folder"] = service.datastore.problem
+    sync_ready = True
+    if service.replica is not None:  # a shared catalogue: not ready before this node has caught up
+        replica = service.replica
+        checks[fields.CATALOG_SYNC] = replica.readiness() or f"following: commit {replica.applied_seq} applied"
+        sync_ready = replica.caught_up
+        if replica.problem and not replica.caught_up and replica.refused:
+            problems[fields.CATALOG_SYNC] = replica.problem
+        elif replica.problem:
+            checks[fields.CATALOG_SYNC] = f"{checks['catalog_sync']}; {replica.problem}"
     if problems:
         checks[fields.ERRORS] = problems
     is_ready = bool(checks[fields.MODELS_LOADED] and checks[fields.VECTOR_STORES_READY]) and not problems
-    is_ready = is_ready and workers_ready
+    is_ready = is_ready and workers_ready and sync_ready
     # "failed": it will never become ready (a model or a store failed to load), so a deploy gate
     # stops at once instead of waiting out its deadline; "not_ready": still loading.
     state = fields.READY if is_ready else (fields.FAILED if problems else fields.NOT_READY)

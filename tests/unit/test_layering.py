@@ -29,9 +29,6 @@ SDKS = ("docker", "boto3", "botocore")
 # Edges that close a cycle today, each owned by a change in flight; remove an entry when its
 # import goes, and never add one without naming who removes it.
 KNOWN_CYCLE_EDGES = {
-    # images/prune.py takes the deploy lock and history from execute/service.py while execute
-    # lists image tags through images/prune.py: removed by issue 10 item 2 (recorded_run).
-    ("flashfit_ops.images.prune", "flashfit_ops.execute"),
     # The scrape targets follow the proxy's applied slots, read by execute/proxy.py, while the
     # executor rewrites the targets at each switch (not yet assigned; the proxy folder reader
     # could move beside plan/common.py's proxy_dir).
