@@ -214,9 +214,7 @@ def _execute(
 
     observed = with_health(backend, config, observe(backend, config))
     deploy_id = new_deploy_id()
-    steps = make_plan(observed)
-    if run.kind in KEEPS_SERVING and (steps or observed.keeper_state != "running"):
-        steps += _keeper(config, observed, steps)
+    steps = with_keeper(config, observed, run.kind, make_plan(observed))
     info = LockInfo.mine()
     started = _history_start(config, run, deploy_id, observed.live_version, info)
     from flashfit_ops.execute.lifecycle import LifecycleExecutor
@@ -271,6 +269,14 @@ def _execute(
 KEEPS_SERVING = ("deploy", "rollback", "repair", "start")
 
 
+def with_keeper(config: Config, observed: Observed, kind: str, steps: list[Step]) -> list[Step]:
+    """`steps`, ending with the keeper's step where `kind` leaves something serving (also what
+    dry runs print, so the plan shows it)."""
+    if kind in KEEPS_SERVING and (steps or observed.keeper_state != "running"):
+        return [*steps, *_keeper(config, observed, steps)]
+    return steps
+
+
 def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]:
     """The keeper step, run from the image of the backend the plan leaves in slot 1."""
     from flashfit_ops.plan.keeper import keeper_step
@@ -281,7 +287,12 @@ def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]
     first = traffic[-1].slots[0] if traffic else (observed.live_names or ("",))[0]
     container = observed.by_name(first)
     image = started.get(first) or (container.image if container is not None else None)
-    return keeper_step(config, image, os.environ.get("DOCKER_HOST"))
+    if not config.deploy.keeper and observed.keeper_state != "missing":
+        from flashfit_ops.plan.keeper import keeper_name
+        from flashfit_ops.plan.steps import RemoveContainer
+
+        return [RemoveContainer(keeper_name(config.project), reason="deploy.keeper: false")]
+    return [*keeper_step(config, image, os.environ.get("DOCKER_HOST"))]
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -321,7 +332,7 @@ def deploy(
     if dry_run:
         observed = observe(backend, config)
         target = Target(version=version, deploy_id=new_deploy_id(), replicas=replicas)
-        steps = plan_deploy(strategy, config, observed, target)
+        steps = with_keeper(config, observed, "deploy", plan_deploy(strategy, config, observed, target))
         return {
             "result": "planned",
             "dry_run": True,
@@ -437,7 +448,7 @@ def rollback(
 
     if dry_run:
         observed = observe(backend, config)
-        steps = make_plan(observed)
+        steps = with_keeper(config, observed, "rollback", make_plan(observed))
         return {"result": "planned", "dry_run": True, "version": version, "replicas": replicas, "plan": [s.to_dict() for s in steps]}
     lock = acquire_lock(config, lock_wait, message or f"rollback to {version}")
     try:
@@ -520,7 +531,7 @@ def status(config: Config) -> dict[str, Any]:
     live_ready = [c for c in containers if c["live"] and c.get("ready")]
     serving = observed.proxy.running and bool(live_ready)
     disagreements = [*repair.findings, *history_findings]
-    if routed and observed.keeper_state != "running" and not stopped_on_purpose(config):
+    if routed and config.deploy.keeper and observed.keeper_state != "running" and not stopped_on_purpose(config):
         disagreements.append(f"the keeper is {observed.keeper_state}: a killed proxy or backend comes back only with `flashfit repair`")
     hint = None
     if stopped_on_purpose(config):
@@ -578,7 +589,8 @@ def repair(config: Config, *, dry_run: bool = False, lock_wait: float | None = N
     if dry_run:
         observed = with_health(backend, config, observe(backend, config))
         planned = plan_repair(config, observed, restart_stopped=not stopped_on_purpose(config))
-        return {"result": "planned", "dry_run": True, "kind": "repair", **planned.to_dict()}
+        steps = with_keeper(config, observed, "repair", list(planned.steps)) if planned.steps else []
+        return {"result": "planned", "dry_run": True, "kind": "repair", **planned.to_dict(), "plan": [s.to_dict() for s in steps]}
     lock = acquire_lock(config, lock_wait, "repair")
     try:
         return repair_locked(config, backend) or {"result": "nothing to repair", "kind": "repair", "plan": [], "findings": []}
@@ -595,7 +607,8 @@ def repair_locked(config: Config, backend: Any) -> dict[str, Any] | None:
     from flashfit_ops.plan.keeper import engine_socket
 
     keeper_down = (
-        observed.keeper_state != "running"
+        config.deploy.keeper
+        and observed.keeper_state != "running"
         and not on_purpose
         and any(c.running for c in observed.live)
         and engine_socket(os.environ.get("DOCKER_HOST")) is not None
@@ -648,7 +661,7 @@ def lifecycle(
 
     if dry_run:
         observed = with_health(backend, config, observe(backend, config))
-        steps = make_plan(observed)
+        steps = with_keeper(config, observed, kind, make_plan(observed))
         return {"result": "planned", "dry_run": True, "kind": kind, "version": version_of(observed), "plan": [s.to_dict() for s in steps]}
     lock = acquire_lock(config, lock_wait, message or kind)
     try:
