@@ -277,6 +277,12 @@ def with_keeper(config: Config, observed: Observed, kind: str, steps: list[Step]
     return steps
 
 
+def keeper_preview(config: Config, observed: Observed, kind: str, steps: list[Step]) -> list[dict[str, Any]]:
+    """For dry runs: the keeper step the command appends after its plan (kept apart from `plan`,
+    which is the plan of the strategy or repair itself)."""
+    return [s.to_dict() for s in with_keeper(config, observed, kind, steps)[len(steps) :]]
+
+
 def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]:
     """The keeper step, run from the image of the backend the plan leaves in slot 1."""
     from flashfit_ops.plan.keeper import keeper_step
@@ -332,8 +338,9 @@ def deploy(
     if dry_run:
         observed = observe(backend, config)
         target = Target(version=version, deploy_id=new_deploy_id(), replicas=replicas)
-        steps = with_keeper(config, observed, "deploy", plan_deploy(strategy, config, observed, target))
+        steps = plan_deploy(strategy, config, observed, target)
         return {
+            "keeper": keeper_preview(config, observed, "deploy", steps),
             "result": "planned",
             "dry_run": True,
             "strategy": strategy,
@@ -448,8 +455,9 @@ def rollback(
 
     if dry_run:
         observed = observe(backend, config)
-        steps = with_keeper(config, observed, "rollback", make_plan(observed))
-        return {"result": "planned", "dry_run": True, "version": version, "replicas": replicas, "plan": [s.to_dict() for s in steps]}
+        steps = make_plan(observed)
+        keeper = keeper_preview(config, observed, "rollback", steps)
+        return {"result": "planned", "dry_run": True, "version": version, "replicas": replicas, "plan": [s.to_dict() for s in steps], "keeper": keeper}
     lock = acquire_lock(config, lock_wait, message or f"rollback to {version}")
     try:
         repair_locked(config, backend)
@@ -589,8 +597,8 @@ def repair(config: Config, *, dry_run: bool = False, lock_wait: float | None = N
     if dry_run:
         observed = with_health(backend, config, observe(backend, config))
         planned = plan_repair(config, observed, restart_stopped=not stopped_on_purpose(config))
-        steps = with_keeper(config, observed, "repair", list(planned.steps)) if planned.steps else []
-        return {"result": "planned", "dry_run": True, "kind": "repair", **planned.to_dict(), "plan": [s.to_dict() for s in steps]}
+        keeper = keeper_preview(config, observed, "repair", list(planned.steps)) if planned.steps else []
+        return {"result": "planned", "dry_run": True, "kind": "repair", **planned.to_dict(), "keeper": keeper}
     lock = acquire_lock(config, lock_wait, "repair")
     try:
         return repair_locked(config, backend) or {"result": "nothing to repair", "kind": "repair", "plan": [], "findings": []}
@@ -661,8 +669,9 @@ def lifecycle(
 
     if dry_run:
         observed = with_health(backend, config, observe(backend, config))
-        steps = with_keeper(config, observed, kind, make_plan(observed))
-        return {"result": "planned", "dry_run": True, "kind": kind, "version": version_of(observed), "plan": [s.to_dict() for s in steps]}
+        steps = make_plan(observed)
+        keeper = keeper_preview(config, observed, kind, steps)
+        return {"result": "planned", "dry_run": True, "kind": kind, "version": version_of(observed), "plan": [s.to_dict() for s in steps], "keeper": keeper}
     lock = acquire_lock(config, lock_wait, message or kind)
     try:
         observed = observe(backend, config)
