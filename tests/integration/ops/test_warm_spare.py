@@ -28,7 +28,7 @@ def project(tmp_path: Path):
         deploy__strategy="blue-green",
         deploy__spare_replicas=1,
     )
-    project.tag(fake_image("good", BOOT_DELAY=1), "v1")
+    project.tag(fake_image("good", BOOT_DELAY="1"), "v1")
     yield project
     project.cleanup()
 
@@ -61,7 +61,7 @@ def deployed_with_a_spare(project) -> tuple[str, str]:
     assert result.code == 0, result.stderr
     kinds = [s["kind"] for s in result.json()["plan"]]
     assert kinds[-2:] == ["ensure_spares", "ensure_keeper"]
-    live = slot_target(sockets(project), 1)
+    live = slot_target(sockets(project), 1) or ""
     running = {c.name for c in project.backends(state="running", version="v1")}
     assert live in running and len(running) == 2
     (spare,) = running - {live}

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from flashfit_ops.execute.health import GateSettings, ProbeResult
+from flashfit_ops.config.model import Config
 from flashfit_ops.execute.lifecycle import LifecycleExecutor
 from flashfit_ops.plan import plan_deploy
 from flashfit_ops.plan.common import Target
@@ -15,7 +17,7 @@ from tests.unit.ops.test_execute_executor import FakeBackend, FakeClock, FakePro
 from tests.unit.ops.test_plan_strategies import NEW, backend, make_config, name, observed
 
 
-def make(tmp_path: Path, fake: FakeBackend, clock: FakeClock, probes: dict | None = None) -> tuple[LifecycleExecutor, object]:
+def make(tmp_path: Path, fake: FakeBackend, clock: FakeClock, probes: dict[str, Any] | None = None) -> tuple[LifecycleExecutor, Config]:
     config = make_config(tmp_path, **{"deploy.spare_replicas": 1, "deploy.deadline": "30s"})
     probes = probes or {}
     warnings: list[str] = []
@@ -23,7 +25,7 @@ def make(tmp_path: Path, fake: FakeBackend, clock: FakeClock, probes: dict | Non
         fake,
         config,
         secrets={"JWT_SECRET_KEY": "s3cret-value-long-enough"},
-        proxy=FakeProxy(fake),
+        proxy=FakeProxy(fake),  # type: ignore[arg-type]  # the fake at the seam
         probe_for=lambda c: probes.get(c, lambda path, timeout: ProbeResult(True, 200)),
         gate=GateSettings.from_config(config),
         clock=clock,

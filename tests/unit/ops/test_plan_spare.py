@@ -121,7 +121,9 @@ def test_repair_keeps_a_linked_running_spare_and_needs_nothing(tmp_path: Path) -
     assert plan_repair(config, state).steps == ()
     # Without the standby link the same container is no spare: it goes, and a spare is made.
     steps = plan_repair(config, observed([blue, spare], live=[blue])).steps
-    assert spare.name in touched(steps) and [s.name for s in steps[-1].start] == [backend("blue", 3).name]
+    last = steps[-1]
+    assert isinstance(last, EnsureSpares) and spare.name in touched(steps)
+    assert [s.name for s in last.start] == [backend("blue", 3).name]
 
 
 def test_after_a_keeper_failover_repair_starts_the_dead_one_again_as_the_spare(tmp_path: Path) -> None:
