@@ -353,7 +353,7 @@ def deploy(
         }
     lock = acquire_lock(config, lock_wait, message)
     try:
-        repair_locked(config, backend)  # service first: a killed proxy or dead backend is restored now
+        repair_locked(config, backend, spares=False)  # service first: a killed proxy or dead backend is restored now
         with sigterm_as_interrupt():
             ensure_image(backend, config, version)
             monitoring = monitoring_for_deploy(config, backend)  # long-lived: kept unless changed
@@ -460,7 +460,7 @@ def rollback(
         return {"result": "planned", "dry_run": True, "version": version, "replicas": replicas, "plan": [s.to_dict() for s in steps], "keeper": keeper}
     lock = acquire_lock(config, lock_wait, message or f"rollback to {version}")
     try:
-        repair_locked(config, backend)
+        repair_locked(config, backend, spares=False)
         return _execute(config, backend, Run("rollback", strategy, version, replicas, message), make_plan)
     finally:
         lock.release()
@@ -523,6 +523,9 @@ def status(config: Config) -> dict[str, Any]:
     routed_version = routed_versions.pop() if len(routed_versions) == 1 else ("mixed" if routed_versions else None)
     routed_colors = {c.color for n in routed if (c := observed.by_name(n)) is not None}
     last, history_findings = _history_disagreements(config, routed_version)
+    from flashfit_ops.plan.spare import spares_of
+
+    spares = spares_of(observed, routed)  # warm spares: out of rotation, behind the standby slots
     containers = []
     for c in observed.containers:
         entry = {
@@ -532,6 +535,7 @@ def status(config: Config) -> dict[str, Any]:
             "replica": c.replica,
             "state": c.state,
             "live": c.name in routed,
+            "spare": c.name in spares,
             "deploy_id": c.deploy_id,
         }
         entry.update(probes.get(c.name, {"ready": False, "alive": False}))
@@ -606,12 +610,13 @@ def repair(config: Config, *, dry_run: bool = False, lock_wait: float | None = N
         lock.release()
 
 
-def repair_locked(config: Config, backend: Any) -> dict[str, Any] | None:
+def repair_locked(config: Config, backend: Any, *, spares: bool = True) -> dict[str, Any] | None:
     """Under the caller's lock: carry out the repair plan when there is one (recorded in the
-    history as a `repair`); None when everything is consistent."""
+    history as a `repair`); None when everything is consistent. `spares`: False before a deploy
+    or rollback, whose plan makes the new version's spares (no spare of the old one is started)."""
     observed = with_health(backend, config, observe(backend, config))
     on_purpose = stopped_on_purpose(config)
-    planned = plan_repair(config, observed, restart_stopped=not on_purpose)
+    planned = plan_repair(config, observed, restart_stopped=not on_purpose, spares=spares)
     from flashfit_ops.plan.keeper import engine_socket
 
     keeper_down = (
@@ -629,7 +634,7 @@ def repair_locked(config: Config, backend: Any) -> dict[str, Any] | None:
     run = Run("repair", "repair", version if version != "mixed" else None, message="; ".join(planned.findings)[:500])
     with sigterm_as_interrupt():
         restart = not stopped_on_purpose(config)
-        result = _execute(config, backend, run, lambda o: list(plan_repair(config, o, restart_stopped=restart).steps))
+        result = _execute(config, backend, run, lambda o: list(plan_repair(config, o, restart_stopped=restart, spares=spares).steps))
     result["findings"] = list(planned.findings)
     return result
 

@@ -89,9 +89,10 @@ def _standby_elsewhere(proxy: ProxyState, live: tuple[str, ...], spares: tuple[s
     return set(proxy.standby) != set(live)
 
 
-def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = True) -> Repair:
+def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = True, spares: bool = True) -> Repair:
     """restart_stopped: start the live containers again when none runs (repair, start); not after
-    a deliberate `flashfit stop`, nor inside a deploy's own plan (its explicit repair ran first)."""
+    a deliberate `flashfit stop`, nor inside a deploy's own plan (its explicit repair ran first).
+    spares: bring the warm spares back too (not before a deploy or rollback, which replaces them)."""
     proxy = observed.proxy
     if proxy.legacy:
         # Its containers and config predate the slots: nothing to repair, and the deploy's own
@@ -102,7 +103,7 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
     if proxy.stray_files:
         steps.append(CleanProxyFiles(files=tuple(proxy.stray_files)))
     live, restart, findings = _choose_live(observed, restart_stopped)
-    spares = spare.spares_of(observed, live)  # warm spares of the live version: kept as they are
+    warm = spare.spares_of(observed, live)  # warm spares of the live version: kept as they are
     if restart:
         steps += [RestartContainer(name) for name in restart]
         steps.append(WaitReady(names=restart, deadline=config.deploy.deadline))
@@ -111,7 +112,7 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
 
         findings.append(f"the proxy {proxy.name} is {proxy.state}")
         steps.append(EnsureProxy(spec=proxy_spec(config), slots=live))
-    elif live and (restart or live != proxy.applied or proxy.config != proxy.applied or _standby_elsewhere(proxy, live, spares)):
+    elif live and (restart or live != proxy.applied or proxy.config != proxy.applied or _standby_elsewhere(proxy, live, warm)):
         # After a restart too: the switch proves through every slot and the proxy that they serve.
         # Standby slots still on a previous version (a deploy killed in its monitor window) follow
         # the live ones (or their running spares), so the old version can be drained for good
@@ -136,7 +137,7 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
         if container.name in live:
             state = "running" if container.name in restart else container.state
             remaining.append(dataclasses.replace(container, state=state))
-        elif container.name in spares:
+        elif container.name in warm:
             remaining.append(container)
         elif never_served(container):
             steps.append(RemoveContainer(container.name, reason="leftover of a deploy that never switched"))
@@ -149,7 +150,7 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
             remaining.append(container)
     if lingering:
         steps.append(Drain(names=tuple(lingering), timeout=config.deploy.drain_timeout))
-    if restart_stopped and live:
+    if restart_stopped and spares and live:
         # Service and tidying first; then the warm spares (deploy.spare_replicas) come back.
         steps += spare.maintain(config, observed, live)
     view = dataclasses.replace(

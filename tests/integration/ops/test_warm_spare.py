@@ -81,6 +81,7 @@ def fails_over(project, dead: str, spare: str) -> None:
     assert status.code == 0, status.stdout
     doc = status.json()
     assert doc["serving"] and doc["live_version"] == "v1"
+    assert {c["name"]: (c["live"], c["spare"]) for c in doc["containers"]} == {spare: (True, False), dead: (False, True)}
 
 
 def test_killed_only_live_backend_fails_over_to_the_spare_without_an_operator(project) -> None:

@@ -162,6 +162,8 @@ def test_repair_creates_a_missing_spare_from_the_live_version(tmp_path: Path) ->
     steps = plan_repair(config, observed([live], live=[live])).steps
     assert steps == (EnsureSpares(live=(live.name,), start=(backend_spec(config, Target("v1", OLD), "blue", 2),), deadline=60.0),)
     assert not any(isinstance(s, StartContainer) for s in steps)
+    # Before a deploy or rollback no spare of the version being replaced is started.
+    assert plan_repair(config, observed([live], live=[live]), spares=False).steps == ()
 
 
 def test_the_keeper_can_be_switched_off(tmp_path: Path) -> None:
