@@ -93,7 +93,7 @@ def _report(result: dict[str, Any], json_output: bool, verb: str, config: Any = 
         if image and not result.get("image_exists", True):
             console.info(f"{image} does not exist: a deploy would build it first")
         console.info(f"plan ({result.get('strategy', 'rollback')}, version {result.get('version')}):")
-        print_plan(result["plan"])
+        print_plan([*result["plan"], *result.get("keeper", [])])  # the keeper step runs after the plan
         if "monitor_window_behaviour" in result:
             console.info(result["monitor_window_behaviour"])
             reloads = result["nginx_reloads"]

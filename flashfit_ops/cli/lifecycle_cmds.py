@@ -23,7 +23,7 @@ def _report(result: dict[str, Any], json_output: bool, done: str) -> None:
         console.warn(escape(finding))
     if result.get("dry_run"):
         console.info(f"plan ({result['kind']}):")
-        print_plan(result["plan"])
+        print_plan([*result["plan"], *result.get("keeper", [])])  # the keeper step runs after the plan
         if not result["plan"]:
             console.info("  nothing to do")
         console.info("dry run: nothing changed")

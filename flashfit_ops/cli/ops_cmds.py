@@ -60,7 +60,7 @@ def _print_status(result: dict) -> None:
     console.info(f"  proxy {proxy['name']}: {proxy['state']} -> {', '.join(proxy['upstreams']) or 'nothing'}")
     for c in result["containers"]:
         health = "ready" if c.get("ready") else ("alive" if c.get("alive") else "-")
-        live = "live" if c["live"] else ""
+        live = "live" if c["live"] else ("spare" if c.get("spare") else "")
         console.print_data(f"  {c['name']}\t{c['version']}\t{c['color']}\t{c['state']}\t{health}\t{live}")
     for line in result["disagreements"]:
         console.warn(escape(line))

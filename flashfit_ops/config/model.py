@@ -221,6 +221,10 @@ class DeployConfig(Strict):
     keep_versions: int = Field(3, ge=1, le=50)
     warm_standby: bool = True  # the previous version runs (out of rotation) through the monitor window
     max_replicas: int = Field(8, ge=1, le=64)  # upstream slots: replica counts up to this switch with no nginx reload
+    # Warm spares of the live version, out of rotation behind the standby slots: a live backend
+    # that is killed or stopped is replaced by a relink (no cold start). Each costs one backend's memory.
+    spare_replicas: int = Field(0, ge=0, le=8)
+    keeper: bool = True  # run <project>-keeper, which brings a killed proxy or backend back without an operator
 
 
 class TLSConfig(Strict):

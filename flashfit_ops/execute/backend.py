@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from flashfit_ops.engine.errors import ENGINE_HINT, engine_errors
 from flashfit_ops.engine.protocol import Container, ContainerInfo, Engine, EngineClient
 from flashfit_ops.plan.common import LABEL_PROJECT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE, SOCKET_DIR, EngineGpus
+from flashfit_ops.plan.keeper import KEEPER_PROXY_DIR, KEEPER_SOCKETS
 from flashfit_ops.plan.steps import ContainerSpec, EnsureKeeper, GpuRequest, ProxySpec
 from flashfit_ops.service_spec import Healthcheck, Logging
 
@@ -225,9 +226,16 @@ class DockerBackend(Engine):
         mounts = [
             Mount("/flashfit-keeper.py", script, type="bind", read_only=True),
             Mount("/flashfit", step.state_dir, type="bind", read_only=True),
+            # Writable: a failover relinks slots and records them (flashfit_ops/plan/spare.py).
+            Mount(KEEPER_SOCKETS, f"{step.state_dir}/sockets", type="bind"),
+            Mount(KEEPER_PROXY_DIR, f"{step.state_dir}/proxy", type="bind"),
             Mount("/var/run/docker.sock", step.engine_socket, type="bind"),
         ]
-        environment = {"KEEPER_PROJECT": step.labels.get(LABEL_PROJECT, ""), "KEEPER_PROXY": step.proxy}
+        environment = {
+            "KEEPER_PROJECT": step.labels.get(LABEL_PROJECT, ""),
+            "KEEPER_PROXY": step.proxy,
+            "KEEPER_READY_PATH": step.ready_path,
+        }
         container = self.client.containers.create(
             step.image,
             name=step.name,

@@ -144,9 +144,7 @@ def _execute(
     from flashfit_ops.config.secrets import load_secrets
 
     observed = with_health(backend, config, observe(backend, config))
-    steps = make_plan(observed)
-    if run.kind in KEEPS_SERVING and (steps or observed.keeper_state != "running"):
-        steps += _keeper(config, observed, steps)
+    steps = with_keeper(config, observed, run.kind, make_plan(observed))
     from flashfit_ops.execute.lifecycle import LifecycleExecutor
 
     executor = (executor_factory or LifecycleExecutor)(backend, config, secrets=load_secrets(config))
@@ -186,6 +184,20 @@ def _execute(
 KEEPS_SERVING = ("deploy", "rollback", "repair", "start")
 
 
+def with_keeper(config: Config, observed: Observed, kind: str, steps: list[Step]) -> list[Step]:
+    """`steps`, ending with the keeper's step where `kind` leaves something serving (also what
+    dry runs print, so the plan shows it)."""
+    if kind in KEEPS_SERVING and (steps or observed.keeper_state != "running"):
+        return [*steps, *_keeper(config, observed, steps)]
+    return steps
+
+
+def keeper_preview(config: Config, observed: Observed, kind: str, steps: list[Step]) -> list[dict[str, Any]]:
+    """For dry runs: the keeper step the command appends after its plan (kept apart from `plan`,
+    which is the plan of the strategy or repair itself)."""
+    return [s.to_dict() for s in with_keeper(config, observed, kind, steps)[len(steps) :]]
+
+
 def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]:
     """The keeper step, run from the image of the backend the plan leaves in slot 1."""
     from flashfit_ops.plan.keeper import keeper_step
@@ -196,6 +208,11 @@ def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]
     first = traffic[-1].slots[0] if traffic else (observed.live_names or ("",))[0]
     container = observed.by_name(first)
     image = started.get(first) or (container.image if container is not None else None)
+    if not config.deploy.keeper and observed.keeper_state != "missing":
+        from flashfit_ops.plan.keeper import keeper_name
+        from flashfit_ops.plan.steps import RemoveContainer
+
+        return [RemoveContainer(keeper_name(config.project), reason="deploy.keeper: false")]
     return [*keeper_step(config, image, os.environ.get("DOCKER_HOST"))]
 
 
@@ -234,6 +251,7 @@ def deploy(
         target = Target(version=version, deploy_id=new_deploy_id(), replicas=replicas)
         steps = plan_deploy(strategy, config, observed, target)
         return {
+            "keeper": keeper_preview(config, observed, "deploy", steps),
             "result": "planned",
             "dry_run": True,
             "strategy": strategy,
@@ -245,7 +263,7 @@ def deploy(
             "plan": [s.to_dict() for s in steps],
         }
     with deploy_lock(config, lock_wait, message):
-        repair_locked(config, backend)  # service first: a killed proxy or dead backend is restored now
+        repair_locked(config, backend, spares=False)  # service first: a killed proxy or dead backend is restored now
         ensure_image(backend, client, config, version)
         monitoring = monitoring_for_deploy(config, backend, client)  # long-lived: kept unless changed
         run = Run("deploy", strategy, version, replicas, message)
@@ -339,9 +357,10 @@ def rollback(
     if dry_run:
         observed = observe(backend, config)
         steps = make_plan(observed)
-        return {"result": "planned", "dry_run": True, "version": version, "replicas": replicas, "plan": [s.to_dict() for s in steps]}
+        keeper = keeper_preview(config, observed, "rollback", steps)
+        return {"result": "planned", "dry_run": True, "version": version, "replicas": replicas, "plan": [s.to_dict() for s in steps], "keeper": keeper}
     with deploy_lock(config, lock_wait, message or f"rollback to {version}"):
-        repair_locked(config, backend)
+        repair_locked(config, backend, spares=False)
         return _execute(config, backend, Run("rollback", strategy, version, replicas, message), make_plan)
 
 
@@ -398,6 +417,9 @@ def status(config: Config) -> dict[str, Any]:
     routed_version = routed_versions.pop() if len(routed_versions) == 1 else ("mixed" if routed_versions else None)
     routed_colors = {c.color for n in routed if (c := observed.by_name(n)) is not None}
     last, history_findings = _history_disagreements(config, routed_version)
+    from flashfit_ops.plan.spare import spares_of
+
+    spares = spares_of(observed, routed)  # warm spares: out of rotation, behind the standby slots
     containers = []
     for c in observed.containers:
         entry = {
@@ -407,6 +429,7 @@ def status(config: Config) -> dict[str, Any]:
             "replica": c.replica,
             "state": c.state,
             "live": c.name in routed,
+            "spare": c.name in spares,
             "deploy_id": c.deploy_id,
         }
         entry.update(probes.get(c.name, {"ready": False, "alive": False}))
@@ -414,7 +437,7 @@ def status(config: Config) -> dict[str, Any]:
     live_ready = [c for c in containers if c["live"] and c.get("ready")]
     serving = observed.proxy.running and bool(live_ready)
     disagreements = [*repair.findings, *history_findings]
-    if routed and observed.keeper_state != "running" and not stopped_on_purpose(config):
+    if routed and config.deploy.keeper and observed.keeper_state != "running" and not stopped_on_purpose(config):
         disagreements.append(f"the keeper is {observed.keeper_state}: a killed proxy or backend comes back only with `flashfit repair`")
     hint = None
     if stopped_on_purpose(config):
@@ -472,21 +495,24 @@ def repair(config: Config, *, dry_run: bool = False, lock_wait: float | None = N
     if dry_run:
         observed = with_health(backend, config, observe(backend, config))
         planned = plan_repair(config, observed, restart_stopped=not stopped_on_purpose(config))
-        return {"result": "planned", "dry_run": True, "kind": "repair", **planned.to_dict()}
+        keeper = keeper_preview(config, observed, "repair", list(planned.steps)) if planned.steps else []
+        return {"result": "planned", "dry_run": True, "kind": "repair", **planned.to_dict(), "keeper": keeper}
     with deploy_lock(config, lock_wait, "repair"):
         return repair_locked(config, backend) or {"result": "nothing to repair", "kind": "repair", "plan": [], "findings": []}
 
 
-def repair_locked(config: Config, backend: Engine) -> dict[str, Any] | None:
+def repair_locked(config: Config, backend: Engine, *, spares: bool = True) -> dict[str, Any] | None:
     """Under the caller's lock: carry out the repair plan when there is one (recorded in the
-    history as a `repair`); None when everything is consistent."""
+    history as a `repair`); None when everything is consistent. `spares`: False before a deploy
+    or rollback, whose plan makes the new version's spares (no spare of the old one is started)."""
     observed = with_health(backend, config, observe(backend, config))
     on_purpose = stopped_on_purpose(config)
-    planned = plan_repair(config, observed, restart_stopped=not on_purpose)
+    planned = plan_repair(config, observed, restart_stopped=not on_purpose, spares=spares)
     from flashfit_ops.plan.keeper import engine_socket
 
     keeper_down = (
-        observed.keeper_state != "running"
+        config.deploy.keeper
+        and observed.keeper_state != "running"
         and not on_purpose
         and any(c.running for c in observed.live)
         and engine_socket(os.environ.get("DOCKER_HOST")) is not None
@@ -498,7 +524,7 @@ def repair_locked(config: Config, backend: Engine) -> dict[str, Any] | None:
     version = planned.view.live_version
     run = Run("repair", "repair", version if version != "mixed" else None, message="; ".join(planned.findings)[:500])
     restart = not stopped_on_purpose(config)
-    result = _execute(config, backend, run, lambda o: list(plan_repair(config, o, restart_stopped=restart).steps))
+    result = _execute(config, backend, run, lambda o: list(plan_repair(config, o, restart_stopped=restart, spares=spares).steps))
     result["findings"] = list(planned.findings)
     return result
 
@@ -539,7 +565,8 @@ def lifecycle(
     if dry_run:
         observed = with_health(backend, config, observe(backend, config))
         steps = make_plan(observed)
-        return {"result": "planned", "dry_run": True, "kind": kind, "version": version_of(observed), "plan": [s.to_dict() for s in steps]}
+        keeper = keeper_preview(config, observed, kind, steps)
+        return {"result": "planned", "dry_run": True, "kind": kind, "version": version_of(observed), "plan": [s.to_dict() for s in steps], "keeper": keeper}
     with deploy_lock(config, lock_wait, message or kind):
         observed = observe(backend, config)
         run = Run(kind, kind, version_of(observed), None, message)
