@@ -48,7 +48,7 @@ def slot_links(ctx: DoctorContext) -> dict[str, str]:
     unix:/run/flashfit/slot-<n>.sock and its standby slots, each a link (in .flashfit/sockets) to one
     backend's socket."""
     try:
-        from flashfit_ops.execute.proxy import upstream_links
+        from flashfit_ops.proxy_files import upstream_links
     except ImportError:
         return {}
     return upstream_links(ctx.proxy_dir.parent / "sockets")

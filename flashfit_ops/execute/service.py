@@ -540,7 +540,7 @@ def lifecycle(
 ) -> dict[str, Any]:
     """`flashfit stop | start | down`: a plan (data), carried out under the deploy lock and
     recorded in the history like a deploy."""
-    from flashfit_ops.execute.proxy import slot_links
+    from flashfit_ops.proxy_files import slot_links
     from flashfit_ops.plan.common import sockets_dir
     from flashfit_ops.plan.lifecycle import plan_down, plan_start, plan_stop
 

@@ -172,7 +172,7 @@ def monitoring_for_deploy(config: Config, backend: Engine, client: EngineClient)
     if not config.monitoring.enabled:
         return {}
     from flashfit_ops.config.secrets import load_secrets
-    from flashfit_ops.execute.proxy import read_files
+    from flashfit_ops.proxy_files import read_files
     from flashfit_ops.plan.common import proxy_dir, sockets_dir
 
     console.step("monitoring")

@@ -113,7 +113,7 @@ def settle(config: Config) -> None:
     containers the slots point to."""
     if not config.monitoring.enabled:
         return
-    from flashfit_ops.execute.proxy import read_files
+    from flashfit_ops.proxy_files import read_files
     from flashfit_ops.plan.common import proxy_dir, sockets_dir
 
     write_targets(config, read_files(proxy_dir(config), sockets_dir(config)).applied)

@@ -27,14 +27,8 @@ PACKAGES = ("flashfit_ops", "flashfit_server", "flashfit_contract")
 SDKS = ("docker", "boto3", "botocore")
 
 # Edges that close a cycle today, each owned by a change in flight; remove an entry when its
-# import goes, and never add one without naming who removes it.
-KNOWN_CYCLE_EDGES = {
-    # The scrape targets follow the proxy's applied slots, read by execute/proxy.py, while the
-    # executor rewrites the targets at each switch (not yet assigned; the proxy folder reader
-    # could move beside plan/common.py's proxy_dir).
-    ("flashfit_ops.monitoring.targets", "flashfit_ops.execute"),
-    ("flashfit_ops.monitoring.runner", "flashfit_ops.execute"),
-}
+# import goes, and never add one without naming who removes it. None today.
+KNOWN_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

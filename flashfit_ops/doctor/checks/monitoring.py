@@ -40,7 +40,7 @@ def monitoring(ctx: DoctorContext) -> Finding:
         return ok("monitoring is off (monitoring.enabled: false)")
     if config.target == "swarm":
         return ok("monitoring under target: swarm runs from the rendered stack; not checked here")
-    from flashfit_ops.execute.proxy import read_files
+    from flashfit_ops.proxy_files import read_files
     from flashfit_ops.plan.common import sockets_dir
 
     live = [n for n in dict.fromkeys(read_files(ctx.proxy_dir, sockets_dir(config)).applied) if n]

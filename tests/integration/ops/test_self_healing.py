@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flashfit_ops.execute.proxy import read_files, slot_links, slot_target
+from flashfit_ops.proxy_files import read_files, slot_links, slot_target
 from tests.integration.ops.fake_backend.harness import Load, docker_client, fake_image, make_project, wait_on_condition
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flashfit_ops.execute.proxy import read_files, short_folder, slot_links, slot_target, standby_socket
+from flashfit_ops.execute.proxy import short_folder
+from flashfit_ops.proxy_files import read_files, slot_links, slot_target, standby_socket
 from tests.integration.ops.fake_backend.harness import docker_client, fake_image, make_project, wait_on_condition
 
 pytestmark = pytest.mark.integration

@@ -12,14 +12,13 @@ from pathlib import Path
 import pytest
 
 from flashfit_ops.errors import OperationFailed
-from flashfit_ops.execute.proxy import (
+from flashfit_ops.execute.proxy import ProxyController, short_folder
+from flashfit_ops.proxy_files import (
     APPLIED_FILE,
     CANDIDATE_FILE,
-    ProxyController,
     parse_slot_count,
     parse_upstreams,
     read_files,
-    short_folder,
     slot_links,
     slot_target,
 )
