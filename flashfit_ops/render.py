@@ -22,7 +22,8 @@ from flashfit_ops.fileio import fsync_dir
 from flashfit_ops.monitoring.rule_tests import rule_tests
 from flashfit_ops.errors import UsageError
 from flashfit_ops.labels import LABEL_COLOR
-from flashfit_ops.service_spec import CONTAINER_PORT, backend_service, is_host_path, probe_command  # re-exported
+from flashfit_ops.plan.common import CONTAINER_SSL_DIR
+from flashfit_ops.service_spec import CONTAINER_PORT, backend_service, image_repository, is_host_path, probe_command  # re-exported
 from flashfit_contract.metrics import (
     HTTP_REQUEST_DURATION_SECONDS,
     HTTP_REQUESTS_TOTAL,
@@ -34,7 +35,6 @@ SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
 COLORS = ("blue", "green")
 # Where the proxy finds certificates inside its container.
-CONTAINER_SSL_DIR = "/etc/nginx/ssl"
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,6 @@ def render_nginx(
 def render_stack(config: Config, version: str | None = None) -> str:
     """docker-stack.yml: the one definition of the Swarm services, used by `flashfit render` and,
     with a concrete version, by `flashfit deploy --target swarm`."""
-    from flashfit_ops.images.registry import image_repository  # with a registry, what nodes pull
-
     image_tag = version or "${FLASHFIT_VERSION:-latest}"
     return render_template("compose/docker-stack.yml.j2", config, image_ref=f"{image_repository(config)}:{image_tag}")
 

@@ -68,6 +68,22 @@ class BackendService:
     labels: tuple[tuple[str, str], ...]  # sorted by name
 
 
+def registry_configured(config: Config) -> bool:
+    return bool(config.registry.server)
+
+
+def registry_repository(config: Config) -> str:
+    """The repository path inside the registry (without the server)."""
+    return config.registry.repository or config.server.image
+
+
+def image_repository(config: Config) -> str:
+    """What deploys name: server/repository with a registry, the local repository without."""
+    if not registry_configured(config):
+        return config.server.image
+    return f"{config.registry.server}/{registry_repository(config)}"
+
+
 def is_host_path(source: str) -> bool:
     """A volume setting starting with / or . is a host folder to bind-mount, else a volume name."""
     return source.startswith(("/", "."))

@@ -22,6 +22,10 @@ from flashfit_ops.config.model import Config
 from flashfit_ops.engine.protocol import EngineClient
 from flashfit_ops.errors import OperationFailed, Unavailable, UsageError
 from flashfit_ops.images.prune import ImageTag, PruneResult, plan_prune
+# The image's name belongs to the service's description (render names it too); re-exported here.
+from flashfit_ops.service_spec import image_repository  # noqa: F401
+from flashfit_ops.service_spec import registry_configured as is_configured
+from flashfit_ops.service_spec import registry_repository as repository
 
 MANIFEST_TYPES = ", ".join(
     [
@@ -41,22 +45,6 @@ PUSH_TIMEOUT = 3600
 class Credentials:
     username: str
     password: str
-
-
-def is_configured(config: Config) -> bool:
-    return bool(config.registry.server)
-
-
-def repository(config: Config) -> str:
-    """The repository path inside the registry (without the server)."""
-    return config.registry.repository or config.server.image
-
-
-def image_repository(config: Config) -> str:
-    """What deploys name: server/repository with a registry, the local repository without."""
-    if not is_configured(config):
-        return config.server.image
-    return f"{config.registry.server}/{repository(config)}"
 
 
 def credentials(config: Config, environ: Mapping[str, str] | None = None) -> Credentials | None:

@@ -43,6 +43,7 @@ BACKEND_PORT = CONTAINER_PORT
 # Where the proxy container sees .flashfit/proxy; nginx runs with -c on a file in it, so an atomic
 # rename of that file is seen (a single-file bind mount would keep the old inode).
 PROXY_CONFIG_DIR = "/etc/flashfit"
+CONTAINER_SSL_DIR = "/etc/nginx/ssl"  # where the proxy reads the TLS certificate and key
 PROXY_CONFIG_FILE = "nginx.conf"
 # The folder shared by the backends and the proxy (.flashfit/sockets on the host). Each backend
 # listens on <container>.sock in it; nginx's upstream lists slot-<n>.sock, links to those sockets:
@@ -219,7 +220,6 @@ def gpu_problem(config: Config, engine: EngineGpus) -> str | None:
 def proxy_spec(config: Config) -> ProxySpec:
     tls_files: list[Mount] = []
     if config.tls.enabled:
-        from flashfit_ops.render import CONTAINER_SSL_DIR
 
         for path in (config.tls.certificate, config.tls.key):
             if path:
