@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from flashfit_server.auth import mint_token
+from tests.integration.ops.test_backup_helpers import CREDENTIALS, start_moto, stop
 
 SECRET = "integration-test-secret-0123456789abcdef"
 
@@ -102,3 +103,16 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, tiny_models: Path) -> 
     server = start_server(tmp_path_factory.mktemp("live"), tiny_models)
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server for one test module, with the test credentials in the environment."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in CREDENTIALS.items():
+            patch.setenv(name, value)
+        proc, endpoint = start_moto()
+        try:
+            yield endpoint
+        finally:
+            stop(proc)

@@ -4,7 +4,6 @@ racing writers, the naive last-writer-wins put that loses a commit, tampered obj
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,22 +11,10 @@ import pytest
 from flashfit_server.atomic import set_fault_hook
 from flashfit_server.replica import Replica
 from flashfit_server.sharedlog import SyncError
-from tests.integration.ops.test_backup_helpers import CREDENTIALS, s3_client, start_moto, stop
+from tests.integration.ops.test_backup_helpers import s3_client
 from tests.server.integration.sync_helpers import new_bucket, new_item, replica, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in CREDENTIALS.items():
-            patch.setenv(name, value)
-        proc, endpoint = start_moto()
-        try:
-            yield endpoint
-        finally:
-            stop(proc)
 
 
 def _race(tmp_path: Path, endpoint: str, conditional: bool) -> tuple[Replica, Replica, Replica, int, list[int]]:

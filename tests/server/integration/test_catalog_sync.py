@@ -13,24 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.ops.test_backup_helpers import CREDENTIALS, s3_client, start_moto, stop
+from tests.integration.ops.test_backup_helpers import s3_client
 from tests.server.conftest import image_bytes
 from tests.server.integration.conftest import LiveServer, start_server
 from tests.server.integration.sync_helpers import new_bucket, server_env, wait_for
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def moto_endpoint() -> Iterator[str]:
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in CREDENTIALS.items():
-            patch.setenv(name, value)
-        proc, endpoint = start_moto()
-        try:
-            yield endpoint
-        finally:
-            stop(proc)
 
 
 @pytest.fixture(scope="module")
