@@ -47,14 +47,15 @@ def segment_name(store: str, seq: int, sha: str) -> str:
     return f"{SEGMENTS_DIR}/{store}-{seq:010d}-{sha[:16]}.seg"
 
 
-def write_segment(folder: Path, store: str, seq: int, ids: np.ndarray, vectors: np.ndarray, sync_dir: bool = True) -> dict:
-    """Write (fsynced, atomically renamed) and return the manifest entry naming it. With
-    `sync_dir=False` the caller fsyncs segments/ before a manifest names the file."""
+def write_segment(folder: Path, store: str, seq: int, ids: np.ndarray, vectors: np.ndarray, sync_dir: bool = True,
+                  sync: bool = True) -> dict:
+    """Write (atomically renamed; fsynced unless `sync=False`) and return the manifest entry
+    naming it. With `sync_dir=False` the caller fsyncs segments/ before a manifest names it."""
     data = encode(ids, vectors)
     sha = sha256_bytes(data)
     name = segment_name(store, seq, sha)
     (folder / SEGMENTS_DIR).mkdir(exist_ok=True)
-    write_bytes_atomic(folder / name, data, sync_dir=sync_dir)
+    write_bytes_atomic(folder / name, data, sync_dir=sync_dir, sync=sync)
     fault_point(f"between-segment-and-manifest:{store}")
     return {"file": name, "seq": seq, "count": len(ids), "size": len(data), "sha256": sha}
 

@@ -182,6 +182,26 @@ def test_a_manifest_naming_a_path_outside_the_folder_is_refused(tmp_path: Path, 
     assert "stores.clip[0].file" in reason
 
 
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_a_segment_reached_through_a_link_leaving_the_folder_is_refused(tmp_path: Path, link: str) -> None:
+    outside = tmp_path / "outside"
+    data = tmp_path / "data"
+
+    def link_out(folder: Path) -> None:
+        outside.mkdir()
+        if link == "file":  # the same bytes, so only the link itself is wrong
+            path = folder / _manifest(folder)["stores"]["clip"][0]["file"]
+            (outside / path.name).write_bytes(path.read_bytes())
+            path.unlink()
+            path.symlink_to(outside / path.name)
+        else:
+            (folder / "segments").rename(outside / "segments")
+            (folder / "segments").symlink_to(outside / "segments")
+
+    reason = _tampered(data, link_out)
+    assert "stores.clip[0].file" in reason and ("link" in reason or "leaves the data folder" in reason)
+
+
 @pytest.mark.parametrize(("field", "value"), [("generation", "1"), ("generation", True), ("tombstones", {"1": 2}),
                                                ("dims", {"clip": 8}), ("stores", [])])
 def test_a_manifest_field_of_the_wrong_type_is_refused(tmp_path: Path, field: str, value: object) -> None:
