@@ -3,8 +3,9 @@
 Immutable: a newer manifest gives a new SegmentedIndex that reuses the Segment objects (and their
 mappings and HNSW graphs) of the ones still live, so a refresh costs work in proportion to what
 changed. Small segments are scanned exactly (numpy, or torch for large ones, like the flat store);
-with kind "hnsw", segments of at least HNSW_MIN_ROWS rows (made by compaction) get a graph, and
-newer vectors stay searchable from the small flat segments until compaction folds them in.
+with kind "hnsw", segments of at least HNSW_MIN_ROWS rows (made by compaction) get a graph (stored
+beside the segment and memory-mapped, see graphs.py), and newer vectors stay searchable from the
+small flat segments until compaction folds them in.
 """
 
 from __future__ import annotations
@@ -132,14 +133,12 @@ class SegmentedIndex:
     def _graph(self, segment: Segment):  # noqa: ANN202 - faiss index
         graph = self._graphs.get(segment.file)
         if graph is None:
-            import faiss
+            from flashfit_server.graphs import shared_graph
 
             with _graph_lock:
                 graph = self._graphs.get(segment.file)
                 if graph is None:
-                    graph = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
-                    graph.hnsw.efConstruction = 80
-                    graph.add(np.ascontiguousarray(segment.vectors))
+                    graph = shared_graph(segment, self.dim)  # mapped from segments/*.hnsw, shared
                     self._graphs[segment.file] = graph
         return graph
 

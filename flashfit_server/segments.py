@@ -78,6 +78,7 @@ class Segment:
     ids: np.ndarray  # int64[count], memory-mapped
     vectors: np.ndarray  # float32[count, dim], memory-mapped
     order: np.ndarray  # argsort of ids, for id lookups
+    folder: Path | None = None  # the data folder it was mapped from (None: built in memory)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -100,7 +101,7 @@ class Segment:
         order = np.argsort(ids, kind="stable")
         if count and np.any(np.diff(ids[order]) == 0):
             raise SegmentError(f"{entry['file']} lists an item id twice")
-        return cls(entry["file"], int(entry["seq"]), ids, vectors, order)
+        return cls(entry["file"], int(entry["seq"]), ids, vectors, order, folder)
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id in this segment, -1 where absent."""
