@@ -9,7 +9,8 @@ per store and N catalogue rows in one transaction, as a compacted store holds th
   seen     time until a second process (a worker, REFRESH_INTERVAL 0.2 s as the server's default)
            serves the new item (background refresh)
   reads    p99 of one recommend-style ranking (three searches, then scoring) in the worker, with
-           no writes and while the first process adds 5 items/s (ratio: goal <= 1.5x)
+           no writes and while the first process adds 5 items/s, in alternating one-second
+           windows (ratio: goal <= 1.5x)
   compact  a full compaction (the worst case: the base is rewritten too) in the writer while the
            worker ranks: failed rankings, p99 during
   pss      proportional set size (/proc/<pid>/smaps_rollup: a page shared by two processes counts
@@ -195,11 +196,14 @@ class Worker:
         self.proc.join(30)
 
 
-def adder(folder: Path, per_second: float, stop: threading.Event) -> None:
+def adder(folder: Path, per_second: float, stop: threading.Event, writing: threading.Event) -> None:
     store = DataStore(folder, compact_in_background=False)
     store.open(DIMS, background=False)
     seed = 20_000_000
     while not stop.is_set():
+        writing.wait()
+        if stop.is_set():
+            break
         started = time.monotonic()
         seed += 1
         store.add_items([new_item(seed)])
@@ -231,12 +235,22 @@ def measure(n: int, root: Path, adds: int, read_seconds: float) -> dict:
             committed = time.time()
             seen.append(first.ask(("wait_for", item.id)) - committed)  # type: ignore[operator]
         row["seen_p50_ms"], row["seen_max_ms"] = percentile_ms(seen, 50), max(seen) * 1000
-        quiet, _ = first.ask(("rank", read_seconds))  # type: ignore[misc]
-        stop = threading.Event()
-        writer = threading.Thread(target=adder, args=(folder, 5.0, stop))
+        # Quiet and writing windows of one second alternate (ABBA), so a change in the shared
+        # host's load over the run falls on both sides alike.
+        quiet: list[float] = []
+        busy: list[float] = []
+        failures = 0
+        stop, writing = threading.Event(), threading.Event()
+        writer = threading.Thread(target=adder, args=(folder, 5.0, stop, writing))
         writer.start()
-        busy, failures = first.ask(("rank", read_seconds))  # type: ignore[misc]
+        for window in range(2 * max(1, round(read_seconds))):
+            busy_window = window % 4 in (1, 2)
+            (writing.set if busy_window else writing.clear)()
+            samples, failed = first.ask(("rank", 1.0))  # type: ignore[misc]
+            (busy if busy_window else quiet).extend(samples)
+            failures += failed
         stop.set()
+        writing.set()
         writer.join()
         row["rank_p99_ms"], row["rank_p99_writing_ms"] = percentile_ms(quiet, 99), percentile_ms(busy, 99)
         row["rank_failures_writing"] = failures
