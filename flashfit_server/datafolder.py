@@ -164,8 +164,13 @@ def read_manifest(folder: Path) -> Manifest | None:
     return parse_manifest(data, folder)
 
 
-def verify_segment(folder: Path, entry: SegmentEntry) -> None:
-    """Size and sha256 of one segment against its manifest entry."""
+SMALL_SEGMENT_BYTES = 1 << 20  # read whole (one commit's delta) rather than mapped
+
+
+def verify_segment(folder: Path, entry: SegmentEntry) -> bytes | None:
+    """Size and sha256 of one segment against its manifest entry. A small segment's bytes, read
+    once for the hash, are returned so the caller parses them instead of mapping the file (two
+    mmaps per store per commit cost more than the read); None for a large one."""
     import hashlib
 
     path = inside(folder, entry.file, entry.file)
@@ -174,11 +179,15 @@ def verify_segment(folder: Path, entry: SegmentEntry) -> None:
     if path.stat().st_size != entry.size:
         raise DataFolderError(f"{entry.file} is {path.stat().st_size} bytes, the manifest records {entry.size}")
     digest = hashlib.sha256()
+    blocks = []
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
+            if entry.size <= SMALL_SEGMENT_BYTES:
+                blocks.append(block)
     if digest.hexdigest() != entry.sha256:
         raise DataFolderError(f"{entry.file} does not match the sha256 its manifest records")
+    return b"".join(blocks) if entry.size <= SMALL_SEGMENT_BYTES else None
 
 
 def check_catalog(folder: Path) -> int:

@@ -249,8 +249,8 @@ class DataStore:
                         if extra is not None:
                             mask = extra if mask is None else (mask & extra)
                 else:
-                    verify_segment(self.folder, entry)
-                    segment = Segment.open(self.folder, entry.to_json(), manifest.dims[name])
+                    data = verify_segment(self.folder, entry)  # the bytes of a small one: parsed, not mapped
+                    segment = Segment.open(self.folder, entry.to_json(), manifest.dims[name], data)
                     mask = live_mask(segment, tomb_ids, tomb_seqs)
                 segments.append(segment)
                 masks.append(mask)

@@ -84,17 +84,29 @@ class Segment:
         return len(self.ids)
 
     @classmethod
-    def open(cls, folder: Path, entry: dict, dim: int) -> Segment:
-        """Map a segment whose size and sha256 the caller has verified (see datafolder)."""
+    def open(cls, folder: Path, entry: dict, dim: int, data: bytes | None = None) -> Segment:
+        """Map a segment whose size and sha256 the caller has verified (see datafolder), or parse
+        `data`, its verified bytes (small segments: read, not mapped)."""
         path = folder / entry["file"]
-        count, file_dim = read_header(path)
+        if data is not None:
+            head = data[:HEADER]
+            if len(head) < HEADER or head[:8] != MAGIC:
+                raise SegmentError(f"{path.name} is not a segment file")
+            count, file_dim = (int(v) for v in struct.unpack("<QQ", head[8:24]))
+            size = len(data)
+        else:
+            count, file_dim = read_header(path)
+            size = path.stat().st_size
         if count != entry["count"] or file_dim != dim:
             raise SegmentError(f"{entry['file']} holds {count}x{file_dim}, the manifest says {entry['count']}x{dim}")
-        if path.stat().st_size != HEADER + count * 8 + count * dim * 4:
+        if size != HEADER + count * 8 + count * dim * 4:
             raise SegmentError(f"{entry['file']} has the wrong length for {count}x{dim}")
         if count == 0:
             ids = np.zeros(0, np.int64)
             vectors = np.zeros((0, dim), np.float32)
+        elif data is not None:
+            ids = np.frombuffer(data, dtype="<i8", count=count, offset=HEADER)
+            vectors = np.frombuffer(data, dtype="<f4", count=count * dim, offset=HEADER + 8 * count).reshape(count, dim)
         else:
             ids = np.memmap(path, dtype="<i8", mode="r", offset=HEADER, shape=(count,))
             vectors = np.memmap(path, dtype="<f4", mode="r", offset=HEADER + 8 * count, shape=(count, dim))

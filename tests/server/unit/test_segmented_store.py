@@ -298,7 +298,7 @@ def test_a_refresh_hashes_and_maps_only_the_new_segments(tmp_path: Path, monkeyp
     writer.delete_item(3)
     verified: list[str] = []
     real = datastore_module.verify_segment
-    monkeypatch.setattr(datastore_module, "verify_segment", lambda folder, entry: (verified.append(entry.file), real(folder, entry)))
+    monkeypatch.setattr(datastore_module, "verify_segment", lambda folder, entry: (verified.append(entry.file), real(folder, entry))[1])
     assert reader.refresh()
     assert sorted(f.split("-")[0] for f in verified) == ["segments/blip", "segments/clip", "segments/fashion"]
     with reader.read() as state:
