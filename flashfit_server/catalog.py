@@ -257,7 +257,8 @@ class CatalogView:
         return [r[0] for r in rows]
 
     def page(self, offset: int, limit: int, user_id: str | None = None) -> tuple[list[Item], int]:
-        where, args = "seq <= ?", [self.max_seq]
+        where = "seq <= ?"
+        args: list[int | str] = [self.max_seq]
         if user_id is not None:
             where, args = where + " AND user_id = ?", [*args, user_id]
         conn = self.db.connect()

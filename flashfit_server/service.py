@@ -285,6 +285,7 @@ class Service:
 
     def feedback(self, req: FeedbackRequest) -> dict:
         self._require_item(req.item_id)
+        scores: dict[str, float] | None
         if req.scores is not None:
             scores = {"clip": req.scores.clip_score, "blip": req.scores.blip_score, "fashion": req.scores.fashion_score}
         else:
