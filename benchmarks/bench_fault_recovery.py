@@ -2,14 +2,17 @@
 6 clients on GET /ready and 6 on POST /api/fusion/recommend, against the real server image on the
 local engine, while
   (1) the proxy is killed (`docker kill`),
-  (2) the live backend is stopped (`docker stop`),
+  (2) the only live backend is stopped (`docker stop`), then killed (`docker kill`), first with no
+      spare (deploy.spare_replicas: 0: the keeper starts it again, a cold model load), then, side
+      by side in the same run, with one warm spare (deploy.spare_replicas: 1: nginx falls over to
+      it and the keeper relinks the slots to it),
 and nobody runs flashfit: the figure is the time from the fault to the last failed request (the
 time to serving again; goal <= 3 s) and the failed requests; then
   (3-5) a deploy is SIGKILLed at three points (during its gate, right after its switch, in its
 monitor window once the old version has drained) and `flashfit repair` runs: the failed requests from the deploy's start to
 the repair's end (goal 0: something healthy remained each time).
 
-  .venv/bin/python benchmarks/bench_fault_recovery.py [--clients 6] [--json]
+  .venv/bin/python benchmarks/bench_fault_recovery.py [--clients 6] [--json] [--backend-only]
 """
 
 from __future__ import annotations
@@ -124,6 +127,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=6, help="keep-alive clients per endpoint")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--backend-only", action="store_true", help="only the proxy and backend rows (no killed deploys)")
     parser.add_argument("--server-image", default=os.environ.get("FLASHFIT_IT_SERVER_IMAGE"))
     args = parser.parse_args()
 
@@ -203,8 +207,31 @@ def main() -> int:
             results.append({"scenario": name, **load.summary(), "time_to_serving_s": recovery, "goal_met": recovery <= 3.0})
             log(f"  {json.dumps(results[-1])}")
 
+        def live_backend():
+            return engine.containers.get(slot_target())
+
+        def settled(spares: int) -> bool:
+            """Every backend runs and is healthy, one live plus `spares` (after a failover the dead
+            one comes back as the spare)."""
+            running = [c for c in containers(role="backend") if c.status == "running"]
+            return len(running) == 1 + spares and all(c.attrs["State"].get("Health", {}).get("Status") == "healthy" for c in running)
+
+        def backend_faults(spares: int) -> None:
+            label = "no spare" if spares == 0 else f"{spares} warm spare"
+            wait_for(lambda: settled(spares), 300, f"the backends settled ({label})")
+            fault(f"live backend stopped, {label} (docker stop)", lambda: live_backend().stop(timeout=10))
+            wait_for(lambda: settled(spares), 300, f"the backends settled ({label})")
+            fault(f"live backend killed, {label} (docker kill)", lambda: live_backend().kill())
+
         fault("proxy killed (docker kill)", lambda: containers(role="proxy")[0].kill())
-        fault("live backend stopped (docker stop)", lambda: [c.stop(timeout=10) for c in containers(role="backend") if c.status == "running"])
+        backend_faults(0)
+        config["deploy"]["spare_replicas"] = 1
+        (folder / "flashfit.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        flashfit("repair")  # starts the spare of the live version, out of rotation
+        backend_faults(1)
+        config["deploy"]["spare_replicas"] = 0
+        (folder / "flashfit.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+        flashfit("repair")  # the killed-deploy rows below run as before, without a spare
 
         version = ["v2"]
 
@@ -242,19 +269,22 @@ def main() -> int:
         def draining(target: str) -> bool:
             return switched(target) and any(c.status != "running" for c in containers(role="backend") if c.name != slot_target())
 
-        killed_deploy("deploy SIGKILLed during its gate", new_running)
-        killed_deploy("deploy SIGKILLed right after its switch", switched)
-        killed_deploy("deploy SIGKILLed in its monitor window", draining)
+        if not args.backend_only:
+            killed_deploy("deploy SIGKILLed during its gate", new_running)
+            killed_deploy("deploy SIGKILLed right after its switch", switched)
+            killed_deploy("deploy SIGKILLed in its monitor window", draining)
 
-        report = {"server_image": image, "clients_per_endpoint": args.clients, "cpus": os.cpu_count(), "scenarios": results}
+        report = {"server_image": image, "clients_per_endpoint": args.clients, "cpus": os.cpu_count(),
+                  "load_average": [round(x, 2) for x in os.getloadavg()], "scenarios": results}
         if args.json:
             print(json.dumps(report, indent=2))
         else:
-            print(f"server image {image}; {args.clients}+{args.clients} keep-alive clients (/ready, recommend); {os.cpu_count()} CPUs")
-            print(f"{'scenario':48} {'requests':>8} {'failed':>6} {'to serving s':>12}  goal")
+            print(f"server image {image}; {args.clients}+{args.clients} keep-alive clients (/ready, recommend); {os.cpu_count()} CPUs; "
+                  f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+            print(f"{'scenario':52} {'requests':>8} {'failed':>6} {'to serving s':>12}  goal")
             for r in results:
                 serving = f"{r['time_to_serving_s']:.2f}" if "time_to_serving_s" in r else "-"
-                print(f"{r['scenario']:48} {r['requests']:>8} {r['failed']:>6} {serving:>12}  {'met' if r['goal_met'] else 'MISSED'}")
+                print(f"{r['scenario']:52} {r['requests']:>8} {r['failed']:>6} {serving:>12}  {'met' if r['goal_met'] else 'MISSED'}")
                 for kind, count in r["failure_kinds"].items():
                     print(f"    {count} x {kind}")
                 if "repair_steps" in r:

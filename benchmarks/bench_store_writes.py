@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flashfit_server.catalog import CatalogDB, Item  # noqa: E402
-from flashfit_server.datafolder import CATALOG_NAME  # noqa: E402
+from flashfit_contract.datafolder import CATALOG_NAME  # noqa: E402
 from flashfit_server.datastore import STORE_NAMES, DataStore, NewItem  # noqa: E402
 from flashfit_server.recommend import rank  # noqa: E402
 from flashfit_server.storebench import percentile_ms, random_unit_vectors  # noqa: E402
@@ -57,7 +57,7 @@ def bulk_load(folder: Path, n: int) -> None:
     to disk in one commit, fsynced so no dirty pages are left to slow the timed writes) and n
     catalogue rows inserted in one transaction."""
     from flashfit_server.atomic import write_json_atomic
-    from flashfit_server.datafolder import MANIFEST_NAME, Manifest, SegmentEntry
+    from flashfit_contract.datafolder import MANIFEST_NAME, Manifest, SegmentEntry
     from flashfit_server.segments import write_segment
 
     store = DataStore(folder, compact_in_background=False)

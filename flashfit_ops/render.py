@@ -21,7 +21,9 @@ from flashfit_ops.config.rules import PRIVATE_PATHS, published_ports
 from flashfit_ops.fileio import fsync_dir
 from flashfit_ops.monitoring.rule_tests import rule_tests
 from flashfit_ops.errors import UsageError
-from flashfit_server.metric_names import (
+from flashfit_ops.labels import LABEL_COLOR
+from flashfit_ops.service_spec import CONTAINER_PORT, backend_service, is_host_path, probe_command  # re-exported
+from flashfit_contract.metrics import (
     HTTP_REQUEST_DURATION_SECONDS,
     HTTP_REQUESTS_TOTAL,
     MODEL_INFERENCE_DURATION_SECONDS,
@@ -31,8 +33,6 @@ from flashfit_server.metric_names import (
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
 COLORS = ("blue", "green")
-# The port the server listens on inside its container, whatever the host publishes.
-CONTAINER_PORT = 8080
 # Where the proxy finds certificates inside its container.
 CONTAINER_SSL_DIR = "/etc/nginx/ssl"
 
@@ -75,15 +75,6 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def _backend_env(config: Config) -> dict[str, str]:
-    return dict(sorted({**config.server.environment.as_env(), **config.resources.server_env()}.items()))
-
-
-def is_host_path(source: str) -> bool:
-    """A volume setting starting with / or . is a host folder to bind-mount, else a volume name."""
-    return source.startswith(("/", "."))
-
-
 def _named_volumes(config: Config) -> list[str]:
     names = [v for v in (config.volumes.models, config.volumes.data) if not is_host_path(v)]
     services = config.services
@@ -106,7 +97,7 @@ def _context(config: Config, **extra: Any) -> dict[str, Any]:
     }
     context = {
         "cfg": config,
-        "backend_env": _backend_env(config),
+        "backend": backend_service(config),
         "metrics": metrics,
         "ports": published_ports(config),
         "ssl_dir": CONTAINER_SSL_DIR,
@@ -114,10 +105,10 @@ def _context(config: Config, **extra: Any) -> dict[str, Any]:
         "key_name": Path(config.tls.key).name if config.tls.key else "server.key",
         "container_port": CONTAINER_PORT,
         "private_paths_regex": "^(" + "|".join(re.escape(p) for p in PRIVATE_PATHS) + ")(/|$)",
-        "probe_command": lambda path: ["flashfit-server", "probe", "--url", f"http://127.0.0.1:{CONTAINER_PORT}{path}"],
+        "probe_command": probe_command,
         "named_volumes": _named_volumes(config),
         "is_host_path": is_host_path,
-        "volume_source": lambda source: str(config.resolve_path(source)) if is_host_path(source) else source,
+        "label_color": LABEL_COLOR,
     }
     context.update(extra)
     return context

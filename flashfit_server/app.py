@@ -20,6 +20,7 @@ from flashfit_server.middleware import AllowedHosts, BodySizeLimit, JsonShapeLim
 from flashfit_server.models.device import DeviceUnavailable
 from flashfit_server.models.registry import ModelNames, ModelRegistry
 from flashfit_server.readiness import WorkerReadiness
+from flashfit_server.replica import replica_for
 from flashfit_server.routers import admin, fusion, health, items
 from flashfit_server.service import Service
 from flashfit_server.settings import Settings
@@ -45,6 +46,9 @@ def _load_in_background(app: FastAPI) -> None:
             log.error("data folder: cannot open the stores: %s", reason)
             app.state.startup_error = service.startup_error = f"data folder: {reason}"
             return
+        if service.replica is not None:  # serve the whole shared catalogue before saying ready
+            service.replica.catch_up()
+            service.replica.start_following()
         app.state.readiness.mark_ready()
         log.info("ready: stores %s", service.datastore.sizes())
 
@@ -73,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _load_in_background(app)
         yield
         app.state.readiness.withdraw()
+        if app.state.service.replica is not None:
+            app.state.service.replica.close()
         app.state.service.registry.queue.close()
 
     app = FastAPI(
@@ -102,7 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics.watch_device(registry.device_info)
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.service = Service(settings, registry, datastore)
+    app.state.service = Service(settings, registry, datastore, replica_for(settings, datastore))
     app.state.startup_error = None
     app.state.readiness = WorkerReadiness.from_env(settings.workers)
 

@@ -156,19 +156,26 @@ def _clear_metrics_dir(folder: Path) -> int:
 # --- probe ---------------------------------------------------------------------------------------
 
 
+PROBE_BODY_BYTES = 64 << 10
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     import urllib.error
     import urllib.request
 
+    body = b""
     try:
         with urllib.request.urlopen(args.url, timeout=args.timeout) as response:  # noqa: S310
             status = response.status
+            body = response.read(PROBE_BODY_BYTES) if args.body else b""
     except urllib.error.HTTPError as exc:
         status = exc.code
     except (urllib.error.URLError, OSError, ValueError) as exc:
         print(f"probe {args.url}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"probe {args.url}: {status}")
+    if body:  # doctor reads a task's /health this way, from inside the overlay network
+        print(body.decode("utf-8", errors="replace"))
     return EXIT_OK if status == 200 else EXIT_FAILED
 
 
@@ -263,6 +270,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     configure_faiss(os.cpu_count() or 1)
     store = DataStore(settings.vector_store_dir, settings.vector_index, initial_weights(*settings.fusion_weights))  # type: ignore[arg-type]
     store.open(registry.dims())
+    from flashfit_server.replica import replica_for
+    from flashfit_server.sharedlog import SyncError
+
+    replica = replica_for(settings, store)  # with CATALOG_SYNC_URL, every batch is a commit of the shared log
+    try:
+        if replica is not None:
+            replica.sync_once()
+    except SyncError as exc:
+        print(f"error: catalogue sync: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    add_items = store.add_items if replica is None else replica.add_items
     tags = [t.strip() for t in (args.tags or "").split(",") if t.strip()]
     started, added, skipped = time.perf_counter(), 0, 0
     for first in range(0, len(files), batch_size):
@@ -283,7 +301,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             )
             for (path, d), e in zip(decoded, embedded, strict=True)
         ]
-        added += len(store.add_items(new_items))
+        added += len(add_items(new_items))
         print(f"ingested {added}/{len(files)}", file=sys.stderr)
     seconds = time.perf_counter() - started
     print(f"ingested {added} items, skipped {skipped}, in {seconds:.1f}s ({added / max(seconds, 1e-9):.1f} items/s)")
@@ -295,7 +313,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_store(args: argparse.Namespace) -> int:
-    from flashfit_server.datafolder import DataFolderError, read_manifest
+    from flashfit_contract.datafolder import DataFolderError, read_manifest
     from flashfit_server.datastore import STORE_NAMES, DataStore, StoreError
     from flashfit_server.storebench import time_store
     from flashfit_server.vector_store import configure_faiss
@@ -328,7 +346,7 @@ def cmd_clear_cache(args: argparse.Namespace) -> int:
     files no store json names (left by interrupted writes), stale multiprocess metric files, and
     (with --models) the model checkpoints."""
     from flashfit_server.atomic import file_lock, read_json
-    from flashfit_server.datafolder import DataFolderError, read_manifest
+    from flashfit_contract.datafolder import DataFolderError, read_manifest
     from flashfit_server.datastore import STORE_NAMES
 
     settings = _settings()
@@ -382,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe = commands.add_parser("probe", help="exit 0 if URL answers 200 (container HEALTHCHECK)")
     probe.add_argument("--url", default="http://127.0.0.1:8080/ready")
     probe.add_argument("--timeout", type=float, default=3.0)
+    probe.add_argument("--body", action="store_true", help="print the answer's body (at most 64 kB) after the status")
     probe.set_defaults(func=cmd_probe)
 
     token = commands.add_parser("token", help="mint a bearer token from JWT_SECRET_KEY")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from flashfit_server.atomic import fault_point, file_lock, write_json_atomic
-from flashfit_server.datafolder import SegmentEntry
+from flashfit_contract.datafolder import SegmentEntry
 from flashfit_server.datastore import STORE_NAMES, DataState, DataStore
 from flashfit_server.graphs import GRAPH_SUFFIX
 from flashfit_server.segmented import SegmentedIndex

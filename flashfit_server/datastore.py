@@ -53,7 +53,7 @@ import numpy as np
 
 from flashfit_server.atomic import fault_point, file_lock, fsync_dir, write_bytes_atomic, write_json_atomic
 from flashfit_server.catalog import CatalogDB, CatalogView, Item
-from flashfit_server.datafolder import (
+from flashfit_contract.datafolder import (
     CATALOG_NAME,
     MANIFEST_NAME,
     DataFolderError,
@@ -130,6 +130,7 @@ class NewItem:
     color: str | None = None
     tags: list[str] = field(default_factory=list)
     user_id: str | None = None
+    created_at: str | None = None  # set when a replica applies a commit of the shared log
 
 
 def _tombstone_arrays(tombstones: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -417,15 +418,19 @@ class DataStore:
         return replace(state.manifest, generation=seq, stores=stores,
                        tombstones={**state.manifest.tombstones, **tombstones})
 
-    def add_items(self, new_items: list[NewItem]) -> list[Item]:
-        """Store a batch: images, segments, manifest, then the catalogue rows (the commit)."""
+    def add_items(self, new_items: list[NewItem], assigned: list[int] | None = None) -> list[Item]:
+        """Store a batch: images, segments, manifest, then the catalogue rows (the commit).
+        `assigned`: the ids a commit of the shared log assigned (see replica.py); else the next free."""
         if not new_items:
             return []
         created_at = datetime.now(UTC).isoformat(timespec="seconds")
         with self._transaction() as state:
             seq = state.generation + 1
             first_id = self.db.next_id()
-            ids = np.arange(first_id, first_id + len(new_items), dtype=np.int64)
+            if assigned is None:
+                ids = np.arange(first_id, first_id + len(new_items), dtype=np.int64)
+            else:
+                ids = np.asarray(assigned, dtype=np.int64)
             items = []
             for item_id, new in zip(ids.tolist(), new_items, strict=True):
                 image_file = f"{item_id}.{new.image_extension}"
@@ -433,7 +438,8 @@ class DataStore:
                 write_bytes_atomic(self.images_dir / image_file, new.image_data, sync_dir=False, sync=self.fsync_commits)
                 items.append(Item(
                     id=item_id, name=new.name, category=new.category, color=new.color, tags=list(new.tags),
-                    user_id=new.user_id, caption=new.caption, image_file=image_file, created_at=created_at,
+                    user_id=new.user_id, caption=new.caption, image_file=image_file,
+                    created_at=new.created_at or created_at,
                 ))
             vectors = {}
             for name in STORE_NAMES:
@@ -444,7 +450,7 @@ class DataStore:
                 fsync_dir(self.images_dir)
             manifest = self._append(state, seq, ids, vectors, self._orphan_tombstones(state, seq))
             self._commit_manifest(manifest)
-            self.db.insert(items, seq, int(ids[-1]) + 1)
+            self.db.insert(items, seq, max(first_id, int(ids.max()) + 1))
             fault_point("after-commit:catalog")
             return items
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from flashfit_server.slots import MODELS
+from flashfit_contract.slots import MODELS
 
 MIN_WEIGHT = 0.1
 MAX_WEIGHT = 0.6

@@ -18,7 +18,7 @@ import numpy as np
 
 from flashfit_server.atomic import write_json_atomic
 from flashfit_server.catalog import CatalogDB, LegacyCatalog
-from flashfit_server.datafolder import (
+from flashfit_contract.datafolder import (
     CATALOG_NAME,
     MANIFEST_NAME,
     STORE_NAMES,

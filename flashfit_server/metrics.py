@@ -1,7 +1,7 @@
-"""Prometheus metrics, named only from flashfit_server.metric_names.
+"""Prometheus metrics, named only from flashfit_contract.metrics.
 
 Each app gets its own registry (no process/platform collectors, no `_created` series), so the
-exposition holds exactly metric_names.EXPOSED_SERIES. With several workers,
+exposition holds exactly flashfit_contract.metrics.EXPOSED_SERIES. With several workers,
 PROMETHEUS_MULTIPROC_DIR must be set before prometheus_client is imported (`flashfit-server
 serve --workers N` does it): counters and histograms are then summed across workers from their
 files. Store sizes are read live from this worker at scrape time (all workers see the same data
@@ -27,7 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flashfit_server import metric_names as names
+from flashfit_contract import metrics as names
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 MODEL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

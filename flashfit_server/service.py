@@ -19,7 +19,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from flashfit_server.catalog import Item
-from flashfit_server.datafolder import DataFolderError
+from flashfit_contract.datafolder import DataFolderError
 from flashfit_server.datastore import STORE_NAMES, DataState, DataStore, FusionState, NewItem, NotFound, StoreError
 from flashfit_server.errors import ApiError
 from flashfit_server.fusion import LEARNING_RATE, MAX_WEIGHT, MIN_WEIGHT, apply_feedback
@@ -35,8 +35,10 @@ from flashfit_server.inference import Deadline, InferenceTimeout
 from flashfit_server.models.encoders import l2_normalise
 from flashfit_server.models.registry import ModelRegistry
 from flashfit_server.recommend import Ranked, rank
+from flashfit_server.replica import Replica
 from flashfit_server.schemas import FeedbackRequest, RecommendRequest
 from flashfit_server.settings import Settings
+from flashfit_server.sharedlog import SyncError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,10 +97,12 @@ def embed_catalogue_sync(registry: ModelRegistry, images: list) -> list[Catalogu
 
 
 class Service:
-    def __init__(self, settings: Settings, registry: ModelRegistry, datastore: DataStore):
+    def __init__(self, settings: Settings, registry: ModelRegistry, datastore: DataStore,
+                 replica: Replica | None = None):
         self.settings = settings
         self.registry = registry
         self.datastore = datastore
+        self.replica = replica  # set when the catalogue follows a shared log (CATALOG_SYNC_URL)
         self.recommendations_served = 0
         self._served: OrderedDict[int, dict[str, float]] = OrderedDict()
         self._served_lock = threading.Lock()
@@ -108,7 +112,8 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self.registry.all_loaded and self.datastore.is_open
+        caught_up = self.replica is None or self.replica.caught_up  # a write needs the whole log applied
+        return self.registry.all_loaded and self.datastore.is_open and caught_up
 
     def not_ready_reason(self) -> str | None:
         """The first problem /ready lists under checks.errors (None: still loading, or ready)."""
@@ -175,8 +180,16 @@ class Service:
             name=fields.name, caption=embedded.caption, category=fields.category,
             color=fields.color, tags=fields.tags, user_id=fields.user_id,
         )
-        [item] = await run_in_threadpool(self._write, lambda: self.datastore.add_items([new]))
+        [item] = await run_in_threadpool(self._write, lambda: self._store_items([new]))
         return item
+
+    def _store_items(self, new: list[NewItem]) -> list[Item]:
+        if self.replica is None:
+            return self.datastore.add_items(new)
+        try:
+            return self.replica.add_items(new)
+        except SyncError as exc:
+            raise ApiError(503, "catalog_sync_unavailable", f"not stored: {exc}") from None
 
     # --- recommendation ------------------------------------------------------------------------
 
@@ -331,6 +344,11 @@ class Service:
 
     def delete_item(self, item_id: int) -> Item:
         try:
+            replica = self.replica
+            if replica is not None:
+                return self._write(lambda: replica.delete_item(item_id))
             return self._write(lambda: self.datastore.delete_item(item_id))
         except NotFound:
             raise not_found(item_id) from None
+        except SyncError as exc:
+            raise ApiError(503, "catalog_sync_unavailable", f"not deleted: {exc}") from None

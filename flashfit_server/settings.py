@@ -10,6 +10,10 @@ divided among workers), FUSION_WEIGHTS (clip,blip,fashion, e.g. "0.4,0.3,0.3"), 
 batch limit when the models run on the GPU; MAX_BATCH_SIZE is the CPU's),
 DECODE_CONCURRENCY (image decodes at once per worker), MAX_JSON_BYTES (the largest json body),
 JWT_MAX_LIFETIME (seconds; a token expiring later than that from now is refused).
+CATALOG_SYNC_URL (s3://bucket/prefix: follow the shared catalogue log there, see replica.py),
+CATALOG_SYNC_ENDPOINT (an S3-compatible endpoint URL), CATALOG_SYNC_REGION,
+CATALOG_SYNC_POLL_INTERVAL (seconds between looks at the log); credentials come from the standard
+AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...), read by boto3, never by these settings.
 """
 
 from __future__ import annotations
@@ -83,6 +87,10 @@ class Settings:
     decode_concurrency: int = 2
     max_json_bytes: int = 4 * 1024 * 1024
     jwt_max_lifetime: int = 86_400
+    catalog_sync_url: str = ""
+    catalog_sync_endpoint: str = ""
+    catalog_sync_region: str = ""
+    catalog_sync_poll_interval: float = 0.5
 
     @property
     def is_production(self) -> bool:
@@ -150,6 +158,21 @@ class Settings:
             weights = tuple(v / sum(values) for v in values)  # type: ignore[assignment]
 
         jwt_secret = _secret(env, "JWT_SECRET_KEY")
+        sync_url, sync_endpoint = text("CATALOG_SYNC_URL", ""), text("CATALOG_SYNC_ENDPOINT", "")
+        if sync_url:
+            from flashfit_server.sharedlog import parse_sync_url
+
+            try:
+                parse_sync_url(sync_url)
+            except ValueError as exc:
+                raise SettingsError(f"CATALOG_SYNC_URL {exc}") from None
+        if sync_endpoint and not re.fullmatch(r"https?://[A-Za-z0-9.\[\]:_-]+(:[0-9]{1,5})?/?", sync_endpoint):
+            raise SettingsError(f"CATALOG_SYNC_ENDPOINT={sync_endpoint!r:.80} must be an http(s)://host[:port] URL")
+        if sync_endpoint and not sync_url:
+            raise SettingsError("CATALOG_SYNC_ENDPOINT is set but CATALOG_SYNC_URL is not")
+        region = text("CATALOG_SYNC_REGION", "")
+        if region and not re.fullmatch(r"[a-z0-9-]{2,32}", region):
+            raise SettingsError(f"CATALOG_SYNC_REGION={region!r:.40} is not a region name")
         return cls(
             environment=text("ENVIRONMENT", defaults.environment).lower(),
             log_level=choice("LOG_LEVEL", defaults.log_level, {"debug", "info", "warning", "error", "critical"}),
@@ -180,6 +203,11 @@ class Settings:
             decode_concurrency=int(number("DECODE_CONCURRENCY", defaults.decode_concurrency, int, 1)),
             max_json_bytes=int(number("MAX_JSON_BYTES", defaults.max_json_bytes, int, 1024)),
             jwt_max_lifetime=int(number("JWT_MAX_LIFETIME", defaults.jwt_max_lifetime, int, 1)),
+            catalog_sync_url=sync_url,
+            catalog_sync_endpoint=sync_endpoint,
+            catalog_sync_region=region,
+            catalog_sync_poll_interval=float(
+                number("CATALOG_SYNC_POLL_INTERVAL", defaults.catalog_sync_poll_interval, float, 0.05)),
         )
 
     def __repr__(self) -> str:  # never let a secret reach a log line or a traceback

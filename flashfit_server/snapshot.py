@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from flashfit_server.atomic import file_lock, fsync_dir, write_json_atomic
-from flashfit_server.datafolder import CATALOG_NAME, MANIFEST_NAME, DataFolderError, check_image_file, read_manifest
+from flashfit_contract.datafolder import CATALOG_NAME, MANIFEST_NAME, DataFolderError, check_image_file, read_manifest
 from flashfit_server.datastore import DataStore
 
 SNAPSHOT_MANIFEST = "snapshot.json"

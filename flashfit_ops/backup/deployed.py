@@ -23,12 +23,11 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from flashfit_ops.backup.snapshot import HttpSnapshotter, SnapshotResult
-from flashfit_ops.errors import FlashFitError, IntegrityFailure, OperationFailed, Unavailable
+from flashfit_ops.errors import FlashFitError, OperationFailed, Unavailable
 
 if TYPE_CHECKING:
     from flashfit_ops.backup.store import Store
@@ -326,81 +325,37 @@ def restore_deployed(
     backend: Any = None,
     lock_wait: float | None = None,
     say: Say = _quiet,
-    on_lock_wait: Callable[[Any, float], None] | None = None,
     service_options: dict[str, Any] | None = None,
     **restore_options: Any,
 ) -> dict[str, Any]:
-    """restore_backup around a DockerServiceControl, under the deploy lock, recorded in the history."""
-    from flashfit_ops.backup.engine import restore_backup
-    from flashfit_ops.execute import history as hist
-    from flashfit_ops.execute.lock import DeployLock, LockInfo
+    """restore_backup around a DockerServiceControl, under the deploy lock, recorded in the history
+    (flashfit_ops.runs.recorded: the lock wait, SIGTERM, the record and the exit code)."""
+    from flashfit_ops.backup.restore import restore_backup
     from flashfit_ops.execute.observe import observe
-    from flashfit_ops.execute.service import history_path, lock_path, new_deploy_id, sigterm_as_interrupt
+    from flashfit_ops.runs.recorded import deploy_lock, recorded_run
 
     backend = backend or connect_backend()
-    info = LockInfo.mine(message=f"restore {ref or 'latest'}")
-    lock = DeployLock(lock_path(config))
-    wait = config.deploy.lock_wait if lock_wait is None else lock_wait
-    lock.acquire(info, wait=wait, on_wait=on_lock_wait)
-    try:
+    message = f"restore {ref or 'latest'}"
+    with deploy_lock(config, lock_wait, message):
         # Observed under the lock: what a deploy that just finished left running is what we stop.
         observed = observe(backend, config, check_proxy_config=False)
         deployment = deployment_from(observed)
         service = DockerServiceControl(backend, config, deployment, say=say, **(service_options or {}))
-        restore_id = new_deploy_id()
-        started = time.time()
-        hist.append(history_path(config), {
-            "event": "start",
-            "id": restore_id,
-            "kind": RESTORE_KIND,
-            "strategy": RESTORE_STRATEGY,
-            "live_version": observed.live_version,
-            "containers": list(deployment.running),
-            "backup_ref": ref or "latest",
-            "who": info.who,
-            "host": info.host,
-            "pid": info.pid,
-            "message": info.message,
-            "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-        })
-        outcome, error, result = "failed", None, None
-        try:
-            with sigterm_as_interrupt():  # SIGTERM takes Ctrl-C's path: the undo runs, the history says so
+        details = {"containers": list(deployment.running), "backup_ref": ref or "latest"}
+        with recorded_run(config, RESTORE_KIND, strategy=RESTORE_STRATEGY, previous_version=observed.live_version,
+                          message=message, details=details) as run:  # fmt: skip
+            try:
                 result = restore_backup(config, store, ref, service=service, **restore_options)
-            outcome = "success"
-        except KeyboardInterrupt:
-            outcome = "interrupted"
-            raise
-        except FlashFitError as exc:
-            error = exc.message
-            if isinstance(exc, IntegrityFailure):
-                outcome = "refused"
-            elif exc.details.get("undone"):
-                outcome = "rolled_back"
-            exc.details.setdefault("restore_id", restore_id)
-            exc.details.setdefault("service", service.report())
-            raise
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            report = service.report()
-            hist.append(history_path(config), {
-                "event": "finish",
-                "id": restore_id,
-                "result": outcome,
-                "backup": (result or {}).get("id"),
-                "error": error,
-                "downtime_s": report["downtime_seconds"],
-                "ready_seconds": report["ready_seconds"],
-                "warnings": report["warnings"],
-                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "duration_s": round(time.time() - started, 2),
-            })
-    finally:
-        lock.release()
-    assert result is not None
-    result["restore_id"] = restore_id
+                run.details["backup"] = result.get("id")
+            except FlashFitError as exc:
+                exc.details.setdefault("restore_id", run.id)
+                exc.details.setdefault("service", service.report())
+                raise
+            finally:
+                report = service.report()
+                run.warnings = list(report["warnings"])
+                run.details.update(downtime_s=report["downtime_seconds"], ready_seconds=report["ready_seconds"])
+    result["restore_id"] = run.id
     result["service"] = service.report()
     result["warnings"] = list(result.get("warnings", [])) + service.warnings
     return result

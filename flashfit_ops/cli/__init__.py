@@ -4,10 +4,13 @@ libraries (docker, boto3) are imported inside the command that needs them, so --
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 from flashfit_ops import __version__
+from flashfit_ops.app import GlobalOptions
 
 app = typer.Typer(
     name="flashfit",
@@ -39,9 +42,19 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    config: Optional[Path] = typer.Option(
+        None, "--config", "-c", envvar="FLASHFIT_CONFIG", show_default=False,
+        help="Configuration file for the command (default ./flashfit.yml); a -c after the command wins.",
+    ),
+    env: Optional[str] = typer.Option(
+        None, "--env", "-e", envvar="FLASHFIT_ENV", show_default=False,
+        help="Environment overlay for the command: dev or prod (default none); an -e after the command wins.",
+    ),
 ) -> None:
     """Deploy and operate the FlashFit recommendation service."""
+    ctx.obj = GlobalOptions(config=config, env=env)
 
 
 for _module in COMMAND_MODULES:

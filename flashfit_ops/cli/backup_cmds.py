@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from flashfit_ops import console
-from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, JsonOption, guarded
-from flashfit_ops.errors import IntegrityFailure, UsageError
+from flashfit_ops.cli.common import App, ConfigOption, EnvOption, JsonOption, guarded
 
 if TYPE_CHECKING:
-    from flashfit_ops.backup.store import Store
-    from flashfit_ops.config.model import Config
+    from flashfit_ops.backup.api import Feedback
 
 backup_app = typer.Typer(help="Back up, list, verify and prune backups of the data and configuration.",
                          no_args_is_help=True)
@@ -22,7 +19,7 @@ backup_app = typer.Typer(help="Back up, list, verify and prune backups of the da
 ToOption = Annotated[str | None, typer.Option("--to", help="Backup target URL (file://FOLDER or s3://BUCKET/PREFIX); default backup.target.")]
 FromOption = Annotated[str | None, typer.Option("--from", help="Backup target URL to read; default backup.target.")]
 KeyFileOption = Annotated[Path | None, typer.Option("--key-file", help="File holding the encryption key for secrets (else BACKUP_ENCRYPTION_KEY).")]
-BackupEnvOption = Annotated[str | None, typer.Option("--env", "-e", help="Environment overlay to apply: dev or prod.")]
+BackupEnvOption = EnvOption  # the same rule as every command (it defaulted to prod before)
 
 
 def human_bytes(count: float) -> str:
@@ -60,93 +57,34 @@ class RichProgress:
             self._progress = None
 
 
-def _load(config: Path, env: str | None) -> Config:
-    from flashfit_ops.config import load_config
+def _feedback() -> Feedback:
+    from flashfit_ops.backup.api import Feedback
 
-    return load_config(config, env=env)
-
-
-def _store(url: str | None, loaded: Config) -> Store:
-    from flashfit_ops.backup.store import open_store
-
-    return open_store(url or loaded.backup.target, loaded)
-
-
-def _key_material(loaded: Config, key_file: Path | None) -> str | None:
-    if key_file is not None:
-        try:
-            return key_file.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise UsageError(f"cannot read the key file {key_file}: {exc.strerror}") from None
-    if os.environ.get("BACKUP_ENCRYPTION_KEY"):
-        return os.environ["BACKUP_ENCRYPTION_KEY"]
-    from flashfit_ops.config.secrets import load_secrets
-
-    return load_secrets(loaded).get("BACKUP_ENCRYPTION_KEY")
-
-
-def server_url(loaded: Config) -> str:
-    return f"http://127.0.0.1:{loaded.ports.backend}"
-
-
-def _deployment(loaded: Config) -> tuple[Any, Any, str | None]:
-    """(deployment or None, backend, warning): what `flashfit deploy` runs for this project, asked
-    of the deploy engine. An unreachable engine runs no containers: then nothing is deployed."""
-    from flashfit_ops.backup.deployed import find_deployment
-    from flashfit_ops.errors import Unavailable
-
-    try:
-        deployment, backend = find_deployment(loaded)
-    except Unavailable as exc:
-        return None, None, f"could not ask the Docker engine whether the project is deployed ({exc.message}); assumed it is not"
-    return deployment, backend, None
-
-
-def _snapshotter(loaded: Config, server: str | None, no_server: bool) -> tuple[Any, list[str]]:
-    """--no-server: the data folder; --server URL: that server; else the deployed stack's server
-    (containers, then the proxy), else a server on the backend port."""
-    from flashfit_ops.backup.snapshot import HttpSnapshotter, NoSnapshot
-    from flashfit_ops.config.secrets import load_secrets
-
-    if no_server:
-        return NoSnapshot(), []
-    secret = load_secrets(loaded).get("JWT_SECRET_KEY")
-    if server:
-        return HttpSnapshotter(server, secret), []
-    deployment, backend, warning = _deployment(loaded)
-    if deployment is not None:
-        from flashfit_ops.backup.deployed import DeployedSnapshotter
-
-        return DeployedSnapshotter(loaded, deployment, backend, secret), []
-    return HttpSnapshotter(server_url(loaded), secret), [warning] if warning else []
+    return Feedback(step=console.step, info=console.info, progress=RichProgress)
 
 
 @guarded
 def create(
+    app: App,
     to: ToOption = None,
     tag: Annotated[str | None, typer.Option("--tag", help="A label kept in the manifest.")] = None,
     include_secrets: Annotated[bool, typer.Option("--include-secrets", help="Include the env file, encrypted (AES-GCM).")] = False,
     key_file: KeyFileOption = None,
     server: Annotated[str | None, typer.Option("--server", help="Server URL for the snapshot; default: the deployed containers (then the proxy) when `flashfit deploy` runs the project, else http://127.0.0.1:<ports.backend>.")] = None,
     no_server: Annotated[bool, typer.Option("--no-server", help="Read the data folder directly, without asking the server for a snapshot (stop the server first for a consistent copy).")] = False,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Back up the vector stores (through the server's snapshot when it runs: on a deployed stack,
     through its containers or the proxy), the rest of the data folder and the deployment
     configuration. A deployed server that does not answer is an error (exit 3), never a reason to
     read the folder it writes. Unchanged content is never uploaded twice."""
-    from flashfit_ops.backup.engine import create_backup
+    from flashfit_ops.backup import api
 
-    loaded = _load(config, env)
-    store = _store(to, loaded)
-    snapshotter, notes = _snapshotter(loaded, server, no_server)
-    key = _key_material(loaded, key_file) if include_secrets else None
-    console.step(f"backing up to {store.url}")
-    result = create_backup(loaded, store, config_file=config, snapshotter=snapshotter, tag=tag,
-                           include_secrets=include_secrets, key_material=key, progress=RichProgress())
-    result["warnings"] = notes + result["warnings"]
+    app.note_former_prod_default("backup create")
+    result = api.create(app.config, app.config_path, to=to, tag=tag, include_secrets=include_secrets, key_file=key_file,
+                        server=server, no_server=no_server, feedback=_feedback())
     if json_output:
         console.emit_json(result)
         return
@@ -162,22 +100,23 @@ def create(
 
 @guarded
 def list_(
+    app: App,
     from_: FromOption = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """List the complete backups, oldest first (an interrupted backup has no manifest and is not listed)."""
-    from flashfit_ops.backup.engine import list_backups
+    from flashfit_ops.backup import api
 
-    loaded = _load(config, env)
-    store = _store(from_, loaded)
-    backups = list_backups(store)
+    app.note_former_prod_default("backup list")
+    listing = api.list_backups(app.config, from_=from_)
+    backups = listing["backups"]
     if json_output:
-        console.emit_json({"target": store.url, "backups": backups})
+        console.emit_json(listing)
         return
     if not backups:
-        console.info(f"no backups in {store.url}")
+        console.info(f"no backups in {listing['target']}")
         return
     lines = [f"{'ID':<26} {'TIME (UTC)':<20} {'FILES':>6} {'SIZE':>10}  {'SOURCE':<16} TAG"]
     for item in backups:
@@ -191,30 +130,27 @@ def list_(
 
 @guarded
 def verify(
+    app: App,
     backup_id: Annotated[str, typer.Argument(help="A backup id (or unique prefix), 'latest' or 'all'.")] = "latest",
     read_data: Annotated[bool, typer.Option("--read-data", help="Download every blob and check its hash.")] = False,
     from_: FromOption = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Check that a backup is complete; exit 5 naming every damaged file and blob."""
-    from flashfit_ops.backup.engine import verify_backup
+    from flashfit_ops.backup import api
 
-    loaded = _load(config, env)
-    store = _store(from_, loaded)
-    report = verify_backup(store, backup_id, read_data=read_data, progress=RichProgress())
-    if not report["ok"]:
-        damaged = [r for r in report["backups"] if not r["ok"]]
+    app.note_former_prod_default("backup verify")
+    report = api.verify(app.config, backup_id, read_data=read_data, from_=from_, feedback=_feedback())
+    failure = api.damage_error(report)
+    if failure is not None:
         if not json_output:
-            for backup in damaged:
+            for backup in api.damaged(report):
                 for problem in backup["problems"]:
                     where = f"{problem['path']} ({problem['blob']})" if problem["path"] else backup["id"]
                     console.info(f"  [red]✗[/] {backup['id']}: {where}: {problem['problem']}")
-        count = sum(len(r["problems"]) for r in damaged)
-        raise IntegrityFailure(f"{len(damaged)} backup(s) damaged, {count} problem(s)",
-                              hint="restore another backup; the next `backup create` re-uploads missing content",
-                              details=report)
+        raise failure
     if json_output:
         console.emit_json(report)
         return
@@ -225,28 +161,22 @@ def verify(
 
 @guarded
 def prune(
+    app: App,
     keep_last: Annotated[int | None, typer.Option("--keep-last", min=0, help="Keep the N newest (default backup.retention.keep_last).")] = None,
     keep_daily: Annotated[int | None, typer.Option("--keep-daily", min=0, help="Keep the newest of each of N days.")] = None,
     keep_weekly: Annotated[int | None, typer.Option("--keep-weekly", min=0, help="Keep the newest of each of N weeks.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would go; delete nothing.")] = False,
     from_: FromOption = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Forget backups by the retention policy, then delete the blobs no remaining backup needs."""
-    from flashfit_ops.backup.engine import prune_backups
-    from flashfit_ops.backup.retention import Policy
+    from flashfit_ops.backup import api
 
-    loaded = _load(config, env)
-    store = _store(from_, loaded)
-    retention = loaded.backup.retention
-    policy = Policy(
-        keep_last=retention.keep_last if keep_last is None else keep_last,
-        keep_daily=retention.keep_daily if keep_daily is None else keep_daily,
-        keep_weekly=retention.keep_weekly if keep_weekly is None else keep_weekly,
-    )
-    result = prune_backups(store, policy, dry_run=dry_run)
+    app.note_former_prod_default("backup prune")
+    result = api.prune(app.config, keep_last=keep_last, keep_daily=keep_daily, keep_weekly=keep_weekly,
+                       dry_run=dry_run, from_=from_)
     if json_output:
         console.emit_json(result)
         return
@@ -263,30 +193,22 @@ def prune(
 
 @guarded
 def schedule(
+    app: App,
     every: Annotated[str | None, typer.Option("--every", help="daily or weekly (Sundays); default from backup.retention.", show_default=False)] = None,
     at: Annotated[str, typer.Option("--at", help="Local time of day, HH:MM.")] = "03:00",
     cron: Annotated[bool, typer.Option("--cron", help="Print a crontab line even where systemd runs.")] = False,
     unit_dir: Annotated[Path | None, typer.Option("--unit-dir", help="Where to write the systemd units (default /etc/systemd/system).", show_default=False)] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Run `backup create`, then `backup prune`, on a schedule: a systemd timer where systemd runs,
     else the crontab line to add. The doctor then measures the newest backup against it."""
-    from flashfit_ops.backup import schedule as sched
+    from flashfit_ops.backup import api
 
-    loaded = _load(config, env)
-    every = every or sched.default_every(loaded)
-    problems = sched.validate(every, at)
-    if problems:
-        raise UsageError("; ".join(problems), hint="e.g. flashfit backup schedule --every daily --at 03:00")
-    plan = sched.Schedule(every=every, at=at, command=sched.current_command(), config_file=str(Path(config).resolve()), env=env)
-    result: dict[str, Any] = {"every": every, "at": at, "command": plan.script()}
-    if not cron and sched.systemd_running():
-        result.update(installed="systemd", **sched.install_systemd(loaded, plan, unit_dir))
-    else:
-        result.update(installed="cron", cron_line=sched.cron_line(loaded, plan))
-    sched.record(loaded, plan, result["installed"])
+    app.note_former_prod_default("backup schedule")
+    result = api.schedule(app.config, app.config_path, app.env, every=every, at=at, cron=cron, unit_dir=unit_dir)
+    every = result["every"]
     if json_output:
         console.emit_json(result)
         return
@@ -298,20 +220,9 @@ def schedule(
     console.print_data(result["cron_line"])
 
 
-def service_for(loaded: Config) -> Any:
-    """The ServiceControl around the swap when nothing is deployed: the no-op one, so a restore
-    refuses while a server it cannot stop answers on the backend port."""
-    from flashfit_ops.backup.service import NoServiceControl, server_answers
-
-    url = server_url(loaded) + loaded.healthcheck.liveness_path
-    if server_answers(url):
-        raise UsageError(f"a server answers at {url}, and `flashfit deploy` does not run it, so flashfit cannot stop and restart it around a restore",
-                         hint="stop the server first, run the restore, then start it again")
-    return NoServiceControl()
-
-
 @guarded
 def restore(
+    app: App,
     backup_id: Annotated[str, typer.Argument(help="A backup id (or unique prefix), or 'latest'.")] = "latest",
     from_: FromOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the backup is complete and show what would change; touch nothing.")] = False,
@@ -319,8 +230,8 @@ def restore(
     key_file: KeyFileOption = None,
     ready_timeout: Annotated[float, typer.Option("--ready-timeout", help="Seconds to wait for the server after the swap.")] = 120.0,
     lock_wait: Annotated[float | None, typer.Option("--lock-wait", help="Seconds to wait for a running deploy's lock (default: deploy.lock_wait).", show_default=False)] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: BackupEnvOption = "prod",
+    config: ConfigOption = None,
+    env: BackupEnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Restore a backup: download into a staging folder, verify every hash, then swap it in for the
@@ -329,31 +240,11 @@ def restore(
     the swap (the proxy answers 502/503/504 meanwhile), started again, gated on /ready, and the
     restore is recorded in `flashfit history`. A server that does not come back gets the previous
     data back."""
-    from flashfit_ops.backup.engine import restore_backup
-    from flashfit_ops.backup.service import NoServiceControl
+    from flashfit_ops.backup import api
 
-    loaded = _load(config, env)
-    store = _store(from_, loaded)
-    options: dict[str, Any] = dict(config_file=config, apply_config=apply_config, key_material=_key_material(loaded, key_file),
-                                   progress=RichProgress(), ready_timeout=ready_timeout)
-    deployment, backend, warning = (None, None, None) if dry_run else _deployment(loaded)
-    if deployment is not None:
-        from flashfit_ops.backup.deployed import restore_deployed
-
-        console.step(f"deployed stack: {', '.join(deployment.running) or 'no running container'} will be stopped for the swap; "
-                     "the proxy answers 502/503/504 until they are ready again")
-
-        def on_lock_wait(holder: Any, waited: float) -> None:
-            if int(waited * 4) % 20 == 0:  # every ~5 s
-                console.info(f"  waiting for the deploy lock ({waited:.0f}s): held by {holder.describe() if holder else 'another deploy'}")
-
-        result = restore_deployed(loaded, store, backup_id, backend=backend, lock_wait=lock_wait, say=console.step,
-                                  on_lock_wait=on_lock_wait, **options)
-    else:
-        service = None if dry_run else service_for(loaded)
-        result = restore_backup(loaded, store, backup_id, service=service or NoServiceControl(), dry_run=dry_run, **options)
-        if warning:
-            result["warnings"].insert(0, warning)
+    app.note_former_prod_default("restore")
+    result = api.restore(app.config, app.config_path, backup_id, from_=from_, dry_run=dry_run, apply_config=apply_config,
+                         key_file=key_file, ready_timeout=ready_timeout, lock_wait=lock_wait, feedback=_feedback())
     if json_output:
         console.emit_json(result)
         return

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from flashfit_ops import console
-from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, EnvOption, JsonOption, guarded
+from flashfit_ops.cli.common import DEFAULT_CONFIG, App, ConfigOption, EnvOption, JsonOption, guarded
 from flashfit_ops.errors import UsageError
 
 config_app = typer.Typer(help="Check and show the configuration.", no_args_is_help=True)
@@ -29,30 +29,29 @@ def init(
 
 
 @guarded
-def validate(config: ConfigOption = DEFAULT_CONFIG, env: EnvOption = None, json_output: JsonOption = False) -> None:
+def validate(app: App, config: ConfigOption = None, env: EnvOption = None, json_output: JsonOption = False) -> None:
     """Check the configuration: exit 0 when valid, else one line per problem and exit 2."""
     from flashfit_ops.config import load_config
 
-    envs = [env] if env else [None, "dev", "prod"]
+    envs = [app.env] if app.env else [None, "dev", "prod"]
     for name in envs:
-        load_config(config, env=name)
+        load_config(app.config_path, env=name)
     if json_output:
-        console.emit_json({"valid": True, "file": str(config), "environments": [e or "base" for e in envs]})
+        console.emit_json({"valid": True, "file": str(app.config_path), "environments": [e or "base" for e in envs]})
     else:
-        console.success(f"{config} is valid ({', '.join(e or 'base' for e in envs)})")
+        console.success(f"{app.config_path} is valid ({', '.join(e or 'base' for e in envs)})")
 
 
 @guarded
-def show(config: ConfigOption = DEFAULT_CONFIG, env: EnvOption = None, json_output: JsonOption = False) -> None:
+def show(app: App, config: ConfigOption = None, env: EnvOption = None, json_output: JsonOption = False) -> None:
     """Print the merged configuration (file + environment overlay + FLASHFIT__* variables), secrets redacted."""
     import json
 
     import yaml
 
-    from flashfit_ops.config import load_config
     from flashfit_ops.config.secrets import redacted_view
 
-    loaded = load_config(config, env=env)
+    loaded = app.config
     view = redacted_view(loaded)
     if json_output:
         console.emit_json(view)

@@ -12,7 +12,7 @@ from rich.markup import escape
 
 from flashfit_ops import console
 from flashfit_ops.cli.common import (
-    DEFAULT_CONFIG,
+    App,
     ConfigOption,
     DryRunOption,
     EnvOption,
@@ -93,7 +93,7 @@ def _report(result: dict[str, Any], json_output: bool, verb: str, config: Any = 
         if image and not result.get("image_exists", True):
             console.info(f"{image} does not exist: a deploy would build it first")
         console.info(f"plan ({result.get('strategy', 'rollback')}, version {result.get('version')}):")
-        print_plan(result["plan"])
+        print_plan([*result["plan"], *result.get("keeper", [])])  # the keeper step runs after the plan
         if "monitor_window_behaviour" in result:
             console.info(result["monitor_window_behaviour"])
             reloads = result["nginx_reloads"]
@@ -124,23 +124,23 @@ def _report_swarm(result: dict[str, Any], verb: str) -> None:
 
 @guarded
 def deploy(
+    app: App,
     strategy: StrategyOption = None,
     version: Annotated[Optional[str], typer.Option("--version", "-v", help="Image tag to deploy (default: the current source tree's version, built when missing).", show_default=False)] = None,
     replicas: Annotated[Optional[int], typer.Option("--replicas", "-r", min=1, max=64, help="Backend replicas (default: replicas).", show_default=False)] = None,
     dry_run: DryRunOption = False,
     lock_wait: LockWaitOption = None,
     message: MessageOption = "",
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     env: EnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Deploy a version with zero downtime: start it beside the live one, gate it on /ready,
     switch nginx, drain, stop the old. Never-ready or crashing versions are rolled back (exit 1)."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.execute import service
 
     _check_strategy(strategy)
-    loaded = load_config(config, env=env)
+    loaded = app.config
     try:
         result = service.deploy(loaded, strategy=strategy, version=version, replicas=replicas, dry_run=dry_run, lock_wait=lock_wait, message=message)
     except FlashFitError as error:
@@ -151,23 +151,23 @@ def deploy(
 
 @guarded
 def rollback(
+    app: App,
     version: Annotated[Optional[str], typer.Argument(help="Version to go back to; omit to list the retained ones.", show_default=False)] = None,
     replicas: Annotated[Optional[int], typer.Option("--replicas", "-r", min=1, max=64, help="Backend replicas (default: as many as that version last ran).", show_default=False)] = None,
     strategy: StrategyOption = None,
     dry_run: DryRunOption = False,
     lock_wait: LockWaitOption = None,
     message: MessageOption = "",
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     env: EnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Switch back to a retained previous version, through the same health gate. Without a
     version, list the versions that can be rolled back to."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.execute import service
 
     _check_strategy(strategy)
-    loaded = load_config(config, env=env)
+    loaded = app.config
     try:
         result = service.rollback(loaded, version, replicas=replicas, strategy=strategy, dry_run=dry_run, lock_wait=lock_wait, message=message)
     except FlashFitError as error:

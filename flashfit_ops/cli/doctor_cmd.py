@@ -9,12 +9,13 @@ from typing import Annotated
 
 import typer
 
-from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, EnvOption, JsonOption, guarded
+from flashfit_ops.cli.common import App, ConfigOption, EnvOption, JsonOption, guarded
 
 
 @guarded
 def doctor(
-    config: ConfigOption = DEFAULT_CONFIG,
+    app: App,
+    config: ConfigOption = None,
     env: EnvOption = None,
     json_output: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Add each check's details and timing.")] = False,
@@ -46,7 +47,7 @@ def doctor(
     from flashfit_ops.doctor.report import lines
 
     with console.status("running checks"):
-        results, wall = run_doctor(config, env=env, names=check, settings=Settings(latency_requests=requests))
+        results, wall = run_doctor(app.config_path, env=app.env, names=check, settings=Settings(latency_requests=requests))
     if json_output:
         console.emit_json([r.to_dict() for r in results])
     else:

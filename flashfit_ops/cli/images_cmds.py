@@ -8,7 +8,7 @@ import typer
 
 from flashfit_ops import console
 from flashfit_ops.cli.common import (
-    DEFAULT_CONFIG,
+    App,
     ConfigOption,
     DryRunOption,
     EnvOption,
@@ -22,7 +22,8 @@ images_app = typer.Typer(help="Base images without a registry, and pruning old b
 
 @guarded
 def bootstrap(
-    config: ConfigOption = DEFAULT_CONFIG,
+    app: App,
+    config: ConfigOption = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild images that already exist.")] = False,
     only: Annotated[
         list[str] | None, typer.Option("--only", help="Just this image: base, proxy, prometheus or alertmanager (repeatable).")
@@ -36,11 +37,10 @@ def bootstrap(
 ) -> None:
     """Make flashfit/debian-python:bookworm and flashfit/nginx:bookworm from Debian packages
     (debootstrap + docker import), unless they exist locally or can be pulled."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.docker_client import connect
     from flashfit_ops.images.bootstrap import bootstrap as run_bootstrap
 
-    loaded = load_config(config)
+    loaded = app.config
     client = connect()
     outcomes = run_bootstrap(client, loaded.base_dir, which=only, force=force, pull=pull, mirror=mirror)
     if json_output:
@@ -49,6 +49,7 @@ def bootstrap(
 
 @guarded
 def build(
+    app: App,
     version: Annotated[
         str | None,
         typer.Option("--version", help="Image tag; default: git short SHA (+ -dirty-<hash>).", show_default=False),
@@ -57,18 +58,17 @@ def build(
         bool | None,
         typer.Option("--gpu/--cpu", help="GPU variant (torch's CUDA build); default: GPU when resources.gpus is set.", show_default=False),
     ] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     env: EnvOption = None,
     push: Annotated[bool, typer.Option("--push", help="Push it to registry.server; deploys then pin its digest.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Build the backend image <server.image>:<version> from a wheelhouse (no PyPI in the build)."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.docker_client import connect
     from flashfit_ops.images import registry
     from flashfit_ops.images.build import build_image
 
-    loaded = load_config(config, env=env)
+    loaded = app.config
     if push:
         registry.require(loaded)
     client = connect()
@@ -83,11 +83,12 @@ def build(
 
 @guarded
 def prune(
+    app: App,
     keep: Annotated[
         int | None,
         typer.Option("--keep", min=1, help="Versions to keep (default: deploy.keep_versions).", show_default=False),
     ] = None,
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     env: EnvOption = None,
     dry_run: DryRunOption = False,
     lock_wait: LockWaitOption = None,
@@ -96,10 +97,9 @@ def prune(
 ) -> None:
     """Remove old <server.image> tags. Kept: tags any container or Swarm service uses, the last
     --keep successful deploys (rollback targets) and the --keep newest builds."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.images.prune import prune_images, prune_remote_images
 
-    loaded = load_config(config, env=env)
+    loaded = app.config
     prune_with = prune_remote_images if remote else prune_images
     result = prune_with(loaded, keep=keep, dry_run=dry_run, lock_wait=lock_wait)
     if json_output:
@@ -126,18 +126,18 @@ def prune(
 
 @guarded
 def push(
+    app: App,
     version: Annotated[str, typer.Option("--version", help="The tag of <server.image> to push.")],
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     env: EnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Push an image built earlier (<server.image>:<version>) to registry.server."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.docker_client import connect
     from flashfit_ops.images import registry
     from flashfit_ops.images.build import check_version
 
-    loaded = load_config(config, env=env)
+    loaded = app.config
     registry.require(loaded)
     with console.status(f"pushing to {registry.image_repository(loaded)}"):
         pushed = registry.push(connect(), loaded, check_version(version))
@@ -148,12 +148,11 @@ def push(
 
 
 @guarded
-def remote(config: ConfigOption = DEFAULT_CONFIG, env: EnvOption = None, json_output: JsonOption = False) -> None:
+def remote(app: App, config: ConfigOption = None, env: EnvOption = None, json_output: JsonOption = False) -> None:
     """List the backend's tags in registry.server, with digest and build time (registry API v2)."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.images.registry import image_repository, remote_tags
 
-    loaded = load_config(config, env=env)
+    loaded = app.config
     tags = sorted(remote_tags(loaded), key=lambda t: t.created, reverse=True)
     if json_output:
         console.emit_json({"repository": image_repository(loaded), "tags": [

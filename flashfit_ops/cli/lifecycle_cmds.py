@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from flashfit_ops import console
-from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, DryRunOption, EnvOption, JsonOption, LockWaitOption, guarded
+from flashfit_ops.cli.common import App, ConfigOption, DryRunOption, EnvOption, JsonOption, LockWaitOption, guarded
 from flashfit_ops.cli.deploy_cmds import MessageOption, _show_failure, print_plan
 from flashfit_ops.errors import FlashFitError, UsageError
 
@@ -23,7 +23,7 @@ def _report(result: dict[str, Any], json_output: bool, done: str) -> None:
         console.warn(escape(finding))
     if result.get("dry_run"):
         console.info(f"plan ({result['kind']}):")
-        print_plan(result["plan"])
+        print_plan([*result["plan"], *result.get("keeper", [])])  # the keeper step runs after the plan
         if not result["plan"]:
             console.info("  nothing to do")
         console.info("dry run: nothing changed")
@@ -47,73 +47,73 @@ def _run(call, json_output: bool, done: str) -> None:
 
 @guarded
 def repair(
+    app: App,
     dry_run: DryRunOption = False,
     lock_wait: LockWaitOption = None,
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     env: EnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Restore service from what is healthy (start the proxy on the live backends, point slots away
     from dead ones, start stopped live ones), then finish what an interrupted deploy left. Never
     undoes a switch that happened. Every deploy runs it first."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.execute import service
 
-    loaded = load_config(config, env=env)
+    loaded = app.config
     _run(lambda: service.repair(loaded, dry_run=dry_run, lock_wait=lock_wait), json_output, "repaired")
 
 
 @guarded
 def stop(
+    app: App,
     dry_run: DryRunOption = False,
     lock_wait: LockWaitOption = None,
     message: MessageOption = "",
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     env: EnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Stop the proxy, then drain and stop the backends; every container is kept for `start`."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.execute import service
 
-    loaded = load_config(config, env=env)
+    loaded = app.config
     _run(lambda: service.lifecycle(loaded, "stop", dry_run=dry_run, lock_wait=lock_wait, message=message), json_output, "stopped")
 
 
 @guarded
 def start(
+    app: App,
     dry_run: DryRunOption = False,
     lock_wait: LockWaitOption = None,
     message: MessageOption = "",
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     env: EnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Start the last live version again (its kept containers), gated on /ready, then the proxy."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.execute import service
 
-    loaded = load_config(config, env=env)
+    loaded = app.config
     _run(lambda: service.lifecycle(loaded, "start", dry_run=dry_run, lock_wait=lock_wait, message=message), json_output, "started")
 
 
 @guarded
 def down(
+    app: App,
     volumes: Annotated[bool, typer.Option("--volumes", help="Also delete the data volumes (models, vector stores).")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting volumes.")] = False,
     dry_run: DryRunOption = False,
     lock_wait: LockWaitOption = None,
     message: MessageOption = "",
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
     env: EnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Remove every container of the project, the proxy and the network. Data volumes stay unless
     --volumes (which asks first; --yes skips the question). History and backups stay."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.execute import service
 
-    loaded = load_config(config, env=env)
+    loaded = app.config
     if volumes and not dry_run and not yes:
         if json_output or not sys.stdin.isatty():
             raise UsageError("--volumes deletes the data volumes", hint="pass --yes to confirm without a prompt")

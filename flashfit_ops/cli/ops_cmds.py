@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 
 from flashfit_ops import console
-from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, EnvOption, JsonOption, guarded
+from flashfit_ops.cli.common import App, ConfigOption, EnvOption, JsonOption, guarded
 from flashfit_ops.errors import EXIT_FAILED
 
 lock_app = typer.Typer(help="The deploy lock: one deploy at a time per project.", no_args_is_help=True)
@@ -16,16 +16,16 @@ lock_app = typer.Typer(help="The deploy lock: one deploy at a time per project."
 
 @guarded
 def status(
-    config: ConfigOption = DEFAULT_CONFIG,
+    app: App,
+    config: ConfigOption = None,
     env: EnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """What nginx routes to (the slot links), each container's health, the history, and where they
     disagree, with a hint. Read-only: `flashfit repair` fixes. Exit 1 when nothing healthy serves."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.execute import service
 
-    loaded = load_config(config, env=env)
+    loaded = app.config
     result = service.status(loaded)
     if json_output:
         console.emit_json(result)
@@ -60,7 +60,7 @@ def _print_status(result: dict) -> None:
     console.info(f"  proxy {proxy['name']}: {proxy['state']} -> {', '.join(proxy['upstreams']) or 'nothing'}")
     for c in result["containers"]:
         health = "ready" if c.get("ready") else ("alive" if c.get("alive") else "-")
-        live = "live" if c["live"] else ""
+        live = "live" if c["live"] else ("spare" if c.get("spare") else "")
         console.print_data(f"  {c['name']}\t{c['version']}\t{c['color']}\t{c['state']}\t{health}\t{live}")
     for line in result["disagreements"]:
         console.warn(escape(line))
@@ -92,15 +92,15 @@ def _print_monitoring(view: dict) -> None:
 
 @guarded
 def history(
-    config: ConfigOption = DEFAULT_CONFIG,
+    app: App,
+    config: ConfigOption = None,
     limit: Annotated[Optional[int], typer.Option("--limit", "-n", help="Only the last N deploys.", show_default=False)] = None,
     json_output: JsonOption = False,
 ) -> None:
     """Every deploy and rollback: when, who, version, strategy, result, duration."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.execute import service
 
-    entries = service.history(load_config(config), limit)
+    entries = service.history(app.config, limit)
     if json_output:
         console.emit_json({"history": entries})
         return
@@ -116,15 +116,15 @@ def history(
 
 @guarded
 def logs(
+    app: App,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep streaming new lines.")] = False,
     since: Annotated[Optional[str], typer.Option("--since", help="Only lines newer than this, e.g. 10m or 30s.", show_default=False)] = None,
     tail: Annotated[Optional[int], typer.Option("--tail", "-n", help="Last N lines per container.", show_default=False)] = None,
     proxy: Annotated[bool, typer.Option("--proxy", help="Include the nginx proxy.")] = False,
     all_containers: Annotated[bool, typer.Option("--all", help="Every container of the project, not only the live ones.")] = False,
-    config: ConfigOption = DEFAULT_CONFIG,
+    config: ConfigOption = None,
 ) -> None:
     """Logs of the live backend containers, each line prefixed with its container."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.config.model import parse_duration
     from flashfit_ops.errors import UsageError
     from flashfit_ops.execute import service
@@ -135,17 +135,16 @@ def logs(
             seconds = parse_duration(since)
         except ValueError as error:
             raise UsageError(f"--since: {error}") from None
-    for name, line in service.logs(load_config(config), follow=follow, since=seconds, tail=tail, proxy=proxy, all_containers=all_containers):
+    for name, line in service.logs(app.config, follow=follow, since=seconds, tail=tail, proxy=proxy, all_containers=all_containers):
         console.print_data(f"{name} | {line}")
 
 
 @guarded
-def lock_status_cmd(config: ConfigOption = DEFAULT_CONFIG, json_output: JsonOption = False) -> None:
+def lock_status_cmd(app: App, config: ConfigOption = None, json_output: JsonOption = False) -> None:
     """Who holds the deploy lock, since when, and why."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.execute import service
 
-    info = service.lock_info(load_config(config))
+    info = service.lock_info(app.config)
     if json_output:
         console.emit_json(info)
         return
@@ -160,15 +159,15 @@ def lock_status_cmd(config: ConfigOption = DEFAULT_CONFIG, json_output: JsonOpti
 
 @guarded
 def lock_release_cmd(
-    config: ConfigOption = DEFAULT_CONFIG,
+    app: App,
+    config: ConfigOption = None,
     force: Annotated[bool, typer.Option("--force", help="Release even while its deploy still runs.")] = False,
     json_output: JsonOption = False,
 ) -> None:
     """Remove the lock record (a stale one, or with --force a live one)."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.execute import service
 
-    result = service.lock_release(load_config(config), force=force)
+    result = service.lock_release(app.config, force=force)
     if json_output:
         console.emit_json(result)
     else:

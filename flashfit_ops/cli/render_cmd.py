@@ -8,21 +8,22 @@ from typing import Annotated
 import typer
 
 from flashfit_ops import console
-from flashfit_ops.cli.common import DEFAULT_CONFIG, ConfigOption, EnvOption, JsonOption, guarded
+from flashfit_ops.cli.common import App, ConfigOption, EnvOption, JsonOption, guarded
 
 
 @guarded
 def render(
+    app: App,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write into (created if missing).")] = Path("deploy"),
-    config: ConfigOption = DEFAULT_CONFIG,
-    env: EnvOption = "prod",
+    config: ConfigOption = None,
+    env: EnvOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Render compose (dev, prod, blue, green), Swarm stack, nginx, monitoring and Dockerfile files."""
-    from flashfit_ops.config import load_config
     from flashfit_ops.render import render_all, write_tree
 
-    loaded = load_config(config, env=env)
+    loaded = app.config
+    app.note_former_prod_default("render")
     files = render_all(loaded)
     written = write_tree(files, out)
     if json_output:
@@ -30,7 +31,7 @@ def render(
         return
     for path in written:
         console.info(f"  {path}")
-    console.success(f"rendered {len(written)} files into {out} (environment {env})")
+    console.success(f"rendered {len(written)} files into {out} (environment {app.env or 'base, no overlay'})")
 
 
 def register(app: typer.Typer) -> None:

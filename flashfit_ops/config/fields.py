@@ -146,6 +146,13 @@ BackupTarget = _text(
     "write file://./backups or s3://bucket/prefix (no spaces, quotes or $)",
     max_length=1024,
 )
+# The shared catalogue log every node follows: s3://<bucket>/<prefix>.
+CatalogLogUrl = _text(
+    "a catalogue log URL",
+    r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](?:/[A-Za-z0-9._-]+)*/?",
+    "write s3://bucket/prefix (bucket: lower-case letters, digits, . and -)",
+    max_length=600,
+)
 # The project name: Docker object names and labels are derived from it.
 ProjectName = _text(
     "a project name", r"[a-z0-9][a-z0-9_-]{0,39}", "use 1 to 40 lower-case letters, digits, _ and -, starting with a letter or digit"

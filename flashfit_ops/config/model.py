@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 
 from flashfit_ops.config.fields import (
     BackupTarget,
+    CatalogLogUrl,
     ContainerPath,
     DomainName,
     EnvVarName,
@@ -220,6 +221,10 @@ class DeployConfig(Strict):
     keep_versions: int = Field(3, ge=1, le=50)
     warm_standby: bool = True  # the previous version runs (out of rotation) through the monitor window
     max_replicas: int = Field(8, ge=1, le=64)  # upstream slots: replica counts up to this switch with no nginx reload
+    # Warm spares of the live version, out of rotation behind the standby slots: a live backend
+    # that is killed or stopped is replaced by a relink (no cold start). Each costs one backend's memory.
+    spare_replicas: int = Field(0, ge=0, le=8)
+    keeper: bool = True  # run <project>-keeper, which brings a killed proxy or backend back without an operator
 
 
 class TLSConfig(Strict):
@@ -323,6 +328,27 @@ class BackupConfig(Strict):
     s3: S3Config = Field(default_factory=S3Config)
 
 
+class CatalogConfig(Strict):
+    """One catalogue for every node: each replica follows a shared log of committed segments in
+    S3 (README, multi-node). Credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) come from the
+    env file, never from here."""
+
+    sync_url: CatalogLogUrl | None = None  # None: each node keeps its own catalogue
+    endpoint_url: HttpUrl | None = None  # MinIO or another S3-compatible store
+    region: Identifier | None = None
+    poll_interval: float = Field(0.5, ge=0.05, le=60)  # seconds between a replica's looks at the log
+
+    def server_env(self) -> dict[str, str]:
+        if self.sync_url is None:
+            return {}
+        env = {"CATALOG_SYNC_URL": self.sync_url, "CATALOG_SYNC_POLL_INTERVAL": f"{self.poll_interval:g}"}
+        if self.endpoint_url:
+            env["CATALOG_SYNC_ENDPOINT"] = self.endpoint_url
+        if self.region:
+            env["CATALOG_SYNC_REGION"] = self.region
+        return env
+
+
 class VolumesConfig(Strict):
     """A Docker volume name, or a host path (starting with / or .) to bind-mount."""
 
@@ -371,6 +397,7 @@ class Config(Strict):
     services: ServicesConfig = Field(default_factory=ServicesConfig)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     volumes: VolumesConfig = Field(default_factory=VolumesConfig)
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)

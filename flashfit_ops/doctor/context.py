@@ -14,17 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from flashfit_ops.errors import Unavailable
+from flashfit_ops.labels import LABEL_COLOR, LABEL_PROJECT, LABEL_ROLE, LABEL_VERSION, ROLE_BACKEND, ROLE_PROXY
 
 if TYPE_CHECKING:  # pragma: no cover
     from flashfit_ops.config.model import Config
 
 # Labels written by the deploy engine (flashfit_ops/plan/common.py).
-LABEL_PROJECT = "io.flashfit.project"
-LABEL_ROLE = "io.flashfit.role"
-LABEL_COLOR = "io.flashfit.color"
-LABEL_VERSION = "io.flashfit.version"
-ROLE_BACKEND = "backend"
-ROLE_PROXY = "proxy"
 BACKEND_PORT = 8080
 STATE_DIR = ".flashfit"
 DEFAULT_HTTP_TIMEOUT = 3.0

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from flashfit_ops.errors import OperationFailed, Unavailable
 from flashfit_ops.plan.common import LABEL_PROJECT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE, SOCKET_DIR, EngineGpus
+from flashfit_ops.plan.keeper import KEEPER_PROXY_DIR, KEEPER_SOCKETS
 from flashfit_ops.plan.steps import ContainerSpec, GpuRequest, ProxySpec
+from flashfit_ops.service_spec import Healthcheck, Logging
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker
@@ -64,6 +66,24 @@ def device_request(gpus: GpuRequest) -> Any:
         device_ids=list(gpus.device_ids) or None,
         capabilities=[list(gpus.capabilities)],
     )
+
+
+NANOSECONDS = 1_000_000_000
+
+
+def healthcheck_config(check: Healthcheck) -> dict[str, Any]:
+    """The engine's HealthConfig for a container (durations in nanoseconds)."""
+    return {
+        "Test": ["CMD", *check.test],
+        "Interval": int(check.interval * NANOSECONDS),
+        "Timeout": int(check.timeout * NANOSECONDS),
+        "Retries": check.retries,
+        "StartPeriod": int(check.start_period * NANOSECONDS),
+    }
+
+
+def log_config(logging: Logging) -> dict[str, Any]:
+    return {"Type": logging.driver, "Config": dict(logging.options)}
 
 
 def _info(container: Any) -> ContainerInfo:
@@ -216,6 +236,8 @@ class DockerBackend:
             mem_limit=spec.memory.lower() if spec.memory else None,
             nano_cpus=self._cpus(spec.cpus),
             device_requests=[device_request(spec.gpus)] if spec.gpus else None,
+            healthcheck=healthcheck_config(spec.healthcheck) if spec.healthcheck else None,
+            log_config=log_config(spec.logging) if spec.logging else None,
             restart_policy={"Name": "unless-stopped"},
             detach=True,
         )
@@ -228,9 +250,16 @@ class DockerBackend:
         mounts = [
             Mount("/flashfit-keeper.py", script, type="bind", read_only=True),
             Mount("/flashfit", step.state_dir, type="bind", read_only=True),
+            # Writable: a failover relinks slots and records them (flashfit_ops/plan/spare.py).
+            Mount(KEEPER_SOCKETS, f"{step.state_dir}/sockets", type="bind"),
+            Mount(KEEPER_PROXY_DIR, f"{step.state_dir}/proxy", type="bind"),
             Mount("/var/run/docker.sock", step.engine_socket, type="bind"),
         ]
-        environment = {"KEEPER_PROJECT": step.labels.get("io.flashfit.project", ""), "KEEPER_PROXY": step.proxy}
+        environment = {
+            "KEEPER_PROJECT": step.labels.get(LABEL_PROJECT, ""),
+            "KEEPER_PROXY": step.proxy,
+            "KEEPER_READY_PATH": step.ready_path,
+        }
         container = self.client.containers.create(
             step.image,
             name=step.name,

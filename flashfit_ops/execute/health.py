@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from flashfit_contract import health as fields
 from flashfit_ops.config.model import Config
 
 
@@ -152,9 +153,10 @@ def failure_of(response) -> str | None:
         body = response.json()
     except ValueError:
         return None
-    if not isinstance(body, dict) or body.get("status") != "failed":
+    if not isinstance(body, dict) or body.get(fields.STATUS) != fields.FAILED:
         return None
-    errors = (body.get("checks") or {}).get("errors") if isinstance(body.get("checks"), dict) else None
+    checks = body.get(fields.CHECKS)
+    errors = checks.get(fields.ERRORS) if isinstance(checks, dict) else None
     if isinstance(errors, dict) and errors:
         return "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))[:500]
     return "failed"

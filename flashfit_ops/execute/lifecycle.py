@@ -1,5 +1,5 @@
 """The executor every service command uses: the deploy executor plus the steps of issue 11 (the
-keeper, and what only `down` does). None of them is undone: what was removed on purpose is not
+keeper, warm spares, and what only `down` does). None of them is undone: what was removed on purpose is not
 brought back, and a keeper that could not start is a warning, never a rollback."""
 
 from __future__ import annotations
@@ -8,12 +8,14 @@ from pathlib import Path
 
 from flashfit_ops.errors import FlashFitError
 from flashfit_ops.execute.executor import Executor
+from flashfit_ops.execute.spare import SpareSteps
+from flashfit_ops.plan.keeper import KEEPER_SOCKETS
 from flashfit_ops.plan.steps import EnsureKeeper, RemoveNetwork, RemoveVolume
 
 KEEPER_SCRIPT = Path(__file__).with_name("keeper_main.py")
 
 
-class LifecycleExecutor(Executor):
+class LifecycleExecutor(SpareSteps, Executor):
     def _do_remove_network(self, step: RemoveNetwork) -> None:
         self.backend.remove_network(step.name)
 
@@ -22,7 +24,8 @@ class LifecycleExecutor(Executor):
 
     def _do_ensure_keeper(self, step: EnsureKeeper) -> None:
         info = self.backend.container(step.name)
-        if info is not None and info.state == "running" and info.image == step.image:
+        current = info is not None and info.image == step.image and KEEPER_SOCKETS in info.mount_targets
+        if info is not None and info.state == "running" and current:  # (a keeper without them cannot fail over)
             return
         try:
             if info is not None:

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator
 
+from flashfit_contract import health as health_fields
 from flashfit_ops.config.model import Config
 from flashfit_ops.errors import OperationFailed
 from flashfit_ops.fileio import atomic_write_text, fsync_dir
@@ -526,7 +527,7 @@ def _check(make_client: Callable, url: str, version: str | None) -> str | None:
         return f"HTTP {response.status_code}"
     if version is not None:
         try:
-            served = response.json().get("version")
+            served = response.json().get(health_fields.VERSION)
         except (ValueError, AttributeError):
             served = None
         if served != version:

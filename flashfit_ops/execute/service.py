@@ -1,28 +1,25 @@
 """What the CLI calls: deploy, rollback, status, history, logs, lock. Each runs the one flow:
-connect -> lock -> observe -> plan -> execute -> history. The CLI never talks to Docker; this
-module never prints (progress goes through the executor's `say`, which is the console)."""
+connect -> lock -> observe -> plan -> execute -> history. The CLI never talks to Docker. Results
+are returned as data for the CLI to render; progress on the way (building, waiting for the lock,
+a stale lock taken over, a repair first, each step) goes to flashfit_ops.console, the one place
+that prints, which keeps stdout clean in --json mode."""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets as _random
-import signal
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import datetime
 from typing import Any, Callable, Iterator
 
 from flashfit_ops import console
 from flashfit_ops.config.model import Config
-from flashfit_ops.errors import FlashFitError, OperationFailed, Unavailable, UsageError
-from flashfit_ops.execute import history as hist
+from flashfit_ops.errors import OperationFailed, Unavailable, UsageError
 from flashfit_ops.execute.executor import Executor
-from flashfit_ops.execute.lock import DeployLock, LockInfo, WaitProgress, force_release, lock_status, pid_alive
 from flashfit_ops.execute.observe import observe, probe_container, with_health
 from flashfit_ops.monitoring import targets as scrape_targets
 from flashfit_ops.monitoring.runner import monitoring_for_deploy, monitoring_status
@@ -32,7 +29,6 @@ from flashfit_ops.plan.common import (
     Target,
     gpu_problem,
     image_ref,
-    state_dir,
     swarm_gpu_problem,
     valid_version,
 )
@@ -40,21 +36,17 @@ from flashfit_ops.plan.observed import Observed
 from flashfit_ops.plan.repair import plan_repair
 from flashfit_ops.plan.rollback import plan_restart, retained_versions
 from flashfit_ops.plan.steps import Step
-
-
-def lock_path(config: Config) -> Path:
-    return state_dir(config) / "lock"
-
-
-def history_path(config: Config) -> Path:
-    return state_dir(config) / "history.jsonl"
-
-
-def new_deploy_id(now: float | None = None) -> str:
-    """Sortable (the leftovers policy compares them) and short enough for container names."""
-    now = time.time() if now is None else now
-    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
-    return f"{stamp}{int(now * 1000) % 1000:03d}{_random.token_hex(1)}"
+from flashfit_ops.runs import history as hist
+from flashfit_ops.runs.lock import force_release, lock_status, pid_alive
+from flashfit_ops.runs.recorded import (  # noqa: F401  (acquire_lock, sigterm_as_interrupt: imported from here too)
+    acquire_lock,
+    deploy_lock,
+    history_path,
+    lock_path,
+    new_deploy_id,
+    recorded_run,
+    sigterm_as_interrupt,
+)
 
 
 def public_url(config: Config) -> str:
@@ -64,23 +56,6 @@ def public_url(config: Config) -> str:
         return f"https://{host}{port}/"
     port = "" if config.ports.http == 80 else f":{config.ports.http}"
     return f"http://127.0.0.1{port}/"
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM takes the same path as Ctrl-C: the executor rolls back, the CLI exits 130."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _backend():
@@ -146,61 +121,6 @@ class Run:
     message: str = ""
 
 
-def _history_start(config: Config, run: Run, deploy_id: str, previous_version: str | None, info: LockInfo) -> float:
-    started = time.time()
-    hist.append(
-        history_path(config),
-        {
-            "event": "start",
-            "id": deploy_id,
-            "kind": run.kind,
-            "strategy": run.strategy,
-            "version": run.version,
-            "previous_version": previous_version,
-            "replicas": run.replicas,
-            "who": info.who,
-            "host": info.host,
-            "pid": info.pid,
-            "message": run.message,
-            "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
-        },
-    )
-    return started
-
-
-def _history_finish(config: Config, deploy_id: str, started: float, result: str, extra: dict[str, Any]) -> None:
-    hist.append(
-        history_path(config),
-        {
-            "event": "finish",
-            "id": deploy_id,
-            "result": result,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "duration_s": round(time.time() - started, 2),
-            **extra,
-        },
-    )
-
-
-def acquire_lock(config: Config, lock_wait: float | None, message: str = "") -> DeployLock:
-    lock = DeployLock(lock_path(config))
-    wait = config.deploy.lock_wait if lock_wait is None else lock_wait
-    progress = WaitProgress(wait, console.info)  # lines that show in CI logs too
-    with console.status("waiting for the deploy lock") as live:
-
-        def on_wait(holder: LockInfo | None, waited: float) -> None:
-            who = holder.describe() if holder else "another deploy"
-            live.update(f"waiting for the deploy lock ({waited:.0f}s of {wait:g}s): held by {who}")
-            progress(holder, waited)
-
-        lock.acquire(LockInfo.mine(message=message), wait=wait, on_wait=on_wait)
-    if progress.waited:
-        console.info(f"got the deploy lock after {progress.waited:.0f}s")
-    if lock.taken_over is not None:
-        console.warn(f"took over a stale lock: {lock.taken_over.describe()} is gone")
-    return lock
-
-
 def _execute(
     config: Config,
     backend: Any,
@@ -209,59 +129,41 @@ def _execute(
     *,
     executor_factory: Callable[..., Executor] | None = None,
 ) -> dict[str, Any]:
-    """Under the lock: observe, plan, execute, record. Raises after rolling back on failure."""
+    """Under the lock, recorded: observe, plan, execute. Raises after rolling back on failure."""
     from flashfit_ops.config.secrets import load_secrets
 
     observed = with_health(backend, config, observe(backend, config))
-    deploy_id = new_deploy_id()
-    steps = make_plan(observed)
-    if run.kind in KEEPS_SERVING and (steps or observed.keeper_state != "running"):
-        steps += _keeper(config, observed, steps)
-    info = LockInfo.mine()
-    started = _history_start(config, run, deploy_id, observed.live_version, info)
+    steps = with_keeper(config, observed, run.kind, make_plan(observed))
     from flashfit_ops.execute.lifecycle import LifecycleExecutor
 
     executor = (executor_factory or LifecycleExecutor)(backend, config, secrets=load_secrets(config))
-    outcome = "failed"
-    try:
-        with sigterm_as_interrupt():
+    with recorded_run(
+        config, run.kind, strategy=run.strategy, version=run.version, previous_version=observed.live_version,
+        replicas=run.replicas, message=run.message,
+    ) as record:  # fmt: skip
+        try:
             execution = executor.run(steps)
-        outcome = "success"
-    except KeyboardInterrupt:
-        outcome = "interrupted"
-        raise
-    except FlashFitError as error:
-        outcome = "rolled_back" if executor.execution.rolled_back else "failed"
-        error.details.setdefault("deploy_id", deploy_id)
-        raise
-    finally:
-        with contextlib.suppress(OSError):
-            scrape_targets.settle(config)  # drained containers stop being scrape targets
-        execution_dict = executor.execution.to_dict()
-        _history_finish(
-            config,
-            deploy_id,
-            started,
-            outcome,
-            {
-                "error": executor.execution.error,
-                "ready_seconds": execution_dict["ready_seconds"],
-                "rolled_back": executor.execution.rolled_back,
-                "warnings": executor.execution.warnings,
-            },
-        )
+        finally:
+            with contextlib.suppress(OSError):
+                scrape_targets.settle(config)  # drained containers stop being scrape targets
+            record.rolled_back = executor.execution.rolled_back
+            record.error = executor.execution.error
+            record.warnings = list(executor.execution.warnings)
+            record.details.update(
+                ready_seconds=executor.execution.to_dict()["ready_seconds"], rolled_back=executor.execution.rolled_back
+            )
     after = observe(backend, config, check_proxy_config=False)
     return {
         "result": "success",
         "kind": run.kind,
-        "deploy_id": deploy_id,
+        "deploy_id": record.id,
         "strategy": run.strategy,
         "version": run.version,
         "previous_version": observed.live_version,
         "live": list(after.live_names),
         "live_color": after.live_color,
         "url": public_url(config),
-        "duration_s": round(time.time() - started, 2),
+        "duration_s": record.seconds(),
         "plan": [s.to_dict() for s in steps],
         "execution": execution.to_dict(),
     }
@@ -269,6 +171,20 @@ def _execute(
 
 # Commands after which something serves: each ends by making sure the keeper runs.
 KEEPS_SERVING = ("deploy", "rollback", "repair", "start")
+
+
+def with_keeper(config: Config, observed: Observed, kind: str, steps: list[Step]) -> list[Step]:
+    """`steps`, ending with the keeper's step where `kind` leaves something serving (also what
+    dry runs print, so the plan shows it)."""
+    if kind in KEEPS_SERVING and (steps or observed.keeper_state != "running"):
+        return [*steps, *_keeper(config, observed, steps)]
+    return steps
+
+
+def keeper_preview(config: Config, observed: Observed, kind: str, steps: list[Step]) -> list[dict[str, Any]]:
+    """For dry runs: the keeper step the command appends after its plan (kept apart from `plan`,
+    which is the plan of the strategy or repair itself)."""
+    return [s.to_dict() for s in with_keeper(config, observed, kind, steps)[len(steps) :]]
 
 
 def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]:
@@ -281,7 +197,12 @@ def _keeper(config: Config, observed: Observed, steps: list[Step]) -> list[Step]
     first = traffic[-1].slots[0] if traffic else (observed.live_names or ("",))[0]
     container = observed.by_name(first)
     image = started.get(first) or (container.image if container is not None else None)
-    return keeper_step(config, image, os.environ.get("DOCKER_HOST"))
+    if not config.deploy.keeper and observed.keeper_state != "missing":
+        from flashfit_ops.plan.keeper import keeper_name
+        from flashfit_ops.plan.steps import RemoveContainer
+
+        return [RemoveContainer(keeper_name(config.project), reason="deploy.keeper: false")]
+    return [*keeper_step(config, image, os.environ.get("DOCKER_HOST"))]
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -309,20 +230,17 @@ def deploy(
     if config.target == "swarm":
         if dry_run:
             return _swarm_deploy(backend, config, version, dry_run=True)
-        lock = acquire_lock(config, lock_wait, message)
-        try:
-            with sigterm_as_interrupt():
-                if not config.registry.server:  # with a registry, nodes pull it by digest from there
-                    ensure_image(backend, config, version)
-                run = Run("deploy", "swarm-rolling", version, replicas, message)
-                return _swarm_recorded(config, backend, run, lambda: _swarm_deploy(backend, config, version, dry_run=False))
-        finally:
-            lock.release()
+        with deploy_lock(config, lock_wait, message):
+            if not config.registry.server:  # with a registry, nodes pull it by digest from there
+                ensure_image(backend, config, version)
+            run = Run("deploy", "swarm-rolling", version, replicas, message)
+            return _swarm_recorded(config, backend, run, lambda: _swarm_deploy(backend, config, version, dry_run=False))
     if dry_run:
         observed = observe(backend, config)
         target = Target(version=version, deploy_id=new_deploy_id(), replicas=replicas)
         steps = plan_deploy(strategy, config, observed, target)
         return {
+            "keeper": keeper_preview(config, observed, "deploy", steps),
             "result": "planned",
             "dry_run": True,
             "strategy": strategy,
@@ -333,20 +251,16 @@ def deploy(
             "previous_version": observed.live_version,
             "plan": [s.to_dict() for s in steps],
         }
-    lock = acquire_lock(config, lock_wait, message)
-    try:
-        repair_locked(config, backend)  # service first: a killed proxy or dead backend is restored now
-        with sigterm_as_interrupt():
-            ensure_image(backend, config, version)
-            monitoring = monitoring_for_deploy(config, backend)  # long-lived: kept unless changed
+    with deploy_lock(config, lock_wait, message):
+        repair_locked(config, backend, spares=False)  # service first: a killed proxy or dead backend is restored now
+        ensure_image(backend, config, version)
+        monitoring = monitoring_for_deploy(config, backend)  # long-lived: kept unless changed
         run = Run("deploy", strategy, version, replicas, message)
 
         def make_plan(observed: Observed) -> list[Step]:
             return plan_deploy(strategy, config, observed, Target(version, new_deploy_id(), replicas))
 
         return {**_execute(config, backend, run, make_plan), **monitoring}
-    finally:
-        lock.release()
 
 
 def _swarm_deploy(backend: Any, config: Config, version: str, dry_run: bool) -> dict[str, Any]:
@@ -359,19 +273,13 @@ def _swarm_recorded(config: Config, backend: Any, run: Run, action: Callable[[],
     """A Swarm deploy or rollback, with its start and finish in the history like a local one."""
     from flashfit_ops.swarm import deploy as swarm
 
-    deploy_id = new_deploy_id()
-    started = _history_start(config, run, deploy_id, swarm.live_version(backend.client, config), LockInfo.mine(message=run.message))
-    try:
+    previous = swarm.live_version(backend.client, config)
+    with recorded_run(
+        config, run.kind, strategy=run.strategy, version=run.version, previous_version=previous, replicas=run.replicas, message=run.message
+    ) as record:
         result = action()
-    except FlashFitError as error:
-        _history_finish(config, deploy_id, started, "failed", {"error": error.message})
-        raise
-    except BaseException:
-        _history_finish(config, deploy_id, started, "interrupted", {})
-        raise
-    _history_finish(config, deploy_id, started, "success", {})
     live = [f"{config.project}_backend ({config.replicas} tasks)"]
-    return {**result, "id": deploy_id, "strategy": run.strategy, "url": public_url(config), "live": live}
+    return {**result, "id": record.id, "strategy": run.strategy, "url": public_url(config), "live": live}
 
 
 def rollback_options(config: Config, backend: Any | None = None) -> dict[str, Any]:
@@ -438,13 +346,11 @@ def rollback(
     if dry_run:
         observed = observe(backend, config)
         steps = make_plan(observed)
-        return {"result": "planned", "dry_run": True, "version": version, "replicas": replicas, "plan": [s.to_dict() for s in steps]}
-    lock = acquire_lock(config, lock_wait, message or f"rollback to {version}")
-    try:
-        repair_locked(config, backend)
+        keeper = keeper_preview(config, observed, "rollback", steps)
+        return {"result": "planned", "dry_run": True, "version": version, "replicas": replicas, "plan": [s.to_dict() for s in steps], "keeper": keeper}
+    with deploy_lock(config, lock_wait, message or f"rollback to {version}"):
+        repair_locked(config, backend, spares=False)
         return _execute(config, backend, Run("rollback", strategy, version, replicas, message), make_plan)
-    finally:
-        lock.release()
 
 
 def _swarm_rollback(
@@ -461,20 +367,16 @@ def _swarm_rollback(
         raise UsageError(f"there is no image for version {version}", hint="`flashfit rollback` lists the versions")
     if dry_run:
         return _swarm_deploy(backend, config, version, dry_run=True)
-    lock = acquire_lock(config, lock_wait, message or f"rollback to {version}")
-    try:
-        with sigterm_as_interrupt():
-            run = Run("rollback", "swarm-rolling", version, config.replicas, message)
-            on_step = lambda step: console.step(step.describe())  # noqa: E731
-            return _swarm_recorded(config, backend, run, lambda: swarm.rollback(backend.client, config, version, on_step=on_step))
-    finally:
-        lock.release()
+    with deploy_lock(config, lock_wait, message or f"rollback to {version}"):
+        run = Run("rollback", "swarm-rolling", version, config.replicas, message)
+        on_step = lambda step: console.step(step.describe())  # noqa: E731
+        return _swarm_recorded(config, backend, run, lambda: swarm.rollback(backend.client, config, version, on_step=on_step))
 
 
 def _history_disagreements(config: Config, routed_version: str | None) -> tuple[dict[str, Any] | None, list[str]]:
     """The last history entry, and where the history disagrees with what nginx routes to."""
     entries = hist.entries(history_path(config))
-    last = entries[-1] if entries else None
+    last = hist.last_service_entry(history_path(config))
     found: list[str] = []
     if last is not None and last.get("result") == "interrupted":
         found.append(f"the last {last.get('kind', 'deploy')} ({last.get('version') or '-'}, id {last.get('id')}) was interrupted")
@@ -504,6 +406,9 @@ def status(config: Config) -> dict[str, Any]:
     routed_version = routed_versions.pop() if len(routed_versions) == 1 else ("mixed" if routed_versions else None)
     routed_colors = {c.color for n in routed if (c := observed.by_name(n)) is not None}
     last, history_findings = _history_disagreements(config, routed_version)
+    from flashfit_ops.plan.spare import spares_of
+
+    spares = spares_of(observed, routed)  # warm spares: out of rotation, behind the standby slots
     containers = []
     for c in observed.containers:
         entry = {
@@ -513,6 +418,7 @@ def status(config: Config) -> dict[str, Any]:
             "replica": c.replica,
             "state": c.state,
             "live": c.name in routed,
+            "spare": c.name in spares,
             "deploy_id": c.deploy_id,
         }
         entry.update(probes.get(c.name, {"ready": False, "alive": False}))
@@ -520,7 +426,7 @@ def status(config: Config) -> dict[str, Any]:
     live_ready = [c for c in containers if c["live"] and c.get("ready")]
     serving = observed.proxy.running and bool(live_ready)
     disagreements = [*repair.findings, *history_findings]
-    if routed and observed.keeper_state != "running" and not stopped_on_purpose(config):
+    if routed and config.deploy.keeper and observed.keeper_state != "running" and not stopped_on_purpose(config):
         disagreements.append(f"the keeper is {observed.keeper_state}: a killed proxy or backend comes back only with `flashfit repair`")
     hint = None
     if stopped_on_purpose(config):
@@ -578,24 +484,24 @@ def repair(config: Config, *, dry_run: bool = False, lock_wait: float | None = N
     if dry_run:
         observed = with_health(backend, config, observe(backend, config))
         planned = plan_repair(config, observed, restart_stopped=not stopped_on_purpose(config))
-        return {"result": "planned", "dry_run": True, "kind": "repair", **planned.to_dict()}
-    lock = acquire_lock(config, lock_wait, "repair")
-    try:
+        keeper = keeper_preview(config, observed, "repair", list(planned.steps)) if planned.steps else []
+        return {"result": "planned", "dry_run": True, "kind": "repair", **planned.to_dict(), "keeper": keeper}
+    with deploy_lock(config, lock_wait, "repair"):
         return repair_locked(config, backend) or {"result": "nothing to repair", "kind": "repair", "plan": [], "findings": []}
-    finally:
-        lock.release()
 
 
-def repair_locked(config: Config, backend: Any) -> dict[str, Any] | None:
+def repair_locked(config: Config, backend: Any, *, spares: bool = True) -> dict[str, Any] | None:
     """Under the caller's lock: carry out the repair plan when there is one (recorded in the
-    history as a `repair`); None when everything is consistent."""
+    history as a `repair`); None when everything is consistent. `spares`: False before a deploy
+    or rollback, whose plan makes the new version's spares (no spare of the old one is started)."""
     observed = with_health(backend, config, observe(backend, config))
     on_purpose = stopped_on_purpose(config)
-    planned = plan_repair(config, observed, restart_stopped=not on_purpose)
+    planned = plan_repair(config, observed, restart_stopped=not on_purpose, spares=spares)
     from flashfit_ops.plan.keeper import engine_socket
 
     keeper_down = (
-        observed.keeper_state != "running"
+        config.deploy.keeper
+        and observed.keeper_state != "running"
         and not on_purpose
         and any(c.running for c in observed.live)
         and engine_socket(os.environ.get("DOCKER_HOST")) is not None
@@ -606,17 +512,16 @@ def repair_locked(config: Config, backend: Any) -> dict[str, Any] | None:
         console.warn("repairing first: " + "; ".join(planned.findings or ("leftovers of an interrupted deploy",)))
     version = planned.view.live_version
     run = Run("repair", "repair", version if version != "mixed" else None, message="; ".join(planned.findings)[:500])
-    with sigterm_as_interrupt():
-        restart = not stopped_on_purpose(config)
-        result = _execute(config, backend, run, lambda o: list(plan_repair(config, o, restart_stopped=restart).steps))
+    restart = not stopped_on_purpose(config)
+    result = _execute(config, backend, run, lambda o: list(plan_repair(config, o, restart_stopped=restart, spares=spares).steps))
     result["findings"] = list(planned.findings)
     return result
 
 
 def stopped_on_purpose(config: Config) -> bool:
     """The last recorded command was a successful `flashfit stop`: stopped containers stay so."""
-    entries = hist.entries(history_path(config))
-    return bool(entries) and entries[-1].get("kind") == "stop" and entries[-1].get("result") == "success"
+    last = hist.last_service_entry(history_path(config))
+    return last is not None and last.get("kind") == "stop" and last.get("result") == "success"
 
 
 def lifecycle(
@@ -649,15 +554,12 @@ def lifecycle(
     if dry_run:
         observed = with_health(backend, config, observe(backend, config))
         steps = make_plan(observed)
-        return {"result": "planned", "dry_run": True, "kind": kind, "version": version_of(observed), "plan": [s.to_dict() for s in steps]}
-    lock = acquire_lock(config, lock_wait, message or kind)
-    try:
+        keeper = keeper_preview(config, observed, kind, steps)
+        return {"result": "planned", "dry_run": True, "kind": kind, "version": version_of(observed), "plan": [s.to_dict() for s in steps], "keeper": keeper}
+    with deploy_lock(config, lock_wait, message or kind):
         observed = observe(backend, config)
         run = Run(kind, kind, version_of(observed), None, message)
-        with sigterm_as_interrupt():
-            return _execute(config, backend, run, make_plan)
-    finally:
-        lock.release()
+        return _execute(config, backend, run, make_plan)
 
 
 def history(config: Config, limit: int | None = None) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from flashfit_ops import console
 from flashfit_ops.errors import OperationFailed, Unavailable, UsageError
+from flashfit_ops.labels import LABEL_RECIPE as RECIPE_LABEL
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker
@@ -42,7 +43,6 @@ MIRROR_ENV = "FLASHFIT_DEBIAN_MIRROR"
 SUITE = "bookworm"
 # Bump when the slimming or the import changes differ in a way the key would not see.
 RECIPE_REVISION = 1
-RECIPE_LABEL = "io.flashfit.recipe"
 STANDARD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 FOUND = "found locally"

@@ -38,15 +38,11 @@ from flashfit_ops.config.model import Config
 from flashfit_ops.errors import OperationFailed, Unavailable, UsageError
 from flashfit_ops.images import bootstrap as boot
 from flashfit_ops.images.wheelhouse import REQUIREMENTS, Wheelhouse, make_wheelhouse
+from flashfit_ops.labels import LABEL_BUILD_TIME, LABEL_GIT_SHA, LABEL_PROJECT, LABEL_VARIANT, LABEL_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
     import docker
 
-LABEL_PROJECT = "io.flashfit.project"
-LABEL_VERSION = "io.flashfit.version"
-LABEL_GIT_SHA = "io.flashfit.git-sha"
-LABEL_BUILD_TIME = "io.flashfit.build-time"
-LABEL_VARIANT = "io.flashfit.variant"  # cpu | gpu
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # A build streams for minutes (torch is large); plain requests keep the client's short timeout.
 BUILD_TIMEOUT = 3600

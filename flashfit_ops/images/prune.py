@@ -13,9 +13,12 @@ the engine (409) and reported, never forced."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flashfit_ops.images.bootstrap import split_reference
+
+if TYPE_CHECKING:
+    from flashfit_ops.config.model import Config
 
 IN_USE = "used by a container or service"
 ROLLBACK = "rollback target"
@@ -77,7 +80,7 @@ def usage(client: Any, repository: str, project: str, swarm: bool) -> tuple[set[
     used_ids = {c.attrs.get("Image", "") for c in client.containers.list(all=True, ignore_removed=True)}
     versions: set[str] = set()
     if swarm:
-        from flashfit_ops.swarm.engine import STACK_LABEL
+        from flashfit_ops.labels import LABEL_STACK_NAMESPACE as STACK_LABEL
 
         for service in client.services.list(filters={"label": f"{STACK_LABEL}={project}"}):
             for spec in (service.attrs.get("Spec"), service.attrs.get("PreviousSpec")):
@@ -114,11 +117,12 @@ def remove_tags(client: Any, repository: str, plan: PrunePlan) -> PruneResult:
     return result
 
 
-def prune_images(config: Any, *, keep: int | None = None, dry_run: bool = False, lock_wait: float | None = None) -> PruneResult:
-    """Under the deploy lock, so no deploy starts a version while its tag is being removed."""
+def prune_images(config: Config, *, keep: int | None = None, dry_run: bool = False, lock_wait: float | None = None) -> PruneResult:
+    """Under the deploy lock, so no deploy starts a version while its tag is being removed;
+    recorded in the history (kind prune) like every command that changes something."""
     from flashfit_ops.docker_client import connect
-    from flashfit_ops.execute import history as hist
-    from flashfit_ops.execute.service import acquire_lock, history_path
+    from flashfit_ops.runs import history as hist
+    from flashfit_ops.runs.recorded import history_path, recorded_run
 
     client = connect()
     keep = keep or config.deploy.keep_versions
@@ -131,29 +135,29 @@ def prune_images(config: Any, *, keep: int | None = None, dry_run: bool = False,
 
     if dry_run:
         return PruneResult(decide())
-    lock = acquire_lock(config, lock_wait, "prune images")
-    try:
-        return remove_tags(client, repository, decide())
-    finally:
-        lock.release()
+    with recorded_run(config, "prune", strategy="images", message="prune images", lock_wait=lock_wait) as run:
+        result = remove_tags(client, repository, decide())
+        run.details.update(removed=result.removed, refused=result.refused, keep=keep)
+        run.warnings = [f"the engine refused to remove {v}: {why}" for v, why in result.refused.items()]
+        return result
 
 
-def prune_remote_images(config: Any, *, keep: int | None = None, dry_run: bool = False, lock_wait: float | None = None) -> PruneResult:
+def prune_remote_images(config: Config, *, keep: int | None = None, dry_run: bool = False, lock_wait: float | None = None) -> PruneResult:
     """The same policy for the registry's tags: what Swarm services run or would roll back to, the
     rollback targets and the newest builds stay. Under the deploy lock, like the local prune."""
     from flashfit_ops.docker_client import connect
-    from flashfit_ops.execute import history as hist
-    from flashfit_ops.execute.service import acquire_lock, history_path
     from flashfit_ops.images.registry import image_repository, prune_remote, require
+    from flashfit_ops.runs import history as hist
+    from flashfit_ops.runs.recorded import history_path, recorded_run
 
     require(config)
     keep = keep or config.deploy.keep_versions
     swarm = config.target == "swarm"
     used = usage(connect(), image_repository(config), config.project, swarm=True)[1] if swarm else set()
     deployed = hist.successful_versions(history_path(config))
-    lock = None if dry_run else acquire_lock(config, lock_wait, "prune remote images")
-    try:
-        return prune_remote(config, keep=keep, dry_run=dry_run, used_versions=used, deployed=deployed)
-    finally:
-        if lock:
-            lock.release()
+    if dry_run:
+        return prune_remote(config, keep=keep, dry_run=True, used_versions=used, deployed=deployed)
+    with recorded_run(config, "prune", strategy="remote images", message="prune remote images", lock_wait=lock_wait) as run:
+        result = prune_remote(config, keep=keep, dry_run=False, used_versions=used, deployed=deployed)
+        run.details.update(removed=result.removed, refused=result.refused, keep=keep)
+        return result

@@ -13,7 +13,7 @@ import math
 import yaml
 
 from flashfit_ops.config.model import Config, format_duration
-from flashfit_server.metric_names import (
+from flashfit_contract.metrics import (
     HTTP_REQUEST_DURATION_SECONDS,
     HTTP_REQUESTS_TOTAL,
     MODEL_INFERENCE_DURATION_SECONDS,

@@ -11,13 +11,12 @@ import json
 from dataclasses import asdict, dataclass
 
 from flashfit_ops.config.model import Config
+from flashfit_ops.labels import LABEL_SPEC, ROLE_MONITORING
 from flashfit_ops.monitoring.targets import PROMETHEUS_CONFIG_DIR, TARGETS_RELATIVE
 from flashfit_ops.plan.common import project_labels, volume_name
 from flashfit_ops.plan.steps import Mount
 from flashfit_ops.render import SECRET_MODE, RenderedFile, render_prometheus, render_template
 
-ROLE_MONITORING = "monitoring"
-LABEL_SPEC = "io.flashfit.spec"
 ALERTMANAGER_CONFIG_DIR = "/etc/flashfit/alertmanager"
 PROMETHEUS_PORT = 9090
 ALERTMANAGER_PORT = 9093

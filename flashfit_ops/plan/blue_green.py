@@ -5,6 +5,7 @@ color stays running out of rotation through the monitor window, then is drained,
 from __future__ import annotations
 
 from flashfit_ops.config.model import Config
+from flashfit_ops.plan import spare
 from flashfit_ops.plan.common import (
     Target,
     backend_spec,
@@ -44,6 +45,7 @@ def replace_all(config: Config, observed: Observed, target: Target, *, keep_old:
     keep = kept_for_rollback(config, view, old, target.version) if keep_old else set()
     steps += retention_cleanup(view, keep=keep)
     steps += [RemoveContainer(name, reason="replaced") for name in old if name not in keep]
+    steps += spare.after_deploy(config, view, target, color, new)
     return steps
 
 

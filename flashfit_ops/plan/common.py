@@ -4,11 +4,23 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from flashfit_ops import service_spec
 from flashfit_ops.config.model import Config
+from flashfit_ops.labels import (  # re-exported: the strategies and the executor read them here
+    LABEL_COLOR,
+    LABEL_DEPLOY,
+    LABEL_PROJECT,
+    LABEL_REPLICA,
+    LABEL_ROLE,
+    LABEL_VERSION,
+    ROLE_BACKEND,
+    ROLE_PROXY,
+)
 from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
+from flashfit_ops.service_spec import CONTAINER_PORT, is_host_path  # is_host_path: re-exported
 from flashfit_ops.plan.steps import (
     ContainerSpec,
     Drain,
@@ -26,16 +38,8 @@ from flashfit_ops.plan.steps import (
     WaitReady,
 )
 
-LABEL_PROJECT = "io.flashfit.project"
-LABEL_ROLE = "io.flashfit.role"
-LABEL_COLOR = "io.flashfit.color"
-LABEL_VERSION = "io.flashfit.version"
-LABEL_REPLICA = "io.flashfit.replica"
-LABEL_DEPLOY = "io.flashfit.deploy"
-ROLE_BACKEND = "backend"
-ROLE_PROXY = "proxy"
 COLORS = ("blue", "green")
-BACKEND_PORT = 8080
+BACKEND_PORT = CONTAINER_PORT
 # Where the proxy container sees .flashfit/proxy; nginx runs with -c on a file in it, so an atomic
 # rename of that file is seen (a single-file bind mount would keep the old inode).
 PROXY_CONFIG_DIR = "/etc/flashfit"
@@ -103,10 +107,6 @@ def slot_socket(slot: int) -> str:
     return f"slot-{slot}.sock"
 
 
-def is_host_path(source: str) -> bool:
-    return source.startswith(("/", "."))
-
-
 def volume_name(config: Config, source: str) -> str:
     """Named volumes are per project, so two projects on one engine never share data."""
     return f"{config.project}_{source}"
@@ -117,18 +117,18 @@ def project_labels(config: Config, role: str) -> dict[str, str]:
 
 
 def backend_mounts(config: Config) -> tuple[Mount, ...]:
-    env = config.server.environment
-    mounts = []
-    for source, target in ((config.volumes.models, env.MODEL_CACHE_DIR), (config.volumes.data, env.VECTOR_STORE_DIR)):
-        if is_host_path(source):
-            mounts.append(Mount(str(config.resolve_path(source)), target, "bind"))
-        else:
-            mounts.append(Mount(volume_name(config, source), target, "volume"))
-    return tuple(mounts)
+    """The service's mounts (flashfit_ops/service_spec.py), its volumes named per project."""
+    return tuple(
+        replace(m, source=volume_name(config, m.source)) if m.kind == "volume" else m
+        for m in service_spec.backend_mounts(config)
+    )
 
 
 def backend_spec(config: Config, target: Target, color: str, replica: int) -> ContainerSpec:
-    labels = project_labels(config, ROLE_BACKEND)
+    """The backend service (flashfit_ops/service_spec.py, which the compose and stack files render
+    too) as one replica of one deploy: its name, image, version, socket and identity labels."""
+    service = service_spec.backend_service(config)
+    labels = dict(service.labels)
     labels.update(
         {
             LABEL_COLOR: color,
@@ -138,11 +138,9 @@ def backend_spec(config: Config, target: Target, color: str, replica: int) -> Co
         }
     )
     name = backend_name(config.project, color, replica, target.deploy_id)
-    env = config.server.environment.as_env()
+    env = dict(service.env)
     env["APP_VERSION"] = target.version
     env["FLASHFIT_SOCKET"] = f"{SOCKET_DIR}/{backend_socket(name)}"
-    env.update(config.resources.server_env())
-    limits = config.resources.limits
     return ContainerSpec(
         name=name,
         image=image_ref(config, target.version),
@@ -154,10 +152,12 @@ def backend_spec(config: Config, target: Target, color: str, replica: int) -> Co
         labels=dict(sorted(labels.items())),
         env=dict(sorted(env.items())),
         mounts=(*backend_mounts(config), Mount(str(sockets_dir(config)), SOCKET_DIR, "bind")),
-        memory=limits.memory,
-        cpus=limits.cpus,
-        port=BACKEND_PORT,
+        memory=service.limits.memory,
+        cpus=service.limits.cpus,
+        port=service.port,
         gpus=gpu_request(config),
+        healthcheck=service.healthcheck,
+        logging=service.logging,
     )
 
 

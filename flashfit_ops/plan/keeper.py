@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from flashfit_ops.config.model import Config
+from flashfit_ops.labels import ROLE_KEEPER
 from flashfit_ops.plan.common import proxy_name, project_labels, state_dir
 from flashfit_ops.plan.steps import EnsureKeeper
 
-ROLE_KEEPER = "keeper"
+# Where the keeper sees the sockets and proxy folders, writable (the rest of .flashfit is read-only).
+KEEPER_SOCKETS = "/flashfit/sockets"
+KEEPER_PROXY_DIR = "/flashfit/proxy"
 
 
 def keeper_name(project: str) -> str:
@@ -25,7 +28,7 @@ def engine_socket(docker_host: str | None) -> str | None:
 
 def keeper_step(config: Config, image: str | None, docker_host: str | None) -> list[EnsureKeeper]:
     socket = engine_socket(docker_host)
-    if not image or socket is None:
+    if not image or socket is None or not config.deploy.keeper:
         return []
     return [
         EnsureKeeper(
@@ -35,5 +38,6 @@ def keeper_step(config: Config, image: str | None, docker_host: str | None) -> l
             state_dir=str(state_dir(config)),
             engine_socket=socket,
             labels=dict(sorted(project_labels(config, ROLE_KEEPER).items())),
+            ready_path=config.healthcheck.readiness_path,
         )
     ]

@@ -17,6 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from flashfit_ops.config.model import Config
+from flashfit_ops.plan import spare
 from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
 from flashfit_ops.plan.steps import (
     CleanProxyFiles,
@@ -79,13 +80,19 @@ def _choose_live(observed: Observed, restart_stopped: bool) -> tuple[tuple[str, 
     return (), (), findings
 
 
-def _standby_elsewhere(proxy: ProxyState, live: tuple[str, ...]) -> bool:
-    return bool(proxy.standby) and set(proxy.standby) != set(live)
+def _standby_elsewhere(proxy: ProxyState, live: tuple[str, ...], spares: tuple[str, ...] = ()) -> bool:
+    """The standby slots link to something other than the live containers or their spares."""
+    if not proxy.standby:
+        return False
+    if spares:
+        return not set(proxy.standby) <= set(live) | set(spares)
+    return set(proxy.standby) != set(live)
 
 
-def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = True) -> Repair:
+def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = True, spares: bool = True) -> Repair:
     """restart_stopped: start the live containers again when none runs (repair, start); not after
-    a deliberate `flashfit stop`, nor inside a deploy's own plan (its explicit repair ran first)."""
+    a deliberate `flashfit stop`, nor inside a deploy's own plan (its explicit repair ran first).
+    spares: bring the warm spares back too (not before a deploy or rollback, which replaces them)."""
     proxy = observed.proxy
     if proxy.legacy:
         # Its containers and config predate the slots: nothing to repair, and the deploy's own
@@ -96,6 +103,7 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
     if proxy.stray_files:
         steps.append(CleanProxyFiles(files=tuple(proxy.stray_files)))
     live, restart, findings = _choose_live(observed, restart_stopped)
+    warm = spare.spares_of(observed, live)  # warm spares of the live version: kept as they are
     if restart:
         steps += [RestartContainer(name) for name in restart]
         steps.append(WaitReady(names=restart, deadline=config.deploy.deadline))
@@ -104,11 +112,12 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
 
         findings.append(f"the proxy {proxy.name} is {proxy.state}")
         steps.append(EnsureProxy(spec=proxy_spec(config), slots=live))
-    elif live and (restart or live != proxy.applied or proxy.config != proxy.applied or _standby_elsewhere(proxy, live)):
+    elif live and (restart or live != proxy.applied or proxy.config != proxy.applied or _standby_elsewhere(proxy, live, warm)):
         # After a restart too: the switch proves through every slot and the proxy that they serve.
         # Standby slots still on a previous version (a deploy killed in its monitor window) follow
-        # the live ones, so the old version can be drained for good (else the keeper revives it).
-        steps.append(SwitchUpstreams(slots=live, previous=live))
+        # the live ones (or their running spares), so the old version can be drained for good
+        # (else the keeper revives it).
+        steps.append(SwitchUpstreams(slots=live, previous=live, standby=spare.standby_targets(observed, live)))
     elif not live and (proxy.config or proxy.applied):
         findings.append("no container that served is left to restore: deploy a version")
 
@@ -128,6 +137,8 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
         if container.name in live:
             state = "running" if container.name in restart else container.state
             remaining.append(dataclasses.replace(container, state=state))
+        elif container.name in warm:
+            remaining.append(container)
         elif never_served(container):
             steps.append(RemoveContainer(container.name, reason="leftover of a deploy that never switched"))
         elif container.running and not (container.health == UNREADY and container.name in (*proxy.config, *proxy.applied)):
@@ -139,6 +150,9 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
             remaining.append(container)
     if lingering:
         steps.append(Drain(names=tuple(lingering), timeout=config.deploy.drain_timeout))
+    if restart_stopped and spares and live:
+        # Service and tidying first; then the warm spares (deploy.spare_replicas) come back.
+        steps += spare.maintain(config, observed, live)
     view = dataclasses.replace(
         observed,
         containers=tuple(remaining),

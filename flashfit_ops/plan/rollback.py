@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flashfit_ops.config.model import Config
-from flashfit_ops.plan.common import base_steps, cutover, kept_for_rollback, leftovers, retained_generations, retention_cleanup
+from flashfit_ops.plan import spare
+from flashfit_ops.plan.common import Target, base_steps, cutover, kept_for_rollback, leftovers, retained_generations, retention_cleanup
 from flashfit_ops.plan.observed import Observed
 from flashfit_ops.plan.steps import RemoveContainer, RestartContainer, Step
 
@@ -59,4 +60,6 @@ def plan_restart(config: Config, observed: Observed, version: str) -> list[Step]
     keep = kept_for_rollback(config, view, old, version) | set(names)
     steps += retention_cleanup(view, keep=keep)
     steps += [RemoveContainer(name, reason="replaced") for name in old if name not in keep]
+    target = Target(version=version, deploy_id=generation[0].deploy_id, replicas=len(names))
+    steps += spare.after_deploy(config, view, target, generation[0].color, names)
     return steps

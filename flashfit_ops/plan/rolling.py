@@ -8,6 +8,7 @@ stopped, for rollback per deploy.keep_versions. Pure."""
 from __future__ import annotations
 
 from flashfit_ops.config.model import Config
+from flashfit_ops.plan import spare
 from flashfit_ops.plan.blue_green import idle_color
 from flashfit_ops.plan.common import (
     Target,
@@ -81,4 +82,5 @@ def plan(config: Config, observed: Observed, target: Target) -> list[Step]:
     keep = kept_for_rollback(config, view, old_names, target.version)
     steps += retention_cleanup(view, keep=keep)
     steps += [RemoveContainer(name, reason="replaced") for name in old_names if name not in keep]
+    steps += spare.after_deploy(config, view, target, color, tuple(current))
     return steps

@@ -9,13 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
-
-@dataclass(frozen=True)
-class Mount:
-    source: str  # a volume name or an absolute host path
-    target: str
-    kind: str = "volume"  # volume | bind
-    read_only: bool = False
+from flashfit_ops.service_spec import CONTAINER_PORT, Healthcheck, Logging, Mount  # Mount: re-exported for the steps' users
 
 
 @dataclass(frozen=True)
@@ -44,8 +38,10 @@ class ContainerSpec:
     mounts: tuple[Mount, ...] = ()
     memory: str | None = None
     cpus: float | None = None
-    port: int = 8080
+    port: int = CONTAINER_PORT
     gpus: GpuRequest | None = None
+    healthcheck: Healthcheck | None = None
+    logging: Logging | None = None
 
 
 @dataclass(frozen=True)
@@ -329,9 +325,52 @@ class EnsureKeeper(Step):
     state_dir: str
     engine_socket: str
     labels: dict[str, str] = field(default_factory=dict)
+    ready_path: str = "/ready"  # what a spare must answer 200 on before slots are relinked to it
 
     def describe(self) -> str:
-        return f"ensure keeper {self.name} ({self.image}): restarts the proxy and routed backends that stop"
+        return (
+            f"ensure keeper {self.name} ({self.image}): fails a killed or stopped live backend over to a warm spare, "
+            "restarts the proxy and routed backends that stop"
+        )
 
 
 STEP_TYPES[EnsureKeeper.kind] = EnsureKeeper
+
+
+@dataclass(frozen=True)
+class EnsureSpares(Step):
+    """Keep warm spares of the live version (deploy.spare_replicas): create and start `start`,
+    start the stopped `restart` again, gate them all on /ready, then point the standby slots at
+    every ready spare (`keep` ones included), so nginx falls over to them the moment every live
+    slot fails, and the keeper relinks the slots of a killed or stopped backend to them. Only then
+    are `remove` (spares of an earlier version) removed. A spare that does not become ready is a
+    warning, never a rollback: what serves already passed its gate."""
+
+    kind: ClassVar[str] = "ensure_spares"
+    live: tuple[str, ...]
+    start: tuple[ContainerSpec, ...] = ()
+    restart: tuple[str, ...] = ()
+    keep: tuple[str, ...] = ()
+    remove: tuple[str, ...] = ()
+    deadline: float = 120.0
+
+    @property
+    def spares(self) -> tuple[str, ...]:
+        return (*self.keep, *self.restart, *(s.name for s in self.start))
+
+    def describe(self) -> str:
+        parts = []
+        if self.start:
+            parts.append("start " + ", ".join(s.name for s in self.start))
+        if self.restart:
+            parts.append("start again " + ", ".join(self.restart))
+        if self.start or self.restart:
+            parts.append(f"gate (deadline {self.deadline:g}s)")
+        parts.append(f"standby slots -> {', '.join(self.spares) or ', '.join(self.live)}")
+        if self.remove:
+            parts.append("remove earlier spare(s) " + ", ".join(self.remove))
+        count = len(self.spares)
+        return f"warm spare{'s' if count != 1 else ''} of the live version, out of rotation: " + "; ".join(parts)
+
+
+STEP_TYPES[EnsureSpares.kind] = EnsureSpares

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from flashfit_ops.errors import OperationFailed
+from flashfit_ops.labels import LABEL_PROJECT, LABEL_SOURCE
 from flashfit_ops.plan.steps import Step
 from flashfit_ops.swarm.plan import (
     AwaitConvergence,
@@ -90,7 +91,7 @@ class SwarmEngine:
         handler(step, materials)
 
     def _labels(self) -> dict[str, str]:
-        return {STACK_LABEL: self.project, "io.flashfit.project": self.project}
+        return {STACK_LABEL: self.project, LABEL_PROJECT: self.project}
 
     def _apply_ensure_swarm_network(self, step: EnsureSwarmNetwork, _materials: Materials) -> None:
         self.client.networks.create(step.name, driver="overlay", attachable=True, labels=self._labels())
@@ -98,7 +99,7 @@ class SwarmEngine:
     def _apply_create_swarm_object(self, step: CreateSwarmObject, materials: Materials) -> None:
         data = materials.contents[step.name]
         collection = self.client.secrets if step.object_kind == "secret" else self.client.configs
-        collection.create(name=step.name, data=data, labels={**self._labels(), "io.flashfit.source": step.source})
+        collection.create(name=step.name, data=data, labels={**self._labels(), LABEL_SOURCE: step.source})
 
     def _service_kwargs(self, key: str, materials: Materials) -> dict[str, Any]:
         definition = materials.stack.services[key]

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from flashfit_ops.labels import LABEL_PROJECT, LABEL_ROLE, LABEL_SPEC_DIGEST as SPEC_DIGEST_LABEL, LABEL_STACK_NAMESPACE as STACK_LABEL
+from flashfit_ops.labels import LABEL_TARGET, LABEL_VERSION
 from flashfit_ops.swarm.spec import ServiceDefinition, UpdatePolicy
 
-STACK_LABEL = "com.docker.stack.namespace"
-SPEC_DIGEST_LABEL = "io.flashfit.spec-digest"
 NANOSECONDS = 1_000_000_000
 
 
@@ -24,9 +24,9 @@ def network_name(project: str, key: str) -> str:
 
 
 def stack_labels(project: str, role: str, version: str | None = None) -> dict[str, str]:
-    labels = {STACK_LABEL: project, "io.flashfit.project": project, "io.flashfit.role": role, "io.flashfit.target": "swarm"}
+    labels = {STACK_LABEL: project, LABEL_PROJECT: project, LABEL_ROLE: role, LABEL_TARGET: "swarm"}
     if version:
-        labels["io.flashfit.version"] = version
+        labels[LABEL_VERSION] = version
     return labels
 
 
@@ -119,6 +119,9 @@ def service_kwargs(
             retries=check["retries"],
             start_period=int(check["start_period"] * NANOSECONDS),
         )
+    if definition.log_driver:
+        kwargs["log_driver"] = definition.log_driver
+        kwargs["log_driver_options"] = dict(definition.log_options)
     if definition.stop_grace_period is not None:
         kwargs["stop_grace_period"] = int(definition.stop_grace_period * NANOSECONDS)
     return kwargs

@@ -72,6 +72,9 @@ class ServiceDefinition:
     max_replicas_per_node: int | None = None
     stop_grace_period: float | None = None
     networks: tuple[str, ...] = ()
+    # The tasks' log driver and its options (the backend's rotation, see service_spec.py).
+    log_driver: str | None = None
+    log_options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ def _service(key: str, data: dict[str, Any], named: set[str]) -> ServiceDefiniti
         for p in data.get("ports", [])
     )
     grace = data.get("stop_grace_period")
+    logging = data.get("logging") or {}
     return ServiceDefinition(
         key=key,
         image=data["image"],
@@ -170,6 +174,8 @@ def _service(key: str, data: dict[str, Any], named: set[str]) -> ServiceDefiniti
         max_replicas_per_node=placement.get("max_replicas_per_node"),
         stop_grace_period=parse_duration(grace) if grace is not None else None,
         networks=tuple(data.get("networks", [])),
+        log_driver=logging.get("driver"),
+        log_options={str(k): str(v) for k, v in (logging.get("options") or {}).items()},
     )
 
 

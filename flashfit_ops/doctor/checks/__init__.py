@@ -3,6 +3,7 @@ of the report (cheap, foundational checks first)."""
 
 from flashfit_ops.doctor.checks import (  # noqa: F401 - imported to register
     backup,
+    catalog,
     config,
     containers,
     disk,
@@ -39,5 +40,6 @@ ORDER = [
     "monitoring",
     "backup",
     "stores",
+    "catalog-sync",
     "swarm",
 ]

@@ -1,6 +1,6 @@
 """Age of the newest backup against the retention policy: keep_daily means a backup a day is
 expected, keep_weekly (without daily) one a week. Listing uses the backup engine
-(flashfit_ops.backup.engine)."""
+(flashfit_ops.backup.catalogue)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def _hint(schedule: str | None) -> str:
 
 @check("backup", "Age of the last backup against the retention policy", timeout=15.0)
 def backup(ctx: DoctorContext) -> Finding:
-    from flashfit_ops.backup.engine import backup_ids, load_manifest, resolve_ref
+    from flashfit_ops.backup.catalogue import backup_ids, load_manifest, resolve_ref
     from flashfit_ops.backup.schedule import recorded_interval
     from flashfit_ops.backup.store import open_store
 

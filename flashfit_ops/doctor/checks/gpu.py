@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from flashfit_contract import health as fields
 from flashfit_ops.doctor.checks.http import backend_url
 from flashfit_ops.doctor.context import DoctorContext, attrs_of
 from flashfit_ops.doctor.registry import check
@@ -58,7 +59,7 @@ def judge_container(name: str, requested: int, smi: tuple[int, str] | None, heal
                 parts.append((FAILURE, usage, MEMORY_HINT))
             elif fraction >= MEMORY_WARN:
                 parts.append((WARNING, usage, MEMORY_HINT))
-    device = (health or {}).get("device") if isinstance(health, dict) else None
+    device = (health or {}).get(fields.DEVICE) if isinstance(health, dict) else None
     entry["server_device"] = device
     if not isinstance(device, dict):
         parts.append((WARNING, f"{name} /health does not say its device (an older server, or not answering)", IMAGE_HINT))

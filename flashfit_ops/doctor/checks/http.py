@@ -13,7 +13,8 @@ from flashfit_ops.doctor.context import BACKEND_PORT, DoctorContext, container_i
 from flashfit_ops.doctor.observed import live_backend_names
 from flashfit_ops.doctor.registry import check
 from flashfit_ops.doctor.result import FAILURE, WARNING, Finding, combine, failure, ok, warning
-from flashfit_server.metric_names import MODEL_INFERENCE_DURATION_SECONDS
+from flashfit_contract import health as fields
+from flashfit_contract.metrics import MODEL_INFERENCE_DURATION_SECONDS
 
 LATENCY_PATH = "/api/items?limit=1"
 STORE_P95_WARN_MS = 100.0
@@ -47,8 +48,8 @@ def not_loaded(health_body: Any) -> tuple[list[str], list[str]]:
     """(models not loaded, stores that are empty) from a /health body."""
     if not isinstance(health_body, dict):
         return [], []
-    models = [k.removesuffix("_loaded") for k, v in (health_body.get("models") or {}).items() if not v]
-    stores = [k.removesuffix("_index_size") for k, v in (health_body.get("vector_stores") or {}).items() if not v]
+    models = [k.removesuffix(fields.MODEL_LOADED_SUFFIX) for k, v in (health_body.get(fields.MODELS) or {}).items() if not v]
+    stores = [k.removesuffix(fields.INDEX_SIZE_SUFFIX) for k, v in (health_body.get(fields.VECTOR_STORES) or {}).items() if not v]
     return models, stores
 
 
@@ -64,13 +65,13 @@ def judge_probe(label: str, result: dict[str, Any], hint: str) -> list[tuple[str
         parts.append((FAILURE, f"{label} /ready does not answer: {ready['error']}", hint))
     elif ready.get("status") != 200:
         body = ready.get("body") if isinstance(ready.get("body"), dict) else {}
-        checks = body.get("checks") or {}
+        checks = body.get(fields.CHECKS) or {}
         why = []
         if models:
             why.append(f"models not loaded: {', '.join(models)}")
-        if checks.get("vector_stores_ready") is False:
+        if checks.get(fields.VECTOR_STORES_READY) is False:
             why.append("vector stores not open")
-        for slot, error in (checks.get("errors") or {}).items():
+        for slot, error in (checks.get(fields.ERRORS) or {}).items():
             why.append(f"{slot}: {error}")
         reason = "; ".join(why) or f"status {ready.get('status')}"
         parts.append((FAILURE, f"{label} not ready ({reason})", hint))

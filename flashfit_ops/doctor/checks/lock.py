@@ -1,4 +1,4 @@
-"""The deploy lock (.flashfit/lock, flashfit_ops.execute.lock): free, held by a running deploy, or
+"""The deploy lock (.flashfit/lock, flashfit_ops.runs.lock): free, held by a running deploy, or
 left behind by one that died."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 from flashfit_ops.doctor.context import DoctorContext
 from flashfit_ops.doctor.registry import check
 from flashfit_ops.doctor.result import Finding, ok, warning
-from flashfit_ops.execute.lock import pid_alive
+from flashfit_ops.runs.lock import pid_alive
 
 LOCK_FILE = "lock"
 
@@ -38,6 +38,6 @@ def evaluate(status: Any, this_host: str, alive: Any = pid_alive) -> Finding:
 
 @check("lock", "A deploy lock left behind by a deploy that died", timeout=5.0)
 def lock(ctx: DoctorContext) -> Finding:
-    from flashfit_ops.execute.lock import lock_status
+    from flashfit_ops.runs.lock import lock_status
 
     return evaluate(lock_status(ctx.state_dir / LOCK_FILE), socket.gethostname())

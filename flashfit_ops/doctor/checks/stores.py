@@ -17,7 +17,7 @@ from typing import Any
 from flashfit_ops.doctor.context import DoctorContext
 from flashfit_ops.doctor.registry import check
 from flashfit_ops.doctor.result import FAILURE, WARNING, Finding, combine, failure
-from flashfit_server.slots import MODELS as STORE_NAMES
+from flashfit_contract.slots import MODELS as STORE_NAMES
 
 SHA_BUDGET = 256 << 20
 RESTORE_HINT = "restore the data from a backup (`flashfit backup restore`); the server refuses a mismatched store"
@@ -45,7 +45,7 @@ def _sha256(path: Path) -> str:
 def inspect_segmented(folder: Path, sha_budget: int = SHA_BUDGET) -> Finding:
     """The segmented format (manifest.json, segments/, catalog.sqlite3): the server's own
     validator (no faiss), segment hashes verified up to the byte budget."""
-    from flashfit_server.datafolder import DataFolderError, check_catalog, read_manifest, verify_segment
+    from flashfit_contract.datafolder import DataFolderError, check_catalog, read_manifest, verify_segment
 
     try:
         manifest = read_manifest(folder)

@@ -39,6 +39,13 @@ def test_single_replaces_the_container_without_failed_requests(single) -> None:
     first = single.flashfit("deploy", "--version", "v1")
     assert first.code == 0, first.stderr
     old = single.backends()[0].name
+    # The container is the service the rendered files describe (flashfit_ops/service_spec.py), and
+    # the server became ready on models it can only read.
+    attrs = single.backends()[0].attrs
+    assert {m["Destination"]: m["RW"] for m in attrs["Mounts"] if m["Destination"].startswith("/app/")} == {
+        "/app/models": False, "/app/data": True}
+    assert attrs["HostConfig"]["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
+    assert attrs["Config"]["Healthcheck"]["Test"] == ["CMD", "flashfit-server", "probe", "--url", "http://127.0.0.1:8080/ready"]
     with Load(single.url + "/health") as load:  # keep-alive clients
         second = single.flashfit("deploy", "--version", "v2", "--json")
     assert second.code == 0, second.stderr

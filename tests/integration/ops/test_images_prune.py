@@ -61,6 +61,10 @@ def test_prune_keeps_what_rollbacks_and_containers_need(project) -> None:
     assert "removed 3 of 6" in pruned.stderr + pruned.stdout
     assert remaining(project) == {"v1", "v4", "v6"}
     assert client.containers.get(f"{project.name}-retained").image.tags == [f"{project.repo}:v1"]
+    history = project.flashfit("history", "--json").json()["history"]
+    assert [(h["kind"], h["result"], h["exit_code"]) for h in history[3:]] == [("prune", "success", 0)]  # the dry run: none
+    assert sorted(history[-1]["removed"]) == ["v2", "v3", "v5"] and history[-1]["refused"] == {}
+    assert hist.successful_versions(project.root / ".flashfit" / "history.jsonl") == ["v4", "v3", "v2"]
 
     again = project.flashfit("images", "prune", "--keep", "1", "--json")
     assert again.code == 0 and again.json()["removed"] == []
@@ -76,4 +80,6 @@ def test_prune_waits_for_the_deploy_lock(project) -> None:
     finally:
         lock.release()
     assert held.code == 4, held.stderr
+    assert "another deploy holds the lock" in held.stderr and "(a deploy)" in held.stderr
     assert remaining(project) == set(VERSIONS)
+    assert hist.entries(project.root / ".flashfit" / "history.jsonl") == []  # refused before it began

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from flashfit_server.auth import mint_token
-from flashfit_server.metric_names import EXPOSED_SERIES
+from flashfit_contract.metrics import EXPOSED_SERIES
 from tests.server.conftest import bomb_png, image_bytes
 from tests.server.integration.conftest import SECRET, LiveServer
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from flashfit_server.datastore import STORE_NAMES, DataStore
-from flashfit_server.datafolder import validate_data_folder
+from flashfit_contract.datafolder import validate_data_folder
 
 DIMS = {"clip": 64, "blip": 64, "fashion": 32}
 

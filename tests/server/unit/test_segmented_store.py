@@ -12,7 +12,7 @@ import pytest
 
 from flashfit_server import atomic, compaction, graphs, segmented
 from flashfit_server.catalog import Item
-from flashfit_server.datafolder import DataFolderError, validate_data_folder
+from flashfit_contract.datafolder import DataFolderError, validate_data_folder
 from flashfit_server.datastore import STORE_NAMES, DataStore, NewItem
 from flashfit_server.storebench import random_unit_vectors
 

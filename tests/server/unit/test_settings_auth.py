@@ -115,3 +115,26 @@ def test_a_token_inside_the_max_lifetime_passes() -> None:
     assert verify_token(token, GOOD_SECRET, max_lifetime=600)["sub"] == "ops"
     with pytest.raises(ApiError):
         verify_token(mint_token(GOOD_SECRET, ttl_seconds=7200), GOOD_SECRET, max_lifetime=600)
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"CATALOG_SYNC_URL": "https://bucket/x"}, "CATALOG_SYNC_URL must look like s3://bucket/prefix"),
+        ({"CATALOG_SYNC_URL": "s3://Bad_Bucket/x"}, "CATALOG_SYNC_URL 'Bad_Bucket' is not a valid S3 bucket name"),
+        ({"CATALOG_SYNC_URL": "s3://bucket/a/../b"}, "CATALOG_SYNC_URL prefix"),
+        ({"CATALOG_SYNC_URL": "s3://bucket/x", "CATALOG_SYNC_ENDPOINT": "ftp://minio"}, "CATALOG_SYNC_ENDPOINT"),
+        ({"CATALOG_SYNC_ENDPOINT": "http://minio:9000"}, "CATALOG_SYNC_URL is not"),
+        ({"CATALOG_SYNC_URL": "s3://bucket/x", "CATALOG_SYNC_POLL_INTERVAL": "0"}, "CATALOG_SYNC_POLL_INTERVAL"),
+    ],
+)
+def test_catalog_sync_settings_are_checked_per_variable(env: dict[str, str], match: str) -> None:
+    with pytest.raises(SettingsError, match=match):
+        Settings.from_env(env)
+
+
+def test_catalog_sync_settings_parse() -> None:
+    settings = Settings.from_env({"CATALOG_SYNC_URL": "s3://shop/prod/", "CATALOG_SYNC_ENDPOINT": "http://127.0.0.1:9000",
+                                  "CATALOG_SYNC_POLL_INTERVAL": "0.25", "AWS_SECRET_ACCESS_KEY": "not-in-settings"})
+    assert (settings.catalog_sync_url, settings.catalog_sync_poll_interval) == ("s3://shop/prod/", 0.25)
+    assert "not-in-settings" not in repr(settings) and Settings.from_env({}).catalog_sync_url == ""

@@ -65,3 +65,12 @@ def test_keeper_reads_what_the_slots_link_to(tmp_path: Path, monkeypatch) -> Non
     os.symlink("shop-backend-green-1-y.sock", sockets / "slot-3.sock.tmp")  # half-made: not a slot
     (sockets / "shop-backend-blue-1-x.sock").write_text("")
     assert keeper_main.routed() == {"shop-backend-blue-1-x", "shop-backend-blue-2-x"}
+
+
+def test_the_keeper_script_finds_containers_by_the_project_label() -> None:
+    """The keeper runs alone in its container and cannot import flashfit_ops.labels: its own
+    spelling of the label must stay the one every container carries."""
+    from flashfit_ops.execute.lifecycle import KEEPER_SCRIPT
+    from flashfit_ops.labels import LABEL_PROJECT
+
+    assert f'f"{LABEL_PROJECT}={{PROJECT}}"' in KEEPER_SCRIPT.read_text(encoding="utf-8")

@@ -13,7 +13,7 @@ import yaml
 
 from flashfit_ops.config import load_config, resolve
 from flashfit_ops.render import SECRET_MODE, RenderedFile, render_all, render_nginx, write_tree
-from flashfit_server.metric_names import EXPOSED_SERIES, PROMETHEUS_BUILTIN_SERIES
+from flashfit_contract.metrics import EXPOSED_SERIES, PROMETHEUS_BUILTIN_SERIES
 
 EXPECTED_FILES = {
     "docker-compose.dev.yml",

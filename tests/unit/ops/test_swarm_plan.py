@@ -93,6 +93,10 @@ def test_sdk_arguments() -> None:
     assert kwargs["mounts"][0]["Source"] == "shop_model_cache" and kwargs["mounts"][0]["ReadOnly"] is True
     assert kwargs["healthcheck"]["Test"][:2] == ["CMD", "flashfit-server"]
     assert kwargs["stop_grace_period"] == 30 * 10**9
+    # The stack's log rotation (service_spec.py) reaches the tasks `flashfit deploy` creates too.
+    assert (kwargs["log_driver"], kwargs["log_driver_options"]) == ("json-file", {"max-file": "3", "max-size": "10m"})
+    nginx = service_kwargs("shop", stack.services["nginx"], version="v2", secret_ids={}, config_ids={"nginx_config": ("id2", "c")})
+    assert "log_driver" not in nginx
 
 
 def test_secret_and_config_objects_are_content_addressed(tmp_path: Path) -> None:
