@@ -44,7 +44,7 @@ def _load_in_background(app: FastAPI) -> None:
         except Exception as exc:  # noqa: BLE001 - any failure must reach /ready, not kill the thread silently
             reason = exc if isinstance(exc, StoreError | OSError | ValueError) else f"{type(exc).__name__}: {exc}"
             log.error("data folder: cannot open the stores: %s", reason)
-            app.state.startup_error = f"data folder: {reason}"
+            app.state.startup_error = service.startup_error = f"data folder: {reason}"
             return
         if service.replica is not None:  # serve the whole shared catalogue before saying ready
             service.replica.catch_up()

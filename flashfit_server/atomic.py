@@ -1,8 +1,11 @@
 """Crash-safe file writes and the cross-process lock that serialises writers.
 
-A file is replaced by writing a temporary sibling, fsyncing it, renaming it over the target and
-fsyncing the folder, so a reader (or a restart after a kill) sees either the old bytes or the new
-ones, never a mix.
+A file is replaced by writing a temporary sibling, renaming it over the target and (with `sync`)
+fsyncing both, so a reader (or a restart after a kill) sees either the old bytes or the new ones,
+never a mix. Against a killed process the rename alone is enough: the kernel keeps every
+completed write() in the page cache and rename() is atomic for every other process. The fsyncs
+add durability against power loss; the data folder's commit path leaves them out (see
+datastore.py), rare bulk writes (compaction, migration, snapshots) keep them.
 """
 
 from __future__ import annotations
@@ -39,22 +42,26 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_bytes_atomic(target: Path, data: bytes | memoryview, sync_dir: bool = True) -> None:
+def write_bytes_atomic(target: Path, data: bytes | memoryview, sync_dir: bool = True, sync: bool = True) -> None:
     """`sync_dir=False` leaves the folder's fsync to the caller, who writes several files into
-    it and syncs it once before anything names them."""
+    it and syncs it once before anything names them; `sync=False` skips every fsync (atomic
+    against a killed process, not against power loss)."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
-        os.fsync(handle.fileno())
+        if sync:
+            os.fsync(handle.fileno())
     fault_point(f"before-rename:{target.name}")
     os.replace(tmp, target)
-    if sync_dir:
+    if sync and sync_dir:
         fsync_dir(target.parent)
 
 
-def write_json_atomic(target: Path, payload: Any) -> None:
-    write_bytes_atomic(target, (json.dumps(payload, indent=1, sort_keys=True) + "\n").encode())
+def write_json_atomic(target: Path, payload: Any, sync: bool = True, compact: bool = False) -> None:
+    """`compact` drops the indentation: the manifest is rewritten on every commit."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":")) if compact else json.dumps(payload, indent=1, sort_keys=True)
+    write_bytes_atomic(target, (text + "\n").encode(), sync=sync)
 
 
 def read_json(path: Path) -> Any:

@@ -29,6 +29,7 @@ import numpy as np
 from flashfit_server.atomic import fault_point, file_lock, write_json_atomic
 from flashfit_contract.datafolder import SegmentEntry
 from flashfit_server.datastore import STORE_NAMES, DataState, DataStore
+from flashfit_server.graphs import GRAPH_SUFFIX
 from flashfit_server.segmented import SegmentedIndex
 from flashfit_server.segments import SEGMENTS_DIR, write_segment
 
@@ -162,5 +163,6 @@ def _remove_unreferenced(store: DataStore) -> None:
     assert store._state is not None
     live = {e.file.split("/", 1)[1] for e in store._state.manifest.entries()}
     for path in (store.folder / SEGMENTS_DIR).iterdir():
-        if path.name not in live and (path.suffix == ".seg" or path.name.endswith(".tmp")):
+        graph_of_dead = path.suffix == GRAPH_SUFFIX and f"{path.stem}.seg" not in live
+        if (path.name not in live and path.suffix == ".seg") or path.name.endswith(".tmp") or graph_of_dead:
             path.unlink(missing_ok=True)

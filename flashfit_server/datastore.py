@@ -16,10 +16,22 @@ A kill between the steps leaves vectors no row lists; they are invisible and the
 tombstones them. A tombstone hides its id only in segments of earlier commits, so an id can be
 handed out again after such a crash.
 
+Durability: the guarantee is against the process being killed (SIGKILL, the OOM killer, a
+container stop): an acknowledged write is never lost, a half-written one never shown. A killed
+process loses nothing it wrote with write() (the page cache belongs to the kernel) and rename()
+is atomic for every other process, so the commit path needs no fsync: files are renamed into
+place unsynced and SQLite runs WAL with synchronous=NORMAL. fsync would add power-loss
+durability only, at 8-11 syncs per add, each a journal commit that on a busy host waits behind
+other processes' dirty pages (tens of ms). After a power loss the last commits may be missing,
+or the manifest may name a segment whose bytes never reached the disk: its sha256 then fails on
+open and /ready names it (restore the latest backup); it is never served. Compaction, migration
+and snapshots (rare, large) still fsync. `fsync_commits=True` restores the syncs per commit.
+
 Readers never reload on the request path: a background thread watches manifest.json (a stat
 per interval), maps only the new segments (their sha256 checked first) and swaps in a new
-immutable DataState. A read that notices a small change (at most INLINE_REFRESH_BYTES of new
-segments) applies it itself, so a client reads its own write through another worker. Compaction (compaction.py) merges small segments in the background.
+immutable DataState. Only a request that misses an item applies a small change (at most
+INLINE_REFRESH_BYTES of new segments) itself (catch_up), so a client reads its own write
+through another worker. Compaction (compaction.py) merges small segments in the background.
 Folders of the previous format (clip.json + clip-*.index, items.json, fusion.json) are migrated
 on first open (legacy.py).
 """
@@ -31,7 +43,6 @@ import json
 import logging
 import os
 import threading
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -137,19 +148,21 @@ class DataStore:
         default_weights: Weights | None = None,
         refresh_interval: float = 0.2,
         compact_in_background: bool = True,
+        fsync_commits: bool = False,
     ):
         self.folder = folder
         self.kind = kind
         self.default_weights = default_weights or initial_weights(0.4, 0.3, 0.3)
         self.refresh_interval = refresh_interval
         self.compact_in_background = compact_in_background
-        self.db = CatalogDB(folder / CATALOG_NAME)
+        self.fsync_commits = fsync_commits  # power-loss durability per commit (see "Durability")
+        self.db = CatalogDB(folder / CATALOG_NAME, fsync_commits)
         self.problem: str | None = None  # why the latest manifest on disk could not be applied
         self._write_lock = threading.RLock()
         self._state: DataState | None = None
         self._dims: dict[str, int] | None = None
         self._seen: tuple | None = None  # stat signature of the manifest the state came from
-        self._last_look = 0.0
+        self._catch_up_lock = threading.Lock()
         self._stop = threading.Event()
         self._refresher: threading.Thread | None = None
 
@@ -237,8 +250,8 @@ class DataStore:
                         if extra is not None:
                             mask = extra if mask is None else (mask & extra)
                 else:
-                    verify_segment(self.folder, entry)
-                    segment = Segment.open(self.folder, entry.to_json(), manifest.dims[name])
+                    data = verify_segment(self.folder, entry)  # the bytes of a small one: parsed, not mapped
+                    segment = Segment.open(self.folder, entry.to_json(), manifest.dims[name], data)
                     mask = live_mask(segment, tomb_ids, tomb_seqs)
                 segments.append(segment)
                 masks.append(mask)
@@ -328,25 +341,27 @@ class DataStore:
         self._stop.set()
         self.db.close()
 
-    def _catch_up_small(self) -> None:
-        """At most every refresh interval, a stat of the manifest; a change that brings only
-        small new segments (a few commits) is applied here, so a client that wrote through one
-        worker reads its write through another; anything bigger (a compaction) is left to the
-        background thread, so no request ever waits on a large reload."""
-        now = time.monotonic()
-        if now - self._last_look < self.refresh_interval or self._signature() == self._seen:
-            return
-        self._last_look = now
-        try:
-            self.refresh(inline_limit=INLINE_REFRESH_BYTES)
-        except Exception:  # noqa: BLE001 - the background thread retries and reports
-            return
+    def catch_up(self) -> bool:
+        """For a request that missed an item (written through another worker a moment ago): apply
+        a newer manifest now if it brings only small new segments (a few commits), so a client
+        reads its own write through any worker. True if a newer state was swapped in. Costs one
+        stat when nothing changed; anything bigger (a compaction) is left to the background
+        thread, so no request waits on a large reload. Requests that find what they ask for never
+        come here: they read the current state and never wait."""
+        if self._state is None or self._signature() == self._seen:
+            return False
+        with self._catch_up_lock:  # misses arriving together wait for one refresh, not N
+            if self._signature() == self._seen:
+                return True
+            try:
+                return self.refresh(inline_limit=INLINE_REFRESH_BYTES)
+            except Exception:  # noqa: BLE001 - the background thread retries and reports
+                return False
 
     @contextlib.contextmanager
     def read(self) -> Iterator[DataState]:
-        """The current state; immutable, so it is used without any lock."""
-        if self._state is not None and self._refresher is not None:
-            self._catch_up_small()
+        """The current state; immutable, so it is used without any lock, and never refreshed
+        here: the background thread swaps in new states (see catch_up for misses)."""
         state = self._state
         if state is None:
             raise RuntimeError("data store is not open yet")
@@ -386,7 +401,7 @@ class DataStore:
         return {item_id: seq for item_id in orphans}
 
     def _commit_manifest(self, manifest: Manifest) -> DataState:
-        write_json_atomic(self.manifest_path, manifest.to_json())
+        write_json_atomic(self.manifest_path, manifest.to_json(), sync=self.fsync_commits, compact=True)
         assert self._state is not None
         state = self._build(manifest, previous=self._state)
         self._state, self._seen = state, self._signature()
@@ -396,9 +411,10 @@ class DataStore:
                 tombstones: dict[int, int]) -> Manifest:
         stores = dict(state.manifest.stores)
         for name in STORE_NAMES:
-            entry = write_segment(self.folder, name, seq, ids, vectors[name], sync_dir=False)
+            entry = write_segment(self.folder, name, seq, ids, vectors[name], sync_dir=False, sync=self.fsync_commits)
             stores[name] = (*stores[name], SegmentEntry(**entry))
-        fsync_dir(self.folder / SEGMENTS_DIR)  # once for the three, before the manifest names them
+        if self.fsync_commits:
+            fsync_dir(self.folder / SEGMENTS_DIR)  # once for the three, before the manifest names them
         return replace(state.manifest, generation=seq, stores=stores,
                        tombstones={**state.manifest.tombstones, **tombstones})
 
@@ -419,7 +435,7 @@ class DataStore:
             for item_id, new in zip(ids.tolist(), new_items, strict=True):
                 image_file = f"{item_id}.{new.image_extension}"
                 check_image_file(self.folder, image_file, "image file")
-                write_bytes_atomic(self.images_dir / image_file, new.image_data, sync_dir=False)
+                write_bytes_atomic(self.images_dir / image_file, new.image_data, sync_dir=False, sync=self.fsync_commits)
                 items.append(Item(
                     id=item_id, name=new.name, category=new.category, color=new.color, tags=list(new.tags),
                     user_id=new.user_id, caption=new.caption, image_file=image_file,
@@ -430,7 +446,8 @@ class DataStore:
                 vectors[name] = np.stack([new.vectors[name] for new in new_items]).astype(np.float32)
                 if vectors[name].shape[1] != state.manifest.dims[name]:
                     raise ValueError(f"{name}: expected {state.manifest.dims[name]}-d vectors, got {vectors[name].shape}")
-            fsync_dir(self.images_dir)
+            if self.fsync_commits:
+                fsync_dir(self.images_dir)
             manifest = self._append(state, seq, ids, vectors, self._orphan_tombstones(state, seq))
             self._commit_manifest(manifest)
             self.db.insert(items, seq, max(first_id, int(ids.max()) + 1))

@@ -3,8 +3,9 @@
 Immutable: a newer manifest gives a new SegmentedIndex that reuses the Segment objects (and their
 mappings and HNSW graphs) of the ones still live, so a refresh costs work in proportion to what
 changed. Small segments are scanned exactly (numpy, or torch for large ones, like the flat store);
-with kind "hnsw", segments of at least HNSW_MIN_ROWS rows (made by compaction) get a graph, and
-newer vectors stay searchable from the small flat segments until compaction folds them in.
+with kind "hnsw", segments of at least HNSW_MIN_ROWS rows (made by compaction) get a graph (stored
+beside the segment and memory-mapped, see graphs.py), and newer vectors stay searchable from the
+small flat segments until compaction folds them in.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ import numpy as np
 from flashfit_server.segments import Segment
 
 HNSW_MIN_ROWS = 20_000
+# Segments of at most this many rows (the deltas of single commits) are searched as one block:
+# their live rows are copied into one small array when the index is built (in the refresh
+# thread), so a search costs the same whether 1 or 100 commits arrived since the last compaction.
+TAIL_ROWS = 256
+TAIL_FILE = "<tail>"
 TORCH_SCAN_FLOATS = 1 << 21  # from this many floats torch's threaded matmul wins (see vector_store)
 _graph_lock = threading.Lock()
 
@@ -62,6 +68,32 @@ class SegmentedIndex:
         self._graphs = graphs if graphs is not None else {}
         self._count = sum(len(s) if m is None else int(m.sum()) for s, m in zip(segments, masks, strict=True))
         self.ef_search = 64
+        self._parts_built: tuple[tuple[Segment, np.ndarray | None], ...] | None = None
+
+    @property
+    def _parts(self) -> tuple[tuple[Segment, np.ndarray | None], ...]:
+        if self._parts_built is None:  # built by prepare(), in the refresh thread; idempotent
+            self._parts_built = self._search_parts()
+        return self._parts_built
+
+    def _search_parts(self) -> tuple[tuple[Segment, np.ndarray | None], ...]:
+        """What searches and lookups walk: the large segments as they are (mapped, shared), and
+        the live rows of all small ones merged into one in-memory block."""
+        parts: list[tuple[Segment, np.ndarray | None]] = []
+        small: list[tuple[Segment, np.ndarray | None]] = []
+        for segment, mask in zip(self.segments, self.masks, strict=True):
+            merge = len(segment) <= TAIL_ROWS and not self._has_graph(segment)
+            (small if merge else parts).append((segment, mask))
+        if len(small) == 1:
+            parts.extend(small)
+        elif small:
+            ids = np.concatenate([np.asarray(s.ids) if m is None else np.asarray(s.ids)[m] for s, m in small])
+            vectors = np.concatenate([np.asarray(s.vectors) if m is None else np.asarray(s.vectors)[m] for s, m in small])
+            vectors = vectors.reshape(len(ids), self.dim)
+            # Only live rows are kept, and at most one row per id is live, so ids are unique.
+            tail = Segment(TAIL_FILE, max(s.seq for s, _ in small), ids, vectors, np.argsort(ids, kind="stable"))
+            parts.append((tail, None))
+        return tuple(parts)
 
     def __len__(self) -> int:
         return self._count
@@ -70,14 +102,14 @@ class SegmentedIndex:
         return isinstance(item_id, int | np.integer) and bool(self._locate(np.array([item_id], np.int64))[0][0] >= 0)
 
     def ids(self) -> np.ndarray:
-        parts = [np.asarray(s.ids) if m is None else np.asarray(s.ids)[m] for s, m in zip(self.segments, self.masks, strict=True)]
+        parts = [np.asarray(s.ids) if m is None else np.asarray(s.ids)[m] for s, m in self._parts]
         return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
     def _locate(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(segment index, row) of each live id; -1 where absent. Newer segments win."""
         seg_of = np.full(len(ids), -1, np.int64)
         row_of = np.full(len(ids), -1, np.int64)
-        for index, (segment, mask) in enumerate(zip(self.segments, self.masks, strict=True)):
+        for index, (segment, mask) in enumerate(self._parts):
             rows = segment.rows_of(ids)
             found = rows >= 0
             if mask is not None:
@@ -95,29 +127,31 @@ class SegmentedIndex:
             raise KeyError(f"{self.name}: ids {ids[seg_of < 0][:5].tolist()} are not stored")
         for index in np.unique(seg_of):
             pick = seg_of == index
-            out[pick] = self.segments[index].vectors[row_of[pick]]
+            out[pick] = self._parts[index][0].vectors[row_of[pick]]
         return out
 
     def _graph(self, segment: Segment):  # noqa: ANN202 - faiss index
         graph = self._graphs.get(segment.file)
         if graph is None:
-            import faiss
+            from flashfit_server.graphs import shared_graph
 
             with _graph_lock:
                 graph = self._graphs.get(segment.file)
                 if graph is None:
-                    graph = faiss.IndexHNSWFlat(self.dim, 32, faiss.METRIC_INNER_PRODUCT)
-                    graph.hnsw.efConstruction = 80
-                    graph.add(np.ascontiguousarray(segment.vectors))
+                    graph = shared_graph(segment, self.dim)  # mapped from segments/*.hnsw, shared
                     self._graphs[segment.file] = graph
         return graph
 
+    def _has_graph(self, segment: Segment) -> bool:
+        return self.kind == "hnsw" and len(segment) >= HNSW_MIN_ROWS and segment.file != TAIL_FILE
+
     def prepare(self) -> None:
-        """Build what searches need (HNSW graphs) before this index is swapped in."""
-        if self.kind == "hnsw":
-            for segment in self.segments:
-                if len(segment) >= HNSW_MIN_ROWS:
-                    self._graph(segment)
+        """Build what searches need (the merged small segments, HNSW graphs) before this index
+        is swapped in, so no request pays for it."""
+        _ = self._parts
+        for segment in self.segments:
+            if self._has_graph(segment):
+                self._graph(segment)
 
     def search(self, queries: np.ndarray, k: int) -> list[SearchHits]:
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
@@ -125,10 +159,10 @@ class SegmentedIndex:
         if k <= 0:
             return [SearchHits(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(len(queries))]
         all_ids, all_scores = [], []
-        for segment, mask in zip(self.segments, self.masks, strict=True):
+        for segment, mask in self._parts:
             if len(segment) == 0:
                 continue
-            if self.kind == "hnsw" and len(segment) >= HNSW_MIN_ROWS:
+            if self._has_graph(segment):
                 ids, scores = self._search_graph(segment, mask, queries, k)
             else:
                 scores = _scores(segment.vectors, queries)

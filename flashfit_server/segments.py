@@ -47,14 +47,15 @@ def segment_name(store: str, seq: int, sha: str) -> str:
     return f"{SEGMENTS_DIR}/{store}-{seq:010d}-{sha[:16]}.seg"
 
 
-def write_segment(folder: Path, store: str, seq: int, ids: np.ndarray, vectors: np.ndarray, sync_dir: bool = True) -> dict:
-    """Write (fsynced, atomically renamed) and return the manifest entry naming it. With
-    `sync_dir=False` the caller fsyncs segments/ before a manifest names the file."""
+def write_segment(folder: Path, store: str, seq: int, ids: np.ndarray, vectors: np.ndarray, sync_dir: bool = True,
+                  sync: bool = True) -> dict:
+    """Write (atomically renamed; fsynced unless `sync=False`) and return the manifest entry
+    naming it. With `sync_dir=False` the caller fsyncs segments/ before a manifest names it."""
     data = encode(ids, vectors)
     sha = sha256_bytes(data)
     name = segment_name(store, seq, sha)
     (folder / SEGMENTS_DIR).mkdir(exist_ok=True)
-    write_bytes_atomic(folder / name, data, sync_dir=sync_dir)
+    write_bytes_atomic(folder / name, data, sync_dir=sync_dir, sync=sync)
     fault_point(f"between-segment-and-manifest:{store}")
     return {"file": name, "seq": seq, "count": len(ids), "size": len(data), "sha256": sha}
 
@@ -77,29 +78,42 @@ class Segment:
     ids: np.ndarray  # int64[count], memory-mapped
     vectors: np.ndarray  # float32[count, dim], memory-mapped
     order: np.ndarray  # argsort of ids, for id lookups
+    folder: Path | None = None  # the data folder it was mapped from (None: built in memory)
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @classmethod
-    def open(cls, folder: Path, entry: dict, dim: int) -> Segment:
-        """Map a segment whose size and sha256 the caller has verified (see datafolder)."""
+    def open(cls, folder: Path, entry: dict, dim: int, data: bytes | None = None) -> Segment:
+        """Map a segment whose size and sha256 the caller has verified (see datafolder), or parse
+        `data`, its verified bytes (small segments: read, not mapped)."""
         path = folder / entry["file"]
-        count, file_dim = read_header(path)
+        if data is not None:
+            head = data[:HEADER]
+            if len(head) < HEADER or head[:8] != MAGIC:
+                raise SegmentError(f"{path.name} is not a segment file")
+            count, file_dim = (int(v) for v in struct.unpack("<QQ", head[8:24]))
+            size = len(data)
+        else:
+            count, file_dim = read_header(path)
+            size = path.stat().st_size
         if count != entry["count"] or file_dim != dim:
             raise SegmentError(f"{entry['file']} holds {count}x{file_dim}, the manifest says {entry['count']}x{dim}")
-        if path.stat().st_size != HEADER + count * 8 + count * dim * 4:
+        if size != HEADER + count * 8 + count * dim * 4:
             raise SegmentError(f"{entry['file']} has the wrong length for {count}x{dim}")
         if count == 0:
             ids = np.zeros(0, np.int64)
             vectors = np.zeros((0, dim), np.float32)
+        elif data is not None:
+            ids = np.frombuffer(data, dtype="<i8", count=count, offset=HEADER)
+            vectors = np.frombuffer(data, dtype="<f4", count=count * dim, offset=HEADER + 8 * count).reshape(count, dim)
         else:
             ids = np.memmap(path, dtype="<i8", mode="r", offset=HEADER, shape=(count,))
             vectors = np.memmap(path, dtype="<f4", mode="r", offset=HEADER + 8 * count, shape=(count, dim))
         order = np.argsort(ids, kind="stable")
         if count and np.any(np.diff(ids[order]) == 0):
             raise SegmentError(f"{entry['file']} lists an item id twice")
-        return cls(entry["file"], int(entry["seq"]), ids, vectors, order)
+        return cls(entry["file"], int(entry["seq"]), ids, vectors, order, folder)
 
     def rows_of(self, ids: np.ndarray) -> np.ndarray:
         """Row of each id in this segment, -1 where absent."""

@@ -4,19 +4,23 @@ and storing through the data store. One instance per worker process (app.state.s
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from flashfit_server.catalog import Item
-from flashfit_server.datastore import STORE_NAMES, DataState, DataStore, FusionState, NewItem, NotFound
+from flashfit_contract.datafolder import DataFolderError
+from flashfit_server.datastore import STORE_NAMES, DataState, DataStore, FusionState, NewItem, NotFound, StoreError
 from flashfit_server.errors import ApiError
 from flashfit_server.fusion import LEARNING_RATE, MAX_WEIGHT, MIN_WEIGHT, apply_feedback
 from flashfit_server.images import (
@@ -35,6 +39,9 @@ from flashfit_server.replica import Replica
 from flashfit_server.schemas import FeedbackRequest, RecommendRequest
 from flashfit_server.settings import Settings
 from flashfit_server.sharedlog import SyncError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # How far preferences pull the query towards their text ("casual summer"): enough to reorder
 # close candidates, not enough to replace the query.
@@ -101,23 +108,49 @@ class Service:
         self._served_lock = threading.Lock()
         # Bounded decodes at once; a request waits for a slot no longer than for the models.
         self.decoder = DecodeSlots(settings.decode_concurrency, settings.inference_timeout)
+        self.startup_error: str | None = None  # why the stores could not be opened (also in /ready)
 
     @property
     def ready(self) -> bool:
         caught_up = self.replica is None or self.replica.caught_up  # a write needs the whole log applied
         return self.registry.all_loaded and self.datastore.is_open and caught_up
 
+    def not_ready_reason(self) -> str | None:
+        """The first problem /ready lists under checks.errors (None: still loading, or ready)."""
+        if self.startup_error:
+            return self.startup_error
+        if self.datastore.problem:
+            return f"data folder: {self.datastore.problem}"
+        failed = [f"{slot}: {s.error}" for slot, s in self.registry.slots.items() if s.status == "failed"]
+        return failed[0] if failed else None
+
+    def _not_ready(self, loading: str) -> ApiError:
+        reason = self.not_ready_reason()
+        return ApiError(503, "not_ready", f"not ready: {reason}" if reason else loading)
+
     @contextlib.contextmanager
     def read(self) -> Iterator[DataState]:
         """The data store's current state, or a 503 while it is not open (never a 500)."""
         if not self.datastore.is_open:
-            raise ApiError(503, "not_ready", "the data folder is not open; see /ready")
+            raise self._not_ready("the data folder is not open yet; see /ready")
         with self.datastore.read() as state:
             yield state
 
     def require_ready(self) -> None:
         if not self.ready:
-            raise ApiError(503, "not_ready", "models or vector stores are still loading; retry shortly")
+            raise self._not_ready("models or vector stores are still loading; retry shortly")
+
+    def _write(self, write: Callable[[], T]) -> T:
+        """A data folder write; a folder that cannot take it (malformed on disk, a broken
+        catalogue, a full disk) is a 503 naming the reason, as /ready does, never a 500."""
+        try:
+            return write()
+        except (StoreError, DataFolderError, sqlite3.DatabaseError) as exc:
+            log.error("data folder write refused: %s", exc)
+            raise ApiError(503, "not_ready", f"not ready: data folder: {exc}") from None
+        except OSError as exc:
+            log.error("data folder write failed: %s", exc)
+            raise ApiError(503, "store_unavailable", f"the data folder cannot be written: {exc.strerror or exc}") from None
 
     async def _wait(self, futures: list[Future], deadline: Deadline) -> list:
         try:
@@ -147,7 +180,7 @@ class Service:
             name=fields.name, caption=embedded.caption, category=fields.category,
             color=fields.color, tags=fields.tags, user_id=fields.user_id,
         )
-        [item] = await run_in_threadpool(self._store_items, [new])
+        [item] = await run_in_threadpool(self._write, lambda: self._store_items([new]))
         return item
 
     def _store_items(self, new: list[NewItem]) -> list[Item]:
@@ -191,8 +224,21 @@ class Service:
             queries = {name: _blend(q, prefs[name]) for name, q in queries.items()}
         return queries, exclude
 
-    def _stored_vectors(self, item_id: int) -> dict[str, np.ndarray]:
+    def _require_item(self, item_id: int) -> None:
+        """404 unless the item exists, looking again at the data folder if this worker's state
+        is older than a write made through another worker."""
         with self.read() as state:
+            if item_id in state.catalog.items:
+                return
+        if not self.datastore.catch_up():
+            raise not_found(item_id)
+        with self.read() as state:
+            if item_id not in state.catalog.items:
+                raise not_found(item_id)
+
+    def _stored_vectors(self, item_id: int) -> dict[str, np.ndarray]:
+        self._require_item(item_id)
+        with self.read() as state:  # as new as the one that had the item, or newer
             if item_id not in state.catalog.items:
                 raise not_found(item_id)
             return {name: state.stores[name].vectors([item_id])[0] for name in STORE_NAMES}
@@ -251,9 +297,8 @@ class Service:
     # --- feedback and stats --------------------------------------------------------------------
 
     def feedback(self, req: FeedbackRequest) -> dict:
-        with self.read() as state:
-            if req.item_id not in state.catalog.items:
-                raise not_found(req.item_id)
+        self._require_item(req.item_id)
+        scores: dict[str, float] | None
         if req.scores is not None:
             scores = {"clip": req.scores.clip_score, "blip": req.scores.blip_score, "fashion": req.scores.fashion_score}
         else:
@@ -264,7 +309,7 @@ class Service:
             weights = apply_feedback(current.weights, scores, req.liked) if scores else current.weights
             return FusionState(weights, current.liked + int(req.liked), current.disliked + int(not req.liked))
 
-        updated = self.datastore.update_fusion(change)
+        updated = self._write(lambda: self.datastore.update_fusion(change))
         return {
             "status": "success",
             "applied": scores is not None,
@@ -290,15 +335,19 @@ class Service:
     def get_item(self, item_id: int) -> Item:
         with self.read() as state:
             item = state.catalog.items.get(item_id)
+        if item is None and self.datastore.catch_up():
+            with self.read() as state:
+                item = state.catalog.items.get(item_id)
         if item is None:
             raise not_found(item_id)
         return item
 
     def delete_item(self, item_id: int) -> Item:
         try:
-            if self.replica is not None:
-                return self.replica.delete_item(item_id)
-            return self.datastore.delete_item(item_id)
+            replica = self.replica
+            if replica is not None:
+                return self._write(lambda: replica.delete_item(item_id))
+            return self._write(lambda: self.datastore.delete_item(item_id))
         except NotFound:
             raise not_found(item_id) from None
         except SyncError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -83,5 +84,73 @@ def test_a_tampered_segment_gives_a_named_not_ready_reason(tmp_path: Path, tiny_
     try:
         reason = _not_ready_reason(restarted)
         assert segment.name in reason and "sha256" in reason
+    finally:
+        restarted.stop()
+
+
+def _break_manifest(data_dir: Path) -> str:
+    """A restore (or a hand edit) leaves a manifest naming a segment outside the folder."""
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    manifest["generation"] += 1
+    manifest["stores"]["clip"][0]["file"] = "../outside.seg"
+    (data_dir / "manifest.tmp").write_text(json.dumps(manifest))
+    (data_dir / "manifest.tmp").replace(data_dir / "manifest.json")
+    return "stores.clip[0].file leaves the data folder"
+
+
+def _ready_errors(server: LiveServer) -> dict:
+    response = httpx.get(server.url + "/ready", timeout=5)
+    assert response.status_code == 503, response.text
+    return response.json()["checks"].get("errors", {})
+
+
+def test_a_write_to_a_folder_gone_malformed_is_a_503_naming_the_reason(tmp_path: Path, tiny_models: Path) -> None:
+    server = start_server(tmp_path / "c", tiny_models)
+    try:
+        _add(server, 3)
+        reason = _break_manifest(server.data_dir)
+        with server.client() as client:
+            response = client.post("/api/items", files={"image": ("x.png", image_bytes(4), "image/png")},
+                                   headers=server.auth)
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "not_ready" and reason in error["message"], error
+        assert "Traceback" not in server.log()
+        assert reason in _ready_errors(server)["data_folder"]  # the same reason /ready names
+    finally:
+        server.stop()
+
+
+def test_a_delete_in_a_folder_gone_malformed_is_a_503_naming_the_reason(tmp_path: Path, tiny_models: Path) -> None:
+    server = start_server(tmp_path / "d", tiny_models)
+    try:
+        item_id = _add(server, 5)
+        reason = _break_manifest(server.data_dir)
+        with server.client() as client:
+            response = client.delete(f"/api/items/{item_id}", headers=server.auth)
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "not_ready" and reason in error["message"], error
+        assert "Traceback" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_a_write_to_a_folder_refused_at_start_names_the_reason(tmp_path: Path, tiny_models: Path) -> None:
+    server = start_server(tmp_path / "e", tiny_models)
+    try:
+        _add(server, 6)
+    finally:
+        server.stop()
+    reason = _break_manifest(server.data_dir)
+    restarted = start_server(tmp_path / "e", tiny_models, wait_ready=False)
+    try:
+        assert reason in _not_ready_reason(restarted)
+        with restarted.client() as client:
+            response = client.post("/api/items", files={"image": ("y.png", image_bytes(7), "image/png")},
+                                   headers=restarted.auth)
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "not_ready" and reason in error["message"], error
     finally:
         restarted.stop()

@@ -124,3 +124,57 @@ def test_random_kills_during_compaction_lose_nothing_acknowledged(tmp_path: Path
         assert acked - deleted <= listed  # every acknowledged add that was not deleted survived
         store.close()
     assert len(acked) > 20
+
+
+SINGLE_ADDS = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from flashfit_server.datastore import DataStore, NewItem
+    from flashfit_server.storebench import random_unit_vectors
+
+    dims = {"clip": 64, "blip": 64, "fashion": 32}
+    store = DataStore(Path(sys.argv[1]), refresh_interval=0.0, compact_in_background=False)  # no fsync per commit
+    store.open(dims, background=False)
+    seed = int(sys.argv[2])
+    while True:
+        seed += 1
+        vectors = {n: random_unit_vectors(1, d, seed)[0] for n, d in dims.items()}
+        [item] = store.add_items([NewItem(seed.to_bytes(8, "big"), "png", vectors, name=str(seed), caption="")])
+        print(item.id, seed, flush=True)
+    """
+)
+
+
+def test_random_kills_of_unsynced_single_adds_lose_nothing_acknowledged(tmp_path: Path) -> None:
+    """The server's commit path (one item per commit, no fsync): a SIGKILL right after an
+    acknowledgement keeps that item, its vectors and its image bytes, and shows no partial one."""
+    rng = random.Random(7)
+    acked: dict[int, int] = {}
+    for round_number in range(6):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SINGLE_ADDS, str(tmp_path), str(round_number * 1_000_000)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert proc.stdout is not None
+        first = proc.stdout.readline().split()
+        acked[int(first[0])] = int(first[1])
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        for line in proc.stdout.read().splitlines():
+            item_id, seed = line.split()
+            acked[int(item_id)] = int(seed)
+        validate_data_folder(tmp_path)
+        store = DataStore(tmp_path, refresh_interval=0.0, compact_in_background=False)
+        store.open(DIMS, background=False)
+        with store.read() as state:
+            listed = set(state.catalog.items)
+            assert set(acked) <= listed
+            for name in STORE_NAMES:
+                assert listed <= set(state.stores[name].ids().tolist())
+            for item_id in listed:
+                item = state.catalog.items[item_id]
+                assert store.image_path(item).read_bytes() == int(item.name).to_bytes(8, "big")
+        store.close()
+    assert len(acked) > 6

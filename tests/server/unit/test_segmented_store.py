@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flashfit_server import atomic, compaction, segmented
+from flashfit_server import atomic, compaction, graphs, segmented
 from flashfit_server.catalog import Item
 from flashfit_contract.datafolder import DataFolderError, validate_data_folder
 from flashfit_server.datastore import STORE_NAMES, DataStore, NewItem
@@ -182,6 +182,26 @@ def test_a_manifest_naming_a_path_outside_the_folder_is_refused(tmp_path: Path, 
     assert "stores.clip[0].file" in reason
 
 
+@pytest.mark.parametrize("link", ["file", "folder"])
+def test_a_segment_reached_through_a_link_leaving_the_folder_is_refused(tmp_path: Path, link: str) -> None:
+    outside = tmp_path / "outside"
+    data = tmp_path / "data"
+
+    def link_out(folder: Path) -> None:
+        outside.mkdir()
+        if link == "file":  # the same bytes, so only the link itself is wrong
+            path = folder / _manifest(folder)["stores"]["clip"][0]["file"]
+            (outside / path.name).write_bytes(path.read_bytes())
+            path.unlink()
+            path.symlink_to(outside / path.name)
+        else:
+            (folder / "segments").rename(outside / "segments")
+            (folder / "segments").symlink_to(outside / "segments")
+
+    reason = _tampered(data, link_out)
+    assert "stores.clip[0].file" in reason and ("link" in reason or "leaves the data folder" in reason)
+
+
 @pytest.mark.parametrize(("field", "value"), [("generation", "1"), ("generation", True), ("tombstones", {"1": 2}),
                                                ("dims", {"clip": 8}), ("stores", [])])
 def test_a_manifest_field_of_the_wrong_type_is_refused(tmp_path: Path, field: str, value: object) -> None:
@@ -278,7 +298,7 @@ def test_a_refresh_hashes_and_maps_only_the_new_segments(tmp_path: Path, monkeyp
     writer.delete_item(3)
     verified: list[str] = []
     real = datastore_module.verify_segment
-    monkeypatch.setattr(datastore_module, "verify_segment", lambda folder, entry: (verified.append(entry.file), real(folder, entry)))
+    monkeypatch.setattr(datastore_module, "verify_segment", lambda folder, entry: (verified.append(entry.file), real(folder, entry))[1])
     assert reader.refresh()
     assert sorted(f.split("-")[0] for f in verified) == ["segments/blip", "segments/clip", "segments/fashion"]
     with reader.read() as state:
@@ -308,3 +328,72 @@ def test_requests_never_wait_for_a_refresh_in_progress(tmp_path: Path, monkeypat
     refresher.join(30)
     with reader.read() as state:
         assert state.generation == 1 and sorted(state.catalog.items) == [1]
+
+
+# --- HNSW graphs: stored once, mapped by every worker --------------------------------------------
+
+
+def _graph_files(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / "segments").glob("*.hnsw"))
+
+
+def _mapped(path_part: str) -> bool:
+    return any(path_part in line for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+def test_an_hnsw_graph_is_built_once_stored_beside_its_segment_and_mapped_by_every_worker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(segmented, "HNSW_MIN_ROWS", 50)
+    writer = open_store(tmp_path, kind="hnsw")
+    writer.add_items([new_item(s) for s in range(60)])
+    assert len(_graph_files(tmp_path)) == 3  # one per store, beside the segment it indexes
+    builds: list[str] = []
+    real_build = graphs.build
+    monkeypatch.setattr(graphs, "build", lambda segment, dim: (builds.append(segment.file), real_build(segment, dim))[1])
+    reader = open_store(tmp_path, kind="hnsw")  # another worker: maps the stored graphs
+    assert builds == []
+    assert all(_mapped(name) for name in _graph_files(tmp_path))
+    query = new_item(7).vectors["clip"]
+    assert top(reader, "clip", query, 3) == top(writer, "clip", query, 3) and top(reader, "clip", query, 1) == [8]
+    compaction.compact(writer, full=True)  # a new merged segment: its graph replaces the old one
+    names = _graph_files(tmp_path)
+    with writer.read() as state:
+        live = {e.file.split("/")[1][: -len(".seg")] for e in state.manifest.entries()}
+    assert len(names) == 3 and {n[: -len(".hnsw")] for n in names} <= live
+
+
+def _corrupt_neighbour(path: Path) -> None:
+    """Point one neighbour id far outside the graph (found by its bytes in the file)."""
+    import faiss
+
+    graph = faiss.read_index(str(path))
+    neighbours = faiss.vector_to_array(graph.hnsw.neighbors)
+    data = bytearray(path.read_bytes())
+    at = data.find(neighbours[:16].astype("<i4").tobytes())
+    assert at > 0
+    data[at : at + 4] = np.array([10**6], "<i4").tobytes()
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["neighbour out of range", "another segment's graph", "not an index"])
+def test_a_damaged_graph_file_is_rebuilt_never_searched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
+    monkeypatch.setattr(segmented, "HNSW_MIN_ROWS", 50)
+    writer = open_store(tmp_path, kind="hnsw")
+    writer.add_items([new_item(s) for s in range(60)])
+    path = next((tmp_path / "segments").glob("clip-*.hnsw"))
+    if damage == "neighbour out of range":
+        _corrupt_neighbour(path)
+    elif damage == "another segment's graph":
+        import faiss
+
+        other = faiss.IndexHNSWFlat(8, 32, faiss.METRIC_INNER_PRODUCT)
+        other.add(random_unit_vectors(60, 8, seed=999))
+        faiss.write_index(other, str(path))
+    else:
+        path.write_bytes(b"\x00" * 4096)
+    with pytest.raises(graphs.GraphFileError):
+        graphs.load(path, next(s for s in writer._state.stores["clip"].segments), 8)  # type: ignore[union-attr]
+    reader = open_store(tmp_path, kind="hnsw")  # refuses the file, builds and stores a good one
+    query = new_item(7).vectors["clip"]
+    assert top(reader, "clip", query, 1) == [8]
+    graphs.load(path, next(s for s in reader._state.stores["clip"].segments), 8)  # type: ignore[union-attr]
