@@ -11,6 +11,7 @@ datastore.py), rare bulk writes (compaction, migration, snapshots) keep them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -90,4 +91,25 @@ def file_lock(path: Path, shared: bool = False) -> Iterator[None]:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def try_file_lock(path: os.PathLike[str] | str, blocking: bool = False) -> Iterator[bool]:
+    """Exclusive flock on `path` (created if needed): yields False instead of waiting when
+    `blocking` is False and another process holds it, True once held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                yield False
+                return
+            raise
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
         os.close(fd)

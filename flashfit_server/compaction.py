@@ -15,18 +15,12 @@ at least four times the rest, so a big base is rewritten only about every fourfo
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import fcntl
 import logging
-import os
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-from flashfit_server.atomic import fault_point, file_lock, write_json_atomic
+from flashfit_server.atomic import fault_point, file_lock, try_file_lock, write_json_atomic
 from flashfit_contract.datafolder import SegmentEntry
 from flashfit_server.datastore import STORE_NAMES, DataState, DataStore
 from flashfit_server.graphs import GRAPH_SUFFIX
@@ -38,25 +32,6 @@ log = logging.getLogger(__name__)
 MAX_SEGMENTS = 8
 DEAD_FRACTION = 0.2
 BASE_RATIO = 4
-
-
-@contextlib.contextmanager
-def _try_lock(path: Path) -> Iterator[bool]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                yield False
-                return
-            raise
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 def choose(index: SegmentedIndex, full: bool = False) -> list[int]:
@@ -107,7 +82,7 @@ def _needed_tombstones(state: DataState) -> dict[int, int]:
 
 def compact(store: DataStore, full: bool = False) -> bool:
     """Merge what the policy (or `full`) asks for; True if a new manifest was published."""
-    with _try_lock(store.folder / ".compact.lock") as locked:
+    with try_file_lock(store.folder / ".compact.lock") as locked:
         if not locked:
             return False
         store.refresh()

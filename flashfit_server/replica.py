@@ -21,15 +21,12 @@ whose folder is empty or behind catches up before it marks itself ready.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -37,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from flashfit_server.atomic import fault_point
+from flashfit_server.atomic import fault_point, try_file_lock
 from flashfit_server.catalog import Item
 from flashfit_contract.datafolder import MAX_ID
 from flashfit_server.datastore import STORE_NAMES, DataStore, NewItem, NotFound
@@ -76,26 +73,6 @@ def decode_segment(data: bytes, ids: list[int], dim: int, name: str) -> np.ndarr
     if not np.isfinite(vectors).all():
         raise BlobMismatch(f"{name} holds non-finite vectors")
     return vectors
-
-
-@contextlib.contextmanager
-def folder_lock(path: os.PathLike[str] | str, blocking: bool) -> Iterator[bool]:
-    """flock on `path`: yields False instead of waiting when `blocking` is False and it is held."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                yield False
-                return
-            raise
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 class Replica:
@@ -141,7 +118,7 @@ class Replica:
         return f"catching up with the shared catalogue log: {self.applied_seq} of {self.head_seen} commits applied"
 
     def _lock(self, blocking: bool = True) -> contextlib.AbstractContextManager[bool]:
-        return folder_lock(self.store.folder / ".sync.lock", blocking)
+        return try_file_lock(self.store.folder / ".sync.lock", blocking)
 
     # --- applying the log -------------------------------------------------------------------
 
