@@ -40,7 +40,7 @@ pytestmark = pytest.mark.integration
 
 TOKEN = secrets.token_hex(4)
 TEST_REPO = f"flashfit-test/backend-{TOKEN}"
-SOURCE_PARTS = ("pyproject.toml", "README.md", "flashfit_ops", "flashfit_server", "templates")
+SOURCE_PARTS = ("pyproject.toml", "README.md", "flashfit_ops", "flashfit_server", "flashfit_contract", "templates")
 JWT = "integration-secret-" + "0" * 32
 
 

@@ -62,6 +62,7 @@ def base_data(tls: Path) -> dict[str, Any]:
         "swarm": {"constraints": ["node.role == manager"]},
         "volumes": {"models": "./models", "data": "vector_indices"},
         "resources": {"limits": {"memory": "8G", "cpus": 4}, "reservations": {"memory": "4G", "cpus": 2}},
+        "catalog": {"sync_url": "s3://flashfit-catalog/shop", "endpoint_url": "http://s3.example:9000", "region": "eu-west-1"},
     }
 
 

@@ -80,10 +80,12 @@ def test_the_lock_held_by_another_command_is_exit_4_naming_the_holder_and_record
 
 def test_sigterm_inside_the_run_is_recorded_as_interrupted_and_releases_the_lock(tmp_path: Path) -> None:
     config = make_config(tmp_path)
+    before = signal.getsignal(signal.SIGTERM)  # not always SIG_DFL: a fixture of another file may own it
     with pytest.raises(KeyboardInterrupt):
         with recorded_run(config, "deploy", version="v2"):
+            assert signal.getsignal(signal.SIGTERM) != before
             os.kill(os.getpid(), signal.SIGTERM)
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
     finish = records(config)[-1]
     assert (finish["result"], finish["exit_code"], finish["error"]) == ("interrupted", 130, None)
     assert not lock_status(lock_path(config)).held
