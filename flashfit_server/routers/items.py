@@ -68,7 +68,12 @@ def list_items(
     limit: Annotated[int, Query(ge=1, le=100), PLAIN_DIGITS] = 20,
     user_id: Annotated[str | None, Query(max_length=128)] = None,
 ) -> dict:
-    with request.app.state.service.read() as state:
+    service = request.app.state.service
+    # A listing shows what is there now: apply a write another worker or replica committed a
+    # moment ago (one stat when nothing changed), as a lookup that misses an item does.
+    if service.datastore.is_open:
+        service.datastore.catch_up()
+    with service.read() as state:
         page, total = state.catalog.page(offset, limit, user_id)
     return {"items": [i.to_api() for i in page], "total": total, "offset": offset, "limit": limit}
 

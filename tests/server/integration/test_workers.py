@@ -132,3 +132,29 @@ def test_ready_means_every_worker_and_a_killed_one_makes_it_wait(two_workers: Li
     for _ in range(20):
         with httpx.Client(base_url=two_workers.url, timeout=10) as client:
             assert client.get("/api/fusion/stats").json()["worker"]["ready"] is True
+
+
+def test_a_listing_through_the_other_worker_shows_an_item_added_a_moment_ago(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models: Path
+) -> None:
+    """Read-your-writes for listings: the background refresh is made too slow to help here, so
+    only the listing's own catch-up can show the new item through the worker that did not add it."""
+    server = start_server(tmp_path_factory.mktemp("listing"), tiny_models, workers=2, env={"REFRESH_INTERVAL": "60"})
+    try:
+        _wait_both_ready(server)
+        for seed in range(3):
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                response = client.post(
+                    "/api/items", files={"image": (f"l{seed}.png", image_bytes(10 + seed), "image/png")}, headers=server.auth
+                )
+                assert response.status_code == 201, response.text
+                item_id = response.json()["id"]
+            listed_by: dict[int, bool] = {}
+            for _ in range(20):  # fresh connections land on either worker
+                with httpx.Client(base_url=server.url, timeout=10) as client:
+                    ids = {item["id"] for item in client.get("/api/items", params={"limit": 100}).json()["items"]}
+                    pid = client.get("/api/fusion/stats").json()["worker"]["pid"]
+                listed_by[pid] = listed_by.get(pid, True) and item_id in ids
+            assert all(listed_by.values()), (item_id, listed_by)
+    finally:
+        server.stop()
