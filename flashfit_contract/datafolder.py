@@ -223,15 +223,19 @@ def check_catalog(folder: Path) -> int:
     return len(rows)
 
 
+def _legacy_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataFolderError(f"{path.name} is not valid JSON: {exc}") from None
+
+
 def check_legacy_items(folder: Path) -> None:
     """items.json of the format before manifests (migrated on open): the same path rules."""
     path = folder / "items.json"
     if not path.exists():
         return
-    try:
-        data = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataFolderError(f"items.json is not valid JSON: {exc}") from None
+    data = _legacy_json(path)
     items = data.get("items") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise DataFolderError("items.json: items must be a list")
@@ -249,10 +253,7 @@ def check_legacy_stores(folder: Path) -> None:
         path = folder / f"{name}.json"
         if not path.exists():
             continue
-        try:
-            meta = json.loads(path.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataFolderError(f"{name}.json is not valid JSON: {exc}") from None
+        meta = _legacy_json(path)
         index_file = meta.get("index_file") if isinstance(meta, dict) else None
         where = f"{name}.json: index_file"
         if not isinstance(index_file, str) or "/" in index_file:
