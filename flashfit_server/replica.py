@@ -345,5 +345,5 @@ def replica_for(settings: Settings, store: DataStore) -> Replica | None:
     if not settings.catalog_sync_url:
         return None
     target = SyncTarget(settings.catalog_sync_url, settings.catalog_sync_endpoint or None,
-                        settings.catalog_sync_region or None)
+                        settings.catalog_sync_region or None, settings.catalog_sync_credentials)
     return Replica(store, SharedLog(target), settings.catalog_sync_poll_interval)

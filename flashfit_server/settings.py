@@ -38,6 +38,9 @@ class SettingsError(ValueError):
     """A variable has a value the server cannot use; the message names the variable."""
 
 
+SYNC_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
 def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
@@ -91,6 +94,9 @@ class Settings:
     catalog_sync_endpoint: str = ""
     catalog_sync_region: str = ""
     catalog_sync_poll_interval: float = 0.5
+    # The bucket's credentials when they come as files (AWS_ACCESS_KEY_ID_FILE, ...: Swarm
+    # secrets); empty: boto3's own chain (environment, instance role).
+    catalog_sync_credentials: tuple[str, str, str] = ("", "", "")
 
     @property
     def is_production(self) -> bool:
@@ -173,6 +179,10 @@ class Settings:
         region = text("CATALOG_SYNC_REGION", "")
         if region and not re.fullmatch(r"[a-z0-9-]{2,32}", region):
             raise SettingsError(f"CATALOG_SYNC_REGION={region!r:.40} is not a region name")
+        # Only the *_FILE forms: plain AWS_* variables are boto3's own to read.
+        credentials = tuple(_secret({f"{n}_FILE": env.get(f"{n}_FILE", "")}, n) for n in SYNC_CREDENTIALS)
+        if any(credentials) and not all(credentials[:2]):
+            raise SettingsError("AWS_ACCESS_KEY_ID_FILE and AWS_SECRET_ACCESS_KEY_FILE must be set together")
         return cls(
             environment=text("ENVIRONMENT", defaults.environment).lower(),
             log_level=choice("LOG_LEVEL", defaults.log_level, {"debug", "info", "warning", "error", "critical"}),
@@ -208,6 +218,7 @@ class Settings:
             catalog_sync_region=region,
             catalog_sync_poll_interval=float(
                 number("CATALOG_SYNC_POLL_INTERVAL", defaults.catalog_sync_poll_interval, float, 0.05)),
+            catalog_sync_credentials=credentials,  # type: ignore[arg-type]
         )
 
     def __repr__(self) -> str:  # never let a secret reach a log line or a traceback

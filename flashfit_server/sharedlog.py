@@ -219,6 +219,8 @@ class SyncTarget:
     url: str  # s3://bucket/prefix
     endpoint_url: str | None = None
     region: str | None = None
+    # (key id, secret, session token) read from files; empty: boto3's own chain.
+    credentials: tuple[str, str, str] = field(default=("", "", ""), repr=False)
 
 
 class SharedLog:
@@ -243,8 +245,13 @@ class SharedLog:
                 connect_timeout=3, read_timeout=20, max_pool_connections=32,
                 s3={"addressing_style": "path"} if self.target.endpoint_url else {},
             )
-            # Credentials: boto3's own chain (AWS_ACCESS_KEY_ID/..., AWS_*_FILE, instance roles).
-            self._client = boto3.session.Session().client("s3", endpoint_url=self.target.endpoint_url, config=config)
+            # Credentials: the ones read from secret files, else boto3's own chain (environment,
+            # shared credentials file, instance roles).
+            key_id, secret, token = self.target.credentials
+            explicit = {"aws_access_key_id": key_id, "aws_secret_access_key": secret,
+                        "aws_session_token": token or None} if key_id else {}
+            self._client = boto3.session.Session().client("s3", endpoint_url=self.target.endpoint_url, config=config,
+                                                          **explicit)
         return self._client
 
     @property

@@ -28,28 +28,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_for_port(port: int, deadline: float = 30.0) -> None:
+def wait_for_port(port: int, deadline: float = 30.0, host: str = "127.0.0.1") -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def start_moto(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+def start_moto(extra_env: dict[str, str] | None = None, host: str = "127.0.0.1") -> tuple[subprocess.Popen, str]:
+    """moto's S3 server on `host` (a test cluster's gateway address, for its nodes to reach)."""
     port = free_port()
     env = {**os.environ, **CREDENTIALS, **(extra_env or {})}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_for_port(port)
+        wait_for_port(port, host=host)
     except RuntimeError:
         proc.kill()
         raise
-    return proc, f"http://127.0.0.1:{port}"
+    return proc, f"http://{host}:{port}"
 
 
 def stop(proc: subprocess.Popen) -> None:

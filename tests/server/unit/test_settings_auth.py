@@ -138,3 +138,32 @@ def test_catalog_sync_settings_parse() -> None:
                                   "CATALOG_SYNC_POLL_INTERVAL": "0.25", "AWS_SECRET_ACCESS_KEY": "not-in-settings"})
     assert (settings.catalog_sync_url, settings.catalog_sync_poll_interval) == ("s3://shop/prod/", 0.25)
     assert "not-in-settings" not in repr(settings) and Settings.from_env({}).catalog_sync_url == ""
+
+
+def test_catalogue_credentials_come_from_secret_files_and_reach_the_s3_client(tmp_path) -> None:
+    """On Swarm the bucket's credentials are secrets mounted as files: boto3 reads no *_FILE, so
+    the settings do, and the shared log's client signs with them."""
+    from flashfit_server.replica import replica_for
+    from flashfit_server.sharedlog import SharedLog, SyncTarget
+
+    (tmp_path / "id").write_text("AKIDFROMFILE\n")
+    (tmp_path / "secret").write_text("s3cr3t-from-file\n")
+    settings = Settings.from_env({
+        "CATALOG_SYNC_URL": "s3://shop/log", "AWS_ACCESS_KEY_ID_FILE": str(tmp_path / "id"),
+        "AWS_SECRET_ACCESS_KEY_FILE": str(tmp_path / "secret")})
+    assert settings.catalog_sync_credentials == ("AKIDFROMFILE", "s3cr3t-from-file", "")
+    assert "s3cr3t" not in repr(settings)
+    target = SyncTarget(settings.catalog_sync_url, "http://127.0.0.1:9", None, settings.catalog_sync_credentials)
+    assert "s3cr3t" not in repr(target)
+    signer = SharedLog(target).client._request_signer._credentials
+    assert (signer.access_key, signer.secret_key) == ("AKIDFROMFILE", "s3cr3t-from-file")
+    assert replica_for  # the server builds its target from these settings (replica.replica_for)
+
+
+@pytest.mark.parametrize("env", [
+    {"AWS_ACCESS_KEY_ID_FILE": "/nonexistent/id"},
+    {"AWS_SECRET_ACCESS_KEY_FILE": __file__},
+])
+def test_half_a_credential_pair_or_an_unreadable_file_is_named(env: dict) -> None:
+    with pytest.raises(SettingsError, match="AWS_"):
+        Settings.from_env(env)

@@ -116,6 +116,28 @@ def test_secret_and_config_objects_are_content_addressed(tmp_path: Path) -> None
     assert prepare(config, "v2", environ={}).object_names[("secret", "jwt_secret_key")] != name
 
 
+def test_the_catalogue_buckets_credentials_are_secrets_never_environment(tmp_path: Path) -> None:
+    """Every node's replicas follow the shared log in S3, so every task needs the bucket's
+    credentials: as Swarm secrets (files the server reads), never values in the service spec."""
+    (tmp_path / ".env").write_text("AWS_ACCESS_KEY_ID=AKIDEXAMPLE\nAWS_SECRET_ACCESS_KEY=bucket-secret-value\n")
+    data = {**SINGLE_NODE, "catalog": {"sync_url": "s3://shop-catalog/prod", "endpoint_url": "http://minio:9000"}}
+    config = resolve(data, environ={}, base_dir=tmp_path)
+    materials = prepare(config, "v2", environ={})
+    backend = materials.stack.services["backend"]
+    assert {"aws_access_key_id", "aws_secret_access_key"} <= {ref.source for ref in backend.secrets}
+    assert backend.env["AWS_SECRET_ACCESS_KEY_FILE"] == "/run/secrets/aws_secret_access_key"
+    assert backend.env["CATALOG_SYNC_URL"] == "s3://shop-catalog/prod"
+    assert not any(key in backend.env for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"))
+    assert materials.object_names[("secret", "aws_secret_access_key")] == object_name("shop", "aws_secret_access_key", b"bucket-secret-value")
+    assert "AWS_SESSION_TOKEN_FILE" in materials.dropped_env["backend"]  # unset: left out, with its *_FILE
+    steps = plan_swarm_deploy(config, SwarmObserved(swarm_active=True, is_manager=True), materials.stack,
+                              object_names=materials.object_names, digests=materials.digests)  # fmt: skip
+    assert "bucket-secret-value" not in repr([s.to_dict() for s in steps]) + repr(materials.stack)
+    # Without a shared catalogue, no AWS secret is asked for.
+    plain = prepare(resolve(SINGLE_NODE, environ={}, base_dir=tmp_path), "v2", environ={}).stack.services["backend"]
+    assert not any(ref.source.startswith("aws_") for ref in plain.secrets)
+
+
 def test_fresh_cluster_plan() -> None:
     config = resolve(SINGLE_NODE, environ={})
     stack = stack_for(SINGLE_NODE)
