@@ -33,6 +33,7 @@ def example_config(tmp_path: Path) -> Path:
 # leave the other workers idle at the end. Every other file keeps its collection order.
 LONGEST_FIRST = (
     "tests/integration/ops/test_swarm.py",
+    "tests/integration/ops/cluster/test_catalog_nodes.py",
     "tests/integration/ops/cluster/test_multinode.py",
     "tests/integration/ops/test_deploy_faults.py",
     "tests/integration/ops/test_self_healing.py",
