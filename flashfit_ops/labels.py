@@ -27,6 +27,8 @@ LABEL_STACK_NAMESPACE = "com.docker.stack.namespace"
 LABEL_GIT_SHA = "io.flashfit.git-sha"
 LABEL_BUILD_TIME = "io.flashfit.build-time"
 LABEL_VARIANT = "io.flashfit.variant"  # cpu | gpu
+LABEL_MODELS = "io.flashfit.models"  # baked | mounted (server.build.models when it was built)
+LABEL_MODELS_DIGEST = "io.flashfit.models-digest"  # sha256 of the baked checkpoints (modelfolder.py)
 LABEL_RECIPE = "io.flashfit.recipe"  # the bootstrapped base images' recipe key
 
 ROLE_BACKEND = "backend"

@@ -23,7 +23,14 @@ from flashfit_ops.monitoring.rule_tests import rule_tests
 from flashfit_ops.errors import UsageError
 from flashfit_ops.labels import LABEL_COLOR
 from flashfit_ops.plan.common import CONTAINER_SSL_DIR
-from flashfit_ops.service_spec import CONTAINER_PORT, backend_service, image_repository, is_host_path, probe_command  # re-exported
+from flashfit_ops.service_spec import (  # re-exported
+    CONTAINER_PORT,
+    backend_mounts,
+    backend_service,
+    image_repository,
+    is_host_path,
+    probe_command,
+)
 from flashfit_contract.metrics import (
     HTTP_REQUEST_DURATION_SECONDS,
     HTTP_REQUESTS_TOTAL,
@@ -76,7 +83,7 @@ def _environment() -> jinja2.Environment:
 
 
 def _named_volumes(config: Config) -> list[str]:
-    names = [v for v in (config.volumes.models, config.volumes.data) if not is_host_path(v)]
+    names = [m.source for m in backend_mounts(config) if m.kind == "volume"]
     services = config.services
     for enabled, name in (
         (services.redis.enabled, "redis_data"),

@@ -60,7 +60,7 @@ class Resources:
 class BackendService:
     port: int
     env: tuple[tuple[str, str], ...]  # sorted by name
-    mounts: tuple[Mount, ...]  # models (read-only), then data
+    mounts: tuple[Mount, ...]  # models (read-only, unless baked into the image), then data
     limits: Resources
     reservations: Resources
     healthcheck: Healthcheck
@@ -94,16 +94,22 @@ def probe_command(path: str) -> list[str]:
     return ["flashfit-server", "probe", "--url", f"http://127.0.0.1:{CONTAINER_PORT}{path}"]
 
 
+def models_baked(config: Config) -> bool:
+    """The image carries the checkpoints at MODEL_CACHE_DIR (server.build.models: baked)."""
+    return config.server.build.models == "baked"
+
+
 def backend_mounts(config: Config) -> tuple[Mount, ...]:
     """The models and the data folder. The models are read-only: the server only reads its
     checkpoints (local files only); they are written on the host (`flashfit-server models
-    make-tiny|pull DIR`) or by a restore, never through the service's mount."""
+    make-tiny|pull DIR`) or by a restore, never through the service's mount. Baked models are
+    not mounted at all: a mount would hide the image's copy (and need the folder on every node)."""
     env = config.server.environment
     mounts = []
-    for source, target, read_only in (
-        (config.volumes.models, env.MODEL_CACHE_DIR, True),
-        (config.volumes.data, env.VECTOR_STORE_DIR, False),
-    ):
+    wanted = [(config.volumes.data, env.VECTOR_STORE_DIR, False)]
+    if not models_baked(config):
+        wanted.insert(0, (config.volumes.models, env.MODEL_CACHE_DIR, True))
+    for source, target, read_only in wanted:
         if is_host_path(source):
             mounts.append(Mount(str(config.resolve_path(source)), target, "bind", read_only))
         else:

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flashfit_contract.modelfolder import DEFAULT_CHECKPOINTS
 from flashfit_server import __version__
 
 DEV_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
@@ -74,9 +75,9 @@ class Settings:
     jwt_secret_from_env: bool = False
     secret_key: str = ""
     app_version: str = __version__
-    clip_model: str = "openai/clip-vit-base-patch32"
-    blip_model: str = "Salesforce/blip-image-captioning-base"
-    fashion_model: str = "patrickjohncyh/fashion-clip"
+    clip_model: str = DEFAULT_CHECKPOINTS["clip"]
+    blip_model: str = DEFAULT_CHECKPOINTS["blip"]
+    fashion_model: str = DEFAULT_CHECKPOINTS["fashion"]
     vector_index: str = "flat"
     max_image_bytes: int = 10 * 1024 * 1024
     max_image_pixels: int = 40_000_000

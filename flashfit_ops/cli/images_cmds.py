@@ -63,14 +63,16 @@ def build(
     push: Annotated[bool, typer.Option("--push", help="Push it to registry.server; deploys then pin its digest.")] = False,
     json_output: JsonOption = False,
 ) -> None:
-    """Build the backend image <server.image>:<version> from a wheelhouse (no PyPI in the build)."""
+    """Build the backend image <server.image>:<version> from a wheelhouse (no PyPI in the build);
+    with server.build.models: baked, the checkpoints of volumes.models go in too."""
     from flashfit_ops.engine.connect import connect
     from flashfit_ops.images import registry
-    from flashfit_ops.images.build import build_image
+    from flashfit_ops.images.build import baked_models, build_image
 
     loaded = app.config
     if push:
         registry.require(loaded)
+    baked_models(loaded)  # a missing or incomplete models folder is exit 2 even without an engine
     client = connect()
     result = build_image(client, loaded, version=version, gpu=gpu).to_dict()
     if push:

@@ -114,6 +114,10 @@ class BuildConfig(Strict):
     base_image: ImageRef = "python:3.11-slim"
     context: HostPath = "."
     wheelhouse: HostPath = ".wheelhouse"
+    # mounted: the backend mounts volumes.models at MODEL_CACHE_DIR (one host, or models copied to
+    # every node). baked: `flashfit build` copies the checkpoints from the host folder
+    # volumes.models into the image (a layer of their own), and nothing mounts them.
+    models: Literal["mounted", "baked"] = "mounted"
 
 
 class ServerEnvironment(Strict):

@@ -107,6 +107,15 @@ def _swarm_problems(config: Config) -> list[Problem]:
     return []
 
 
+def _model_problems(config: Config) -> list[Problem]:
+    # A host path starts with / or . (as service_spec.is_host_path reads volumes; config imports
+    # no other flashfit_ops package).
+    if config.server.build.models == "baked" and not config.volumes.models.startswith(("/", ".")):
+        return [Problem("volumes.models", f"server.build.models: baked copies the models from a host folder, "
+                        f"but {config.volumes.models!r} is a volume name: set a path such as ./models")]
+    return []
+
+
 def cross_field_problems(config: Config) -> list[Problem]:
     return [
         *_port_conflicts(config),
@@ -114,4 +123,5 @@ def cross_field_problems(config: Config) -> list[Problem]:
         *_resource_problems(config),
         *_deploy_problems(config),
         *_swarm_problems(config),
+        *_model_problems(config),
     ]

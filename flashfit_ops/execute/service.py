@@ -122,6 +122,24 @@ def require_gpus(backend: Engine, config: Config, version: str) -> None:
         raise Unavailable(problem, hint=hint)
 
 
+def require_models(backend: Engine, config: Config, version: str) -> None:
+    """With server.build.models: baked nothing mounts the models, so an image built without them
+    would start replicas that never turn ready: refused before the first step (exit 2). A baked
+    image deployed with mounted models is fine: the mount shows the host's copy instead."""
+    from flashfit_ops.labels import LABEL_MODELS
+    from flashfit_ops.service_spec import models_baked
+
+    if not models_baked(config):
+        return
+    labels = backend.image_labels(image_ref(config, version))
+    if labels is not None and labels.get(LABEL_MODELS) != "baked":
+        raise UsageError(
+            f"{image_ref(config, version)} has no models inside, but server.build.models is baked "
+            "(nothing mounts volumes.models)",
+            hint=f"flashfit build --version {version} bakes them in (server.build.models: baked); then deploy again",
+        )
+
+
 # -- the shared flow -------------------------------------------------------------------------------
 @dataclass
 class Run:
@@ -238,6 +256,7 @@ def deploy(
         raise UsageError(f"{version!r} is not a valid version (an image tag)", hint="letters, digits, '_', '.', '-'")
     client, backend = _engine()
     require_gpus(backend, config, version)
+    require_models(backend, config, version)
     if config.target == "swarm":
         if dry_run:
             return _swarm_deploy(client, config, version, dry_run=True)

@@ -7,9 +7,12 @@ The context (a temporary folder beside the wheelhouse, so wheels are hard-linked
   requirements.txt    the pinned server dependencies (see wheelhouse.py)
   wheelhouse/         one wheel per pin
   dist/               the flashfit wheel, built from server.build.context
+  models/             with server.build.models: baked, the checkpoints of volumes.models
+                      (checked complete first, hidden files left out; hard-linked too)
 
 The Dockerfile installs the dependencies in their own stage from requirements.txt + wheelhouse/
-only, so a code-only change rebuilds just the layers after `COPY dist/`.
+only, so a code-only change rebuilds just the layers after `COPY dist/`. Baked models are copied
+after the dependencies and before the code: a code change neither rebuilds nor re-pushes them.
 
 The GPU variant (`--gpu`, or by default when resources.gpus is set) is the same Dockerfile on the
 same Debian base with the GPU wheelhouse (torch's CUDA build and its nvidia-* library wheels), and
@@ -39,9 +42,19 @@ from flashfit_ops.engine.errors import engine_errors
 from flashfit_ops.errors import OperationFailed, Unavailable, UsageError
 from flashfit_ops.images import bootstrap as boot
 from flashfit_ops.images.wheelhouse import REQUIREMENTS, Wheelhouse, make_wheelhouse
-from flashfit_ops.labels import LABEL_BUILD_TIME, LABEL_GIT_SHA, LABEL_PROJECT, LABEL_VARIANT, LABEL_VERSION
+from flashfit_ops.labels import (
+    LABEL_BUILD_TIME,
+    LABEL_GIT_SHA,
+    LABEL_MODELS,
+    LABEL_MODELS_DIGEST,
+    LABEL_PROJECT,
+    LABEL_VARIANT,
+    LABEL_VERSION,
+)
+from flashfit_ops.service_spec import models_baked
 
 if TYPE_CHECKING:  # pragma: no cover
+    from flashfit_contract.modelfolder import ModelFolder
     from flashfit_ops.engine.protocol import EngineClient, Image
 
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -122,7 +135,12 @@ def wants_gpu(config: Config, gpu: bool | None = None) -> bool:
     return config.resources.gpus is not None if gpu is None else gpu
 
 
-def plan_context(config: Config, wheelhouse: Wheelhouse, flashfit_wheel: Path, *, gpu: bool = False) -> ContextPlan:
+MODELS_DIR = "models"
+
+
+def plan_context(
+    config: Config, wheelhouse: Wheelhouse, flashfit_wheel: Path, *, gpu: bool = False, models: ModelFolder | None = None
+) -> ContextPlan:
     from flashfit_ops.render import render_template
 
     texts = {
@@ -132,11 +150,15 @@ def plan_context(config: Config, wheelhouse: Wheelhouse, flashfit_wheel: Path, *
     }
     files = {f"wheelhouse/{name}": wheelhouse.path / name for name in wheelhouse.wheels}
     files[f"dist/{flashfit_wheel.name}"] = flashfit_wheel
+    if models is not None:
+        files.update({f"{MODELS_DIR}/{item.relative}": item.path for item in models.files})
     return ContextPlan(texts, files)
 
 
 def write_context(plan: ContextPlan, dest: Path) -> None:
-    """Write the context; wheels are hard-linked where the filesystem allows, else copied."""
+    """Write the context; wheels and models are hard-linked where the filesystem allows, else
+    copied. COPY keeps modes, and the server runs as uid 1000: a file others cannot read is
+    copied with mode 0644 (never chmod-ed through its link), every folder gets 0755."""
     for relative, text in plan.texts.items():
         path = dest / relative
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +170,40 @@ def write_context(plan: ContextPlan, dest: Path) -> None:
             os.link(source, path)
         except OSError:
             shutil.copy2(source, path)
+        if path.stat().st_mode & 0o444 != 0o444:
+            path.unlink()
+            shutil.copyfile(source, path)
+            path.chmod(0o644)
+    for folder in [dest, *(p for p in dest.rglob("*") if p.is_dir())]:
+        folder.chmod(0o755)
+
+
+def baked_models(config: Config) -> ModelFolder | None:
+    """With server.build.models: baked, the checked checkpoints of volumes.models; else None.
+    Refused (exit 2) before anything is built: a missing or incomplete folder, or one that holds
+    the env file."""
+    if not models_baked(config):
+        return None
+    from flashfit_contract.modelfolder import ModelFolderError, validate_model_folder
+
+    root = config.resolve_path(config.volumes.models)
+    hint = (
+        f"fill it with `flashfit-server models pull {root}` (or `models make-tiny {root}` for tests), "
+        "or set server.build.models: mounted"
+    )
+    try:
+        folder = validate_model_folder(root)
+    except ModelFolderError as error:
+        raise UsageError(f"volumes.models: cannot bake {root} into the image: {error}", hint=hint,
+                         details={"field": "volumes.models", "path": str(root)}) from None
+    env_file = config.resolve_path(config.secrets.env_file)
+    if env_file.exists() and any(os.path.samefile(item.path, env_file) for item in folder.files):
+        raise UsageError(
+            f"volumes.models: {root} holds the env file {env_file}; secrets never go into an image",
+            hint="move the env file (secrets.env_file) out of the models folder",
+            details={"field": "volumes.models", "path": str(root)},
+        )
+    return folder
 
 
 def source_folder(config: Config) -> Path:
@@ -275,6 +331,11 @@ class StepLog:
         return self.current.output[-lines:]
 
 
+def models_steps(steps: Iterable[Step]) -> list[Step]:
+    """The step that copies baked models (the layer a code change must reuse too)."""
+    return [s for s in steps if s.instruction.startswith(f"COPY {MODELS_DIR}/")]
+
+
 def dependency_steps(steps: Iterable[Step]) -> list[Step]:
     """The steps that install the pinned dependencies (the layer a code change must reuse)."""
     return [s for s in steps if "--find-links" in s.instruction and "requirements.txt" in s.instruction]
@@ -292,6 +353,8 @@ class BuildResult:
     wheelhouse: dict[str, Any]
     steps: list[dict[str, Any]]
     dependencies_cached: bool
+    # mode (mounted | baked); when baked: digest, files, size_bytes, cached (layer reused)
+    models: dict[str, Any] = field(default_factory=lambda: {"mode": "mounted"})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -305,6 +368,13 @@ def build_labels(config: Config, version: str, state: SourceState | None, now: d
         LABEL_GIT_SHA: state.sha if state else "unknown",
         LABEL_BUILD_TIME: now.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def models_labels(models: ModelFolder | None, digest: str | None) -> dict[str, str]:
+    """Whether the image carries its models, and which: deploy and doctor read these."""
+    if models is None:
+        return {LABEL_MODELS: "mounted"}
+    return {LABEL_MODELS: "baked", LABEL_MODELS_DIGEST: digest or ""}
 
 
 def variant_label(gpu: bool) -> dict[str, str]:
@@ -388,11 +458,20 @@ def build_image(
             )
         version = version_from_state(state)
     check_version(version)
+    models = baked_models(config)  # before anything slow: a bad folder is refused at once
     tag = f"{config.server.image}:{version}"
     console.step(f"building {tag}" + (" (GPU variant: torch's CUDA build)" if gpu else ""))
 
     base = ensure_base(client, config)
     boot.report(base)
+
+    digest = None
+    if models is not None:
+        with console.status("models: hashing the checkpoints"):
+            digest = models.digest()
+        console.success(
+            f"models {models.root}: {len(models.files)} files, {models.size_bytes / 1e6:.0f} MB, {digest[:19]}… (baked)"
+        )
 
     with console.status("wheelhouse"):
         wheelhouse = make_wheelhouse(config.resolve_path(config.server.build.wheelhouse), gpu=gpu)
@@ -410,10 +489,10 @@ def build_image(
         with console.status("building the flashfit wheel"):
             wheel = build_flashfit_wheel(source, scratch / "wheel")
         context = scratch / "context"
-        plan = plan_context(config, wheelhouse, wheel, gpu=gpu)
+        plan = plan_context(config, wheelhouse, wheel, gpu=gpu, models=models)
         write_context(plan, context)
         console.success(f"context: {len(plan.files) + len(plan.texts)} files ({wheel.name})")
-        labels = build_labels(config, version, state) | variant_label(gpu)
+        labels = build_labels(config, version, state) | variant_label(gpu) | models_labels(models, digest)
         image_id, log = run_build(client, context, tag, labels)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -422,10 +501,18 @@ def build_image(
     size = int(image.attrs.get("Size") or 0)
     deps = dependency_steps(log.steps)
     cached = bool(deps) and all(s.cached for s in deps)
+    baked: dict[str, Any] = {"mode": "mounted"}
+    layer = ""
+    if models is not None:
+        copied = models_steps(log.steps)
+        reused = bool(copied) and all(s.cached for s in copied)
+        baked = {"mode": "baked", "digest": digest, "files": len(models.files), "size_bytes": models.size_bytes,
+                 "cached": reused}
+        layer = f", models layer {'reused' if reused else 'built'}"
     seconds = round(time.monotonic() - started, 2)
     console.success(
         f"built {tag} ({image_id[7:19]}, {size / 1e6:.0f} MB) in {seconds:.1f} s; "
-        f"dependency layer {'reused' if cached else 'built'}"
+        f"dependency layer {'reused' if cached else 'built'}{layer}"
     )
     return BuildResult(
         image=tag,
@@ -439,4 +526,5 @@ def build_image(
         | {"pins": len(wheelhouse.pins)},
         steps=[s.summary() for s in log.steps],
         dependencies_cached=cached,
+        models=baked,
     )

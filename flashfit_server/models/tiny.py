@@ -16,9 +16,11 @@ import json
 from pathlib import Path
 from typing import Literal
 
-DEFAULT_CLIP = "openai/clip-vit-base-patch32"
-DEFAULT_BLIP = "Salesforce/blip-image-captioning-base"
-DEFAULT_FASHION = "patrickjohncyh/fashion-clip"
+from flashfit_contract.modelfolder import DEFAULT_CHECKPOINTS
+
+DEFAULT_CLIP = DEFAULT_CHECKPOINTS["clip"]
+DEFAULT_BLIP = DEFAULT_CHECKPOINTS["blip"]
+DEFAULT_FASHION = DEFAULT_CHECKPOINTS["fashion"]
 
 Size = Literal["tiny", "full"]
 

@@ -1,4 +1,6 @@
-"""Free disk on the data and model volumes (the host folder or the volume's Mountpoint)."""
+"""Free disk on the data and model volumes (the host folder or the volume's Mountpoint). Models
+baked into the image (server.build.models: baked) have no host folder to check: the check says so,
+with the digest the running backend's image records, instead of failing on an absent folder."""
 
 from __future__ import annotations
 
@@ -6,9 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from flashfit_ops.doctor.context import DoctorContext, attrs_of
+from flashfit_ops.doctor.context import DoctorContext, attrs_of, labels_of
 from flashfit_ops.doctor.registry import check
 from flashfit_ops.doctor.result import FAILURE, OK, WARNING, Finding, combine
+from flashfit_ops.labels import LABEL_MODELS, LABEL_MODELS_DIGEST
+from flashfit_ops.service_spec import models_baked
 
 USED_WARN = 0.85
 USED_FAIL = 0.95
@@ -60,6 +64,8 @@ def locations(ctx: DoctorContext) -> dict[str, str]:
             if key and mount.get("Source"):
                 found[key] = mount["Source"]
     for key, source in (("volumes.data", ctx.config.volumes.data), ("volumes.models", ctx.config.volumes.models)):
+        if key == "volumes.models" and models_baked(ctx.config):
+            continue  # in the image; a backend deployed before the switch still shows its mount
         if key in found:
             continue
         if source.startswith(("/", ".")):
@@ -71,12 +77,24 @@ def locations(ctx: DoctorContext) -> dict[str, str]:
     return found
 
 
+def baked_models(ctx: DoctorContext) -> dict[str, Any]:
+    """What the backend's image says of its models (containers carry their image's labels)."""
+    backends = ctx.backends(running_only=True) or ctx.backends()
+    labels = labels_of(backends[0]) if backends else {}
+    return {"baked": True, "image_models": labels.get(LABEL_MODELS), "digest": labels.get(LABEL_MODELS_DIGEST)}
+
+
 @check("disk", "Free disk on the data and model volumes", timeout=10.0)
 def disk(ctx: DoctorContext) -> Finding:
     parts: list[tuple[str, str, str | None]] = []
     details: dict[str, Any] = {}
     seen: dict[str, dict[str, int]] = {}
-    for key, path in sorted(locations(ctx).items()):
+    where = locations(ctx)
+    if "volumes.models" not in where and models_baked(ctx.config):
+        details["volumes.models"] = baked = baked_models(ctx)
+        digest = f" ({baked['digest'][:19]}…)" if baked["digest"] else ""
+        parts.append((OK, f"volumes.models baked into the image{digest}", None))
+    for key, path in sorted(where.items()):
         try:
             usage = seen.get(path) or usage_of(Path(path))
         except OSError as error:

@@ -109,12 +109,9 @@ def git(folder: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(folder), *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A config folder with a git copy of the flashfit sources (so the test can change code)."""
+def copy_sources(src: Path) -> None:
+    """A git copy of the flashfit sources at `src` (so a test can change code)."""
     require_tool("git")
-    root = tmp_path_factory.mktemp("images")
-    src = root / "src"
     src.mkdir()
     for part in SOURCE_PARTS:
         source = REPO_ROOT / part
@@ -127,6 +124,13 @@ def project(tmp_path_factory) -> Path:
     git(src, "config", "user.name", "test")
     git(src, "add", "-A")
     git(src, "commit", "-qm", "snapshot for the image test")
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A config folder with a git copy of the flashfit sources (so the test can change code)."""
+    root = tmp_path_factory.mktemp("images")
+    copy_sources(root / "src")
     (root / "flashfit.yml").write_text(
         "project: imgtest\n"
         "server:\n"

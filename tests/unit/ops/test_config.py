@@ -86,6 +86,19 @@ def test_reservation_above_limit() -> None:
     assert "more than the 1G limit" in found["resources.reservations.memory"]
 
 
+def test_models_are_mounted_unless_baked_from_a_host_folder() -> None:
+    assert resolve({}, environ={}).server.build.models == "mounted"
+    found = problems_of({"server": {"build": {"models": "inside"}}})
+    assert list(found) == ["server.build.models"] and "'mounted' or 'baked'" in found["server.build.models"]
+    # Baking copies a host folder: a volume name (the default model_cache) cannot be baked.
+    found = problems_of({"server": {"build": {"models": "baked"}}})
+    assert list(found) == ["volumes.models"] and "host folder" in found["volumes.models"]
+    baked = resolve({"server": {"build": {"models": "baked"}}}, environ={"FLASHFIT__VOLUMES__MODELS": "./models"})
+    assert baked.server.build.models == "baked"
+    from_env = resolve({"volumes": {"models": "/srv/models"}}, environ={"FLASHFIT__SERVER__BUILD__MODELS": "baked"})
+    assert from_env.server.build.models == "baked"
+
+
 def test_secrets_are_refused_in_the_file() -> None:
     found = problems_of({"server": {"environment": {"JWT_SECRET_KEY": "hunter2"}}})
     assert list(found) == ["server.environment.JWT_SECRET_KEY"]

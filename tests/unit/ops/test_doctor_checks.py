@@ -321,6 +321,26 @@ def test_disk_check_reads_the_backend_mounts(tmp_path: Path):
     assert disk.disk(ctx).details["volumes"]["volumes.data"]["path"] == str(data)
 
 
+def test_disk_check_with_baked_models_needs_no_models_folder(tmp_path: Path):
+    """server.build.models: baked: no host folder at volumes.models (none on a new node), and
+    the check reports the digest the backend's image records instead of failing."""
+    data = tmp_path / "data"
+    data.mkdir()
+    labels = {"io.flashfit.models": "baked", "io.flashfit.models-digest": "sha256:" + "ab" * 32}
+    backend = container("b", mounts=[{"Destination": "/app/data", "Source": str(data)}])
+    backend.attrs["Config"]["Labels"].update(labels)
+    cfg = config(server={"build": {"models": "baked"}}, volumes={"models": "./absent-models", "data": str(data)})
+    ctx = ctx_with([backend], {}, cfg=cfg, tmp_path=tmp_path)
+    assert disk.locations(ctx) == {"volumes.data": str(data)}
+    found = disk.disk(ctx)
+    assert found.status == OK, found
+    assert "volumes.models baked into the image (sha256:abababababab" in found.summary
+    assert found.details["volumes"]["volumes.models"] == {"baked": True, "image_models": "baked", "digest": labels["io.flashfit.models-digest"]}
+    # The same folder mounted and absent is a failure, as before.
+    mounted = ctx_with([], {}, cfg=config(volumes={"models": "./absent-models", "data": str(data)}), tmp_path=tmp_path)
+    assert disk.disk(mounted).status == FAILURE
+
+
 # --- nginx -----------------------------------------------------------------------------------------
 
 CONF = """

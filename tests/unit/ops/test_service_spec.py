@@ -43,7 +43,10 @@ def configs(tmp_path: Path) -> list[Config]:
                         "readiness_path": "/ready"},
         "server": {"environment": {"WORKERS": 3}},
     }
-    return [load_config(example, env="prod", environ={}), resolve(custom, environ={}, base_dir=tmp_path)]
+    # The image carries the models (server.build.models: baked): nothing mounts them.
+    baked = {**custom, "server": {"environment": {"WORKERS": 3}, "build": {"models": "baked"}}}
+    return [load_config(example, env="prod", environ={}), resolve(custom, environ={}, base_dir=tmp_path),
+            resolve(baked, environ={}, base_dir=tmp_path)]
 
 
 def deployed(config: Config) -> ContainerSpec:
@@ -65,14 +68,16 @@ def short_mount(text: str) -> tuple[str, str, bool]:
     return parts[0], parts[1], parts[2:] == ["ro"]
 
 
-@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("which", [0, 1, 2])
 def test_every_rendered_backend_mounts_what_a_deploy_mounts(tmp_path: Path, which: int) -> None:
     config = configs(tmp_path)[which]
     spec = deployed(config)
     # A deploy adds the sockets folder nginx reaches the replicas through; compose uses TCP.
     planned = [(m.source, m.target, m.read_only) for m in spec.mounts if m.target != SOCKET_DIR]
     models = config.server.environment.MODEL_CACHE_DIR
-    assert [ro for _, target, ro in planned if target == models] == [True]
+    baked = config.server.build.models == "baked"
+    assert [ro for _, target, ro in planned if target == models] == ([] if baked else [True])
+    assert [target for _, target, _ in planned if target != models] == [config.server.environment.VECTOR_STORE_DIR]
     for name, service in services(config).items():
         rendered = []
         for source, target, read_only in map(short_mount, service["volumes"]):
@@ -81,7 +86,7 @@ def test_every_rendered_backend_mounts_what_a_deploy_mounts(tmp_path: Path, whic
         assert rendered == planned, name
 
 
-@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("which", [0, 1, 2])
 def test_every_rendered_backend_has_the_deploys_environment_healthcheck_and_logging(tmp_path: Path, which: int) -> None:
     config = configs(tmp_path)[which]
     spec = deployed(config)
@@ -100,7 +105,7 @@ def test_every_rendered_backend_has_the_deploys_environment_healthcheck_and_logg
         assert service["logging"] == {"driver": spec.logging.driver, "options": dict(spec.logging.options)}, name
 
 
-@pytest.mark.parametrize("which", [0, 1])
+@pytest.mark.parametrize("which", [0, 1, 2])
 def test_rendered_limits_and_labels_are_the_deploys(tmp_path: Path, which: int) -> None:
     config = configs(tmp_path)[which]
     spec = deployed(config)
@@ -157,3 +162,31 @@ def test_the_engine_is_asked_for_the_specs_healthcheck_log_rotation_and_read_onl
     assert created["log_config"] == {"Type": "json-file", "Config": {"max-file": "3", "max-size": "10m"}}
     mounts = {m["Target"]: m["ReadOnly"] for m in created["mounts"]}
     assert mounts == {"/app/models": True, "/app/data": False, SOCKET_DIR: False}
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_only_mounted_named_volumes_are_declared_and_ensured(tmp_path: Path, which: int) -> None:
+    """The compose and stack files declare exactly the named volumes a deploy mounts and ensures:
+    with baked models, no models volume anywhere."""
+    from flashfit_ops.plan.common import base_steps
+    from flashfit_ops.plan.observed import Observed
+    from flashfit_ops.plan.steps import EnsureVolume
+
+    config = configs(tmp_path)[which]
+    mounted = [m.source for m in deployed(config).mounts if m.kind == "volume"]
+    ensured = [s.name for s in base_steps(config, Observed(project=config.project)) if isinstance(s, EnsureVolume)]
+    assert ensured == mounted
+    models = volume_name(config, config.volumes.models)
+    assert (models in mounted) == (which == 0)  # the example's named volume; 1 binds ./models; 2 bakes them
+    for name in FILE_ENV:
+        declared = (yaml.safe_load(render_all(config)[name].text).get("volumes") or {}).keys()
+        assert [volume_name(config, v) for v in declared if v in (config.volumes.models, config.volumes.data)] == mounted, name
+
+
+def test_a_baked_config_copies_the_models_between_the_dependencies_and_the_code(tmp_path: Path) -> None:
+    mounted, _, baked = configs(tmp_path)
+    assert "COPY models/" not in render_all(mounted)["Dockerfile"].text
+    dockerfile = render_all(baked)["Dockerfile"].text
+    lines = [line.split()[0] + " " + line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")]
+    assert lines == ["COPY requirements.txt", "COPY wheelhouse/", "COPY --from=dependencies", "COPY models/", "COPY dist/"]
+    assert "COPY models/ /app/models/" in dockerfile
