@@ -68,24 +68,20 @@ def _local(ctx: DoctorContext) -> dict[str, Any]:
 
 def _swarm(ctx: DoctorContext) -> dict[str, Any]:
     """Task addresses live on the overlay: read each task's /health from inside one of them."""
-    from flashfit_ops.doctor.checks.swarm import _local_task_container, _task_address, _tasks
+    from flashfit_ops.doctor.swarm_tasks import local_task_container, probe_from, service_tasks, task_address
 
     client = ctx.docker()
     name = f"{ctx.project}_backend"
-    tasks = [t for t in _tasks(client, name) if t["Status"]["State"] == "running"]
-    inside = _local_task_container(client, name)
+    inside = local_task_container(client, name)
     statuses: dict[str, Any] = {}
     if inside is None:
         return statuses
-    for task in tasks:
-        address = _task_address(task)
+    for task in service_tasks(client, name, running_only=True):
+        address = task_address(task)
         if address is None:
             continue
-        url = f"http://{address}:8080{ctx.config.healthcheck.liveness_path}"
-        result = inside.exec_run(["flashfit-server", "probe", "--body", "--url", url])
-        lines = result.output.decode(errors="replace").split("\n", 1)
-        label = f"task {task['ID'][:12]} ({address})"
-        statuses[label] = _from_health(lines[1]) if len(lines) == 2 and result.exit_code == 0 else "/health does not answer"
+        answered, body = probe_from(inside, address, ctx.config.healthcheck.liveness_path, body=True)
+        statuses[f"task {task['ID'][:12]} ({address})"] = _from_health(body) if answered else "/health does not answer"
     return statuses
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from flashfit_ops.doctor.context import DoctorContext
 from flashfit_ops.doctor.registry import check
-from flashfit_ops.engine.protocol import EngineClient
+from flashfit_ops.doctor.swarm_tasks import local_task_container, probe_from, service_tasks, task_address
 from flashfit_ops.doctor.result import FAILURE, WARNING, Finding, combine, failure, ok, warning
 
 RECENT = timedelta(minutes=15)
@@ -88,16 +88,6 @@ def swarm(ctx: DoctorContext) -> Finding:
 # On `target: swarm` the project's containers are tasks spread over nodes this host cannot see
 # into, and their overlay addresses are unreachable from here. These checks answer from the
 # swarm instead (tasks per node, task health, the proxy service), or probe from inside a task.
-SERVICE_LABEL = "com.docker.swarm.service.name"
-
-
-def _tasks(client: EngineClient, name: str) -> list[dict]:
-    from flashfit_ops.engine.errors import NotFound
-
-    try:
-        return client.services.get(name).tasks(filters={"desired-state": "running"})
-    except NotFound:
-        return []
 
 
 def tasks_per_node(ctx: DoctorContext) -> Finding:
@@ -108,7 +98,7 @@ def tasks_per_node(ctx: DoctorContext) -> Finding:
     layout: dict[str, list[str]] = {}
     for service in client.services.list(filters={"label": f"com.docker.stack.namespace={ctx.project}"}):
         name = service.attrs["Spec"]["Name"]
-        for task in _tasks(client, name):
+        for task in service_tasks(client, name):
             node, node_state = nodes.get(task.get("NodeID", ""), ("unassigned", "unknown"))
             state = task["Status"]["State"]
             if state == "running" and node_state == "ready":
@@ -125,41 +115,26 @@ def tasks_per_node(ctx: DoctorContext) -> Finding:
     return combine(parts, summary, tasks=layout)
 
 
-def _local_task_container(client: EngineClient, service: str) -> Any | None:
-    """A running container of the service on the engine flashfit talks to (a manager)."""
-    found = client.containers.list(filters={"label": f"{SERVICE_LABEL}={service}", "status": "running"})
-    return found[0] if found else None
-
-
-def _task_address(task: dict) -> str | None:
-    for attachment in task.get("NetworksAttachments") or []:
-        if attachment.get("Network", {}).get("Spec", {}).get("Labels", {}).get("com.docker.stack.namespace"):
-            for address in attachment.get("Addresses") or []:
-                return address.split("/")[0]
-    return None
-
-
 def backend_tasks_ready(ctx: DoctorContext) -> Finding:
     """/ready of every running backend task, probed from inside one of them (task addresses
     live on the overlay network, which only tasks reach)."""
     client = ctx.docker()
     name = f"{ctx.project}_backend"
-    tasks = [t for t in _tasks(client, name) if t["Status"]["State"] == "running"]
+    tasks = service_tasks(client, name, running_only=True)
     if not tasks:
         return failure(f"{name}: no running task", "`flashfit status` lists the tasks and their errors")
-    inside = _local_task_container(client, name)
+    inside = local_task_container(client, name)
     if inside is None:
         return ok(f"{name}: {len(tasks)} running task(s), none on this node to probe from (Swarm's healthcheck gates them)")
     path = ctx.config.healthcheck.readiness_path
     parts: list[tuple[str, str, str | None]] = []
     probed = {}
     for task in tasks:
-        address = _task_address(task)
+        address = task_address(task)
         if address is None:
             continue
-        code = inside.exec_run(["flashfit-server", "probe", "--url", f"http://{address}:8080{path}"]).exit_code
-        probed[address] = code == 0
-        if code != 0:
+        probed[address], _ = probe_from(inside, address, path)
+        if not probed[address]:
             parts.append((FAILURE, f"{name}: task {task['ID'][:12]} at {address} is not ready", "`flashfit logs`; Swarm replaces it after its healthcheck retries"))
     return combine(parts, f"{name}: {sum(probed.values())} task(s) ready, probed from inside the overlay", probed=probed)
 
@@ -168,10 +143,10 @@ def proxy_service(ctx: DoctorContext) -> Finding:
     """The proxy is a service: its tasks run, and `nginx -t` passes in the one on this node."""
     client = ctx.docker()
     name = f"{ctx.project}_nginx"
-    running = [t for t in _tasks(client, name) if t["Status"]["State"] == "running"]
+    running = service_tasks(client, name, running_only=True)
     if not running:
         return failure(f"proxy service {name}: no running task", "`flashfit deploy`; `docker service ps` shows why")
-    inside = _local_task_container(client, name)
+    inside = local_task_container(client, name)
     if inside is None:
         return ok(f"proxy service {name}: {len(running)} task(s) running (none on this node to run `nginx -t` in)")
     result = inside.exec_run(["nginx", "-t"])
