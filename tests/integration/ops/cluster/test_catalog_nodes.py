@@ -1,7 +1,8 @@
-"""One catalogue on every node, on a real 3-node swarm: the real server image (`flashfit images
-push` to the cluster's registry, pulled by every node), each node with its own data volume, all
-replicas following one shared log in S3 (moto's server on this host, reached from the nodes'
-tasks through the cluster network's gateway), the bucket's credentials as Swarm secrets.
+"""One catalogue on every node, on a real 3-node swarm: the real server image with the models
+baked in (`server.build.models: baked`; nothing mounted from any node's disk), pushed with
+`flashfit images push` to the cluster's registry and pulled by every node; each node with its own
+data volume; all replicas following one shared log in S3 (moto's server on this host, reached from
+the nodes' tasks through the cluster network's gateway), the bucket's credentials as Swarm secrets.
 
 Requests to one particular replica go from inside its task (`docker exec` on its node): the
 overlay network is not reachable from this host. Six keep-alive clients load the proxy (no
@@ -22,10 +23,14 @@ from typing import Any
 import pytest
 import yaml
 
+from flashfit_ops.config.load import resolve
+from flashfit_ops.engine.connect import connect
+from flashfit_ops.images.build import build_image
 from flashfit_server.auth import mint_token
+from tests.conftest import REPO_ROOT
 from tests.integration.ops.cluster.cluster import Cluster, Node, docker, ready_nodes, running
 from tests.integration.ops.fake_backend.harness import (
-    PROXY_IMAGE, Load, ensure_flashfit_images, make_project, real_server_image, tiny_models, wait_on_condition,
+    BASE_IMAGE, PROXY_IMAGE, Load, ensure_flashfit_images, make_project, real_server_image, tiny_models, wait_on_condition,
 )  # fmt: skip
 from tests.integration.ops.test_backup_helpers import CREDENTIALS, start_moto, stop
 from tests.server.conftest import image_bytes
@@ -84,13 +89,13 @@ def stack(cluster: Cluster, s3_endpoint: str, tmp_path_factory: pytest.TempPathF
     project = make_project(root, "cn")
     project.http_port = cluster.http_port
     proxy = cluster.push(PROXY_IMAGE, f"{cluster.prefix}/nginx", "bookworm")
-    models = cluster.shared_dir / "models"  # the same path on every node
-    shutil.copytree(tiny_models(tmp_path_factory.getbasetemp()), models)
+    shutil.copytree(tiny_models(tmp_path_factory.getbasetemp()), root / "models")
     bucket = new_bucket(s3_endpoint)
     project.write_config(
         target="swarm",
         replicas=REPLICAS,
-        volumes__models=str(models),  # the data folder stays the default named volume: one per node
+        server={"image": project.repo, "build": {"models": "baked"}},  # the models travel in the image
+        volumes__models="./models",  # where `flashfit build` takes them from; the data folder stays a named volume per node
         services__nginx__image=proxy,
         registry={"server": cluster.registry, "repository": f"{cluster.prefix}/app"},
         swarm={"endpoint_mode": "dnsrr", "publish_mode": "host", "proxy_replicas": 1},
@@ -105,7 +110,7 @@ def stack(cluster: Cluster, s3_endpoint: str, tmp_path_factory: pytest.TempPathF
     project.jwt = (root / ".env").read_text().split("JWT_SECRET_KEY=", 1)[1].split("\n", 1)[0]
     project.cluster = cluster
     try:
-        project.tag(real_server_image(), "v1")
+        baked_image(project, root / "models")
         pushed = project.flashfit("images", "push", "--version", "v1", "--json", timeout=900)
         assert pushed.code == 0, pushed.stdout + pushed.stderr
         deployed = on_cluster(project, "deploy", "--version", "v1", "--json")
@@ -113,6 +118,16 @@ def stack(cluster: Cluster, s3_endpoint: str, tmp_path_factory: pytest.TempPathF
         yield project
     finally:
         project.cleanup()
+
+
+def baked_image(project: Any, models: Path) -> None:
+    """`flashfit build` of this tree with the models baked in, as the project's v1 (the
+    dependency stage comes from the engine's build cache, as for real_server_image)."""
+    real_server_image()  # the cached dependency stage, and the base images
+    config = resolve({"server": {"image": project.repo, "build": {"base_image": BASE_IMAGE, "models": "baked"}},
+                      "volumes": {"models": str(models)}}, base_dir=REPO_ROOT, environ={})  # fmt: skip
+    built = build_image(connect(), config, version="v1")
+    project.tags.append(built.image)
 
 
 def on_cluster(project: Any, *args: str) -> Any:
@@ -167,6 +182,8 @@ def sync_status(project: Any, node: Node) -> dict[str, Any]:
 def test_an_item_added_through_one_node_is_recommendable_through_all_three(stack: Any, cluster: Cluster) -> None:
     wait_on_condition(lambda: all(task_on(cluster, stack, n) for n in cluster.nodes), 120, 1, "a backend task on every node")
     first, *others = cluster.nodes
+    container = cluster.client().services.get(f"{stack.name}_backend").attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert not any("model" in m["Target"] for m in container.get("Mounts", [])), container["Mounts"]  # in the image
     with Load(stack.url + "/api/fusion/recommend", threads=6, json_body=RECOMMEND) as load:
         item_id = add_item(stack, first, 1)
         acknowledged = time.monotonic()
@@ -181,6 +198,11 @@ def test_an_item_added_through_one_node_is_recommendable_through_all_three(stack
     for node in cluster.nodes:
         status = sync_status(stack, node)
         assert status["problem"] is None and status["applied_seq"] >= 1, (node.name, status)
+    # doctor reads every task's /health from inside the overlay: all three follow the log.
+    doctor = on_cluster(stack, "doctor", "--check", "catalog-sync", "--json")
+    assert doctor.code == 0, doctor.stdout + doctor.stderr
+    finding = next(c for c in doctor.json() if c["check"] == "catalog-sync")
+    assert finding["status"] == "ok" and finding["summary"].startswith("3 replica(s) follow s3://"), finding
 
 
 def test_a_node_that_lost_its_volume_catches_up_before_it_serves(stack: Any, cluster: Cluster) -> None:
