@@ -18,6 +18,7 @@ from flashfit_ops.doctor import nginxconf, promtext
 from flashfit_ops.doctor.checks import backup, containers, disk, engine, http, lock, nginx, ports, resources, stores, tls
 from flashfit_ops.doctor.context import DoctorContext, Settings
 from flashfit_ops.doctor.result import FAILURE, OK, WARNING
+from flashfit_ops.engine.execs import ExecOutput
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -388,14 +389,16 @@ def test_nginx_t_output():
 def test_nginx_config_check_runs_nginx_t_with_the_running_config_file():
     proxy = container("demo-proxy", role="proxy", path="nginx", args=["-c", "/etc/flashfit/nginx.conf", "-g", "daemon off;"])
     calls = []
+    said = b"nginx: configuration file /etc/flashfit/nginx.conf test is successful\n"
 
-    def exec_run(argv, demux=False):
-        calls.append(argv)
-        return FakeExec(0, b"nginx: configuration file /etc/flashfit/nginx.conf test is successful\n")
+    def exec_in(container, argv):
+        calls.append((container.name, argv))
+        return ExecOutput(0, said, b"", said)
 
-    proxy.exec_run = exec_run
-    assert nginx.nginx_config(ctx_with([proxy], {})).status == OK
-    assert calls == [["nginx", "-t", "-c", "/etc/flashfit/nginx.conf"]]
+    ctx = ctx_with([proxy], {})
+    ctx.exec = exec_in
+    assert nginx.nginx_config(ctx).status == OK
+    assert calls == [("demo-proxy", ["nginx", "-t", "-c", "/etc/flashfit/nginx.conf"])]
 
 
 # --- tls -------------------------------------------------------------------------------------------
