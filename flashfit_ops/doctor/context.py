@@ -159,7 +159,7 @@ class DoctorContext:
         not the SDK's exec_run)."""
         from flashfit_ops.engine.execs import run
 
-        return run(self.docker(), container.id, command)
+        return run(self.docker(), container.name, command)
 
     def proxy(self) -> Container | None:
         proxies = self.by_role(ROLE_PROXY)

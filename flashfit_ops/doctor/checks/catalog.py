@@ -82,8 +82,8 @@ def _swarm(ctx: DoctorContext) -> dict[str, Any]:
         if address is None:
             continue
         url = f"http://{address}:8080{ctx.config.healthcheck.liveness_path}"
-        result = inside.exec_run(["flashfit-server", "probe", "--body", "--url", url])
-        lines = result.output.decode(errors="replace").split("\n", 1)
+        result = ctx.exec(inside, ["flashfit-server", "probe", "--body", "--url", url])
+        lines = result.text().split("\n", 1)
         label = f"task {task['ID'][:12]} ({address})"
         statuses[label] = _from_health(lines[1]) if len(lines) == 2 and result.exit_code == 0 else "/health does not answer"
     return statuses

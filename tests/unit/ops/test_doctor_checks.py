@@ -164,10 +164,39 @@ HEALTHY = {"status": "healthy", "models": {"clip_loaded": True, "blip_loaded": T
            "vector_stores": {"clip_index_size": 3, "blip_index_size": 3, "fashion_index_size": 3}}
 
 
+class FakeExecApi:
+    """The engine's exec endpoints as engine.execs.run calls them (by container name), answering
+    from each fake container's exec_run: its output as the engine's multiplexed frames."""
+
+    def __init__(self, items):
+        self._items = items
+        self._runs = []
+
+    def exec_create(self, container, cmd, **options):
+        self._runs.append(next(c for c in self._items if c.name == container).exec_run(cmd))
+        return {"Id": str(len(self._runs) - 1)}
+
+    def _url(self, template, *args):
+        return template.format(*args)
+
+    def _post_json(self, url, data, **options):
+        output = self._runs[int(url.split("/")[2])].output
+        streams = zip((1, 2), output) if isinstance(output, tuple) else [(1, output)]
+        body = b"".join(struct.pack(">BxxxL", n, len(chunk)) + chunk for n, chunk in streams if chunk)
+        return type("Response", (), {"content": body})()
+
+    def _raise_for_status(self, response):
+        pass
+
+    def exec_inspect(self, exec_id):
+        return {"Running": False, "ExitCode": self._runs[int(exec_id)].exit_code}
+
+
 class FakeClient:
     def __init__(self, items):
         self.containers = self
         self._items = items
+        self.api = FakeExecApi(items)
 
     def list(self, all=False, filters=None, ignore_removed=False):  # noqa: A002
         return list(self._items)

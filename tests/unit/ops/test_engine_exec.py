@@ -24,9 +24,9 @@ from typing import Any, Iterator
 import pytest
 
 from flashfit_ops.config.load import resolve
-from flashfit_ops.doctor.checks import nginx
+from flashfit_ops.doctor.checks import http, nginx
 from flashfit_ops.doctor.context import DoctorContext, Settings
-from flashfit_ops.doctor.result import FAILURE
+from flashfit_ops.doctor.result import FAILURE, OK
 from flashfit_ops.engine.execs import ExecOutput, demultiplex, run
 from flashfit_ops.execute.backend import DockerBackend
 from flashfit_ops.render import render_nginx
@@ -198,6 +198,21 @@ def test_the_deploy_engine_s_exec_keeps_the_whole_output(folder: Path):
         engine.shutdown()
     assert (code, output) == (1, text.decode())
     assert engine.created["exec0"] == ("demo-proxy", ["nginx", "-t", "-q"])
+
+
+def test_the_store_bench_check_reads_every_timing_line(folder: Path):
+    """The same loss in another check that parses what it ran: `bench-store`'s table."""
+    cfg, _, containers = deployment(folder)
+    containers["b" * 64]["State"] = {"Status": "running", "ExitCode": 0}
+    table = "".join(f"{name:8} flat  n=120      p50=  0.050 ms  p95=  0.080 ms  qps(single)= 20000.0  qps(batch 64)= 1.0\n"
+                    for name in ("clip", "blip", "fashion"))
+    client, engine = start_engine(folder, containers, {("flashfit-server", "bench-store"): ([(1, table.encode())], 0)})
+    try:
+        result = http.store_bench(DoctorContext(cfg, None, docker_factory=lambda: client, settings=Settings()))
+    finally:
+        engine.shutdown()
+    assert result.status == OK, result.summary
+    assert set(result.details["stores"]) == {"clip", "blip", "fashion"}
 
 
 # --- the frame reader and what the upstream check makes of output it cannot use -----------------
