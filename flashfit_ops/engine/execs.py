@@ -4,10 +4,11 @@ Why not the SDK's `exec_run`: it asks the engine to upgrade the connection, lets
 read the response head, then reads the output frames from the raw socket under it. Whatever the
 HTTP client had already buffered past the head is lost. When the command has written its output
 by the time the client reads the head (a slow client: a loaded host), that is the first few KiB,
-and the frame reader then starts in the middle of a frame. Seen on a loaded CI host (Docker
-20.10, docker-py 7): `nginx -T` came back with exit code 0 and only the last 500 bytes of its
-8 KiB dump, so doctor said the proxy config had no upstream servers (docker/docker-py#2042 is the
-same loss).
+and the frame reader then starts in the middle of a frame. Reproduced on a loaded 2-core host
+(Docker 20.10, docker-py 7.2): about one `nginx -T` in a hundred came back with exit code 0 and
+only the last 500 bytes of its 8 KiB dump, which is how doctor once told CI that the proxy config
+had no upstream servers (docker/docker-py#2042 reports missing exec_run output that looks like
+the same loss).
 
 Here the start request asks for no upgrade: the engine then answers `200 OK` and sends the
 multiplexed frames as the body until it closes the connection, which the HTTP client reads whole.
@@ -45,7 +46,8 @@ class ExecOutput:
 
 def demultiplex(body: bytes) -> ExecOutput:
     """Split an exec's multiplexed body into its streams (exit code not known yet)."""
-    output, streams = [], {STDOUT: [], STDERR: []}  # type: ignore[var-annotated]
+    output: list[bytes] = []
+    streams: dict[int, list[bytes]] = {STDOUT: [], STDERR: []}
     problem = None
     position = 0
     while position < len(body):
