@@ -18,6 +18,7 @@ from flashfit_ops.labels import LABEL_COLOR, LABEL_PROJECT, LABEL_ROLE, LABEL_VE
 
 if TYPE_CHECKING:  # pragma: no cover
     from flashfit_ops.config.model import Config
+    from flashfit_ops.engine.execs import ExecOutput
     from flashfit_ops.engine.protocol import Container, EngineClient
 
 # Labels written by the deploy engine (flashfit_ops/plan/common.py).
@@ -152,6 +153,13 @@ class DoctorContext:
         if running_only:
             found = [c for c in found if state_of(c) == "running"]
         return sorted(found, key=lambda c: c.name)
+
+    def exec(self, container: Container, command: list[str]) -> ExecOutput:
+        """Run `command` in `container` with all of its output kept (engine/execs.py says why
+        not the SDK's exec_run)."""
+        from flashfit_ops.engine.execs import run
+
+        return run(self.docker(), container.name, command)
 
     def proxy(self) -> Container | None:
         proxies = self.by_role(ROLE_PROXY)

@@ -4,8 +4,9 @@ the overlay network, which only tasks reach, never this host)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+from flashfit_ops.engine.execs import ExecOutput
 from flashfit_ops.engine.protocol import EngineClient
 
 SERVICE_LABEL = "com.docker.swarm.service.name"
@@ -38,10 +39,13 @@ def task_address(task: dict) -> str | None:
     return None
 
 
-def probe_from(inside: Any, address: str, path: str, body: bool = False) -> tuple[bool, str]:
+def probe_from(run: Callable[[Any, list[str]], ExecOutput], inside: Any, address: str, path: str,
+               body: bool = False) -> tuple[bool, str]:  # fmt: skip
     """GET http://address:8080/path from inside the container `inside` (the image's own
-    `flashfit-server probe`): (answered 200, the body when asked for)."""
+    `flashfit-server probe`, run by `run`: DoctorContext.exec): (answered 200, the body when
+    asked for and read whole)."""
     command = ["flashfit-server", "probe", *(["--body"] if body else []), "--url", f"http://{address}:{BACKEND_PORT}{path}"]
-    result = inside.exec_run(command)
-    lines = result.output.decode(errors="replace").split("\n", 1)
-    return result.exit_code == 0, lines[1] if body and len(lines) == 2 else ""
+    result = run(inside, command)
+    lines = result.text().split("\n", 1)
+    answered = result.exit_code == 0 and result.problem is None
+    return answered, lines[1] if body and answered and len(lines) == 2 else ""

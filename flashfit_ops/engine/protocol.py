@@ -155,7 +155,8 @@ class SwarmObjects(Protocol):
 
 class LowLevelApi(Protocol):
     """The SDK's APIClient, for what the high-level client does not offer: builds and imports
-    streamed with a longer timeout, and Swarm's own rollback of a service."""
+    streamed with a longer timeout, Swarm's own rollback of a service, and an exec whose output
+    is read whole."""
 
     timeout: Any  # seconds (float) or None; long streams raise it for their duration
 
@@ -164,6 +165,9 @@ class LowLevelApi(Protocol):
     def _url(self, pathfmt: str, *args: Any, **kwargs: Any) -> str: ...
     def _post_json(self, url: str, data: Any, **kwargs: Any) -> Any: ...
     def _raise_for_status(self, response: Any) -> None: ...
+    # exec, read whole (flashfit_ops/engine/execs.py says why not exec_run)
+    def exec_create(self, container: str, cmd: str | list[str], **options: Any) -> Json: ...
+    def exec_inspect(self, exec_id: str) -> Json: ...
 
 
 class EngineClient(Protocol):

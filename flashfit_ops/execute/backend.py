@@ -329,8 +329,12 @@ class DockerBackend(Engine):
 
     @_engine_errors
     def exec(self, name: str, command: list[str]) -> tuple[int, str]:
-        result = self.client.containers.get(name).exec_run(command, stdout=True, stderr=True)
-        return int(result.exit_code if result.exit_code is not None else -1), (result.output or b"").decode("utf-8", "replace")
+        from flashfit_ops.engine.execs import run
+
+        result = run(self.client, name, command)  # all of the output, even on a loaded host
+        code = result.exit_code if result.exit_code is not None else -1
+        text = result.text()
+        return code, f"{text}\n({result.problem})" if result.problem else text
 
     @_engine_errors
     def processes(self, name: str) -> list[tuple[int, str]]:

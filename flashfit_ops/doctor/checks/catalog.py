@@ -80,7 +80,7 @@ def _swarm(ctx: DoctorContext) -> dict[str, Any]:
         address = task_address(task)
         if address is None:
             continue
-        answered, body = probe_from(inside, address, ctx.config.healthcheck.liveness_path, body=True)
+        answered, body = probe_from(ctx.exec, inside, address, ctx.config.healthcheck.liveness_path, body=True)
         statuses[f"task {task['ID'][:12]} ({address})"] = _from_health(body) if answered else "/health does not answer"
     return statuses
 

@@ -113,10 +113,16 @@ def gpu(ctx: DoctorContext) -> Finding:
             parts.append((FAILURE, f"{container.name} was created without a GPU request", REDEPLOY_HINT))
             continue
         try:
-            result = container.exec_run(SMI_QUERY)
-            smi: tuple[int, str] | None = (int(result.exit_code), result.output.decode(errors="replace"))
+            result = ctx.exec(container, SMI_QUERY)
         except Exception as error:  # noqa: BLE001 - no nvidia-smi in the container is an answer too
-            smi = (127, f"{type(error).__name__}: {error}")
+            smi: tuple[int, str] | None = (127, f"{type(error).__name__}: {error}")
+        else:
+            if result.exit_code is None or result.problem:  # an unread answer is not "no GPU"
+                why = result.problem or "the engine did not report how it ended"
+                parts.append((FAILURE, f"could not read nvidia-smi in {container.name}: {why}",
+                              "rerun `flashfit doctor --check gpu`"))
+                continue
+            smi = (result.exit_code, result.text())
         found, entry = judge_container(container.name, requested, smi, _health(ctx, container))
         parts.extend(found)
         details["containers"][container.name] = entry

@@ -307,10 +307,13 @@ def store_bench(ctx: DoctorContext) -> Finding:
     if not backends:
         return failure("no backend is running to benchmark in", "`flashfit deploy`")
     container = backends[0]
-    result = container.exec_run(["flashfit-server", "bench-store", "--queries", "50", "--threads", "1"], demux=True)
-    stdout, stderr = (result.output or (b"", b""))
-    text_out = (stdout or b"").decode(errors="replace")
-    text_err = (stderr or b"").decode(errors="replace")
+    result = ctx.exec(container, ["flashfit-server", "bench-store", "--queries", "50", "--threads", "1"])
+    text_out = result.stdout.decode(errors="replace")
+    text_err = result.stderr.decode(errors="replace")
+    if result.exit_code is None or result.problem:
+        return failure(f"could not read `flashfit-server bench-store` in {container.name}: "
+                       f"{result.problem or 'the engine did not report how it ended'}",
+                       "rerun `flashfit doctor --check store-bench`", container=container.name)
     finding = evaluate_bench(result.exit_code, text_out, text_err)
     finding.details["container"] = container.name
     return finding

@@ -10,6 +10,7 @@ from flashfit_ops.doctor.context import DoctorContext, attrs_of, labels_of, stat
 from flashfit_ops.doctor.observed import deploy_observed, match_backend, proxy_config_text, slot_links
 from flashfit_ops.doctor.registry import check
 from flashfit_ops.doctor.result import FAILURE, WARNING, Finding, combine, failure, ok
+from flashfit_ops.engine.execs import ExecOutput
 
 NO_PROXY_HINT = "`flashfit deploy` starts the proxy; `docker logs {name}` says why it stopped"
 
@@ -19,13 +20,11 @@ def nginx_command(container: Any) -> list[str]:
     return [attrs.get("Path") or "", *(attrs.get("Args") or [])]
 
 
-def _run(container: Any, argv: list[str]) -> tuple[int, str]:
-    result = container.exec_run(argv, demux=False)
-    return int(result.exit_code if result.exit_code is not None else -1), (result.output or b"").decode(errors="replace")
-
-
-def evaluate_test(exit_code: int, output: str, name: str) -> Finding:
+def evaluate_test(exit_code: int | None, output: str, name: str) -> Finding:
     lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if exit_code is None:
+        return failure("could not run nginx -t: the engine did not report how it ended",
+                       f"run `docker exec {name} nginx -t` by hand", output=lines)
     if exit_code == 0:
         return ok(f"{name}: configuration test is successful", output=lines)
     problem = next((line for line in lines if "[emerg]" in line or "[error]" in line), lines[0] if lines else "no output")
@@ -54,8 +53,8 @@ def nginx_config(ctx: DoctorContext) -> Finding:
     if problem or proxy is None:
         return problem or failure("no proxy container", NO_PROXY_HINT.format(name=f"{ctx.project}-proxy"))
     args = nginxconf.config_args(nginx_command(proxy))
-    code, output = _run(proxy, ["nginx", "-t", *args])
-    return evaluate_test(code, output, proxy.name)
+    result = ctx.exec(proxy, ["nginx", "-t", *args])
+    return evaluate_test(result.exit_code, result.text(), proxy.name)
 
 
 def evaluate_upstream(
@@ -111,16 +110,37 @@ def evaluate_upstream(
     return combine(parts, f"routes to {', '.join(routes)} (color {color})", **details)
 
 
-def running_upstreams(ctx: DoctorContext, proxy: Any) -> tuple[dict[str, list[str]], str]:
-    """The upstream blocks nginx would load: `nginx -T` in the proxy; the file on disk if -T fails."""
+DUMP_MARK = "# configuration file "
+UNREADABLE_HINT = "`docker exec {name} nginx -T` shows what nginx loads; rerun `flashfit doctor --check upstream`"
+
+
+def dumped_config(result: ExecOutput) -> tuple[str | None, str]:
+    """The configuration `nginx -T` printed (stdout), or None and why it cannot be used. nginx
+    prints its files only after the test passed, each after a `# configuration file <path>:` line."""
+    if result.problem:
+        return None, f"nginx -T: {result.problem}"
+    errors = [line.strip() for line in result.stderr.decode("utf-8", "replace").splitlines() if "[emerg]" in line]
+    if result.exit_code not in (0, None):
+        return None, f"nginx -T exited {result.exit_code}" + (f": {errors[0].split('] ', 1)[-1]}" if errors else "")
+    text = result.stdout.decode("utf-8", "replace")
+    if DUMP_MARK not in text:
+        return None, f"nginx -T printed no configuration ({len(result.output)} bytes of output)"
+    return text, ""
+
+
+def running_upstreams(ctx: DoctorContext, proxy: Any) -> tuple[dict[str, list[str]] | None, str, list[str]]:
+    """The upstream blocks nginx would load: `nginx -T` in the proxy; the file on disk when -T
+    cannot say (nginx rejects the file, or its output did not come back whole). Returns
+    (servers or None when neither is readable, where they were read, why a source was not used)."""
     args = nginxconf.config_args(nginx_command(proxy))
-    code, output = _run(proxy, ["nginx", "-T", *args])
-    if code == 0:
-        return nginxconf.proxied_upstreams(output), "nginx -T"
-    text = proxy_config_text(ctx)
+    text, why = dumped_config(ctx.exec(proxy, ["nginx", "-T", *args]))
     if text is not None:
-        return nginxconf.proxied_upstreams(text), str(ctx.proxy_dir / "nginx.conf")
-    return {}, "nothing readable"
+        return nginxconf.proxied_upstreams(text), "nginx -T", []
+    path = ctx.proxy_dir / "nginx.conf"
+    on_disk = proxy_config_text(ctx)
+    if on_disk is not None:
+        return nginxconf.proxied_upstreams(on_disk), str(path), [why]
+    return None, "nothing readable", [why, f"{path} is unreadable"]
 
 
 @check("upstream", "The proxy's upstream matches the live color's running backends", timeout=10.0)
@@ -128,9 +148,15 @@ def upstream(ctx: DoctorContext) -> Finding:
     proxy, problem = _proxy_or_failure(ctx)
     if problem:
         return problem
-    servers, source = running_upstreams(ctx, proxy)
+    servers, source, unread = running_upstreams(ctx, proxy)
+    if servers is None:
+        return failure(f"could not read the proxy config: {'; '.join(unread)}",
+                       UNREADABLE_HINT.format(name=getattr(proxy, "name", f"{ctx.project}-proxy")),
+                       source=source, unread=unread)
     observed = deploy_observed(ctx)
     applied = tuple(getattr(getattr(observed, "proxy", None), "applied", ()) or ()) if observed is not None else None
     finding = evaluate_upstream(servers, ctx.backends(), applied, slot_links(ctx))
     finding.details["source"] = source
+    if unread:
+        finding.details["unread"] = unread
     return finding

@@ -133,7 +133,7 @@ def backend_tasks_ready(ctx: DoctorContext) -> Finding:
         address = task_address(task)
         if address is None:
             continue
-        probed[address], _ = probe_from(inside, address, path)
+        probed[address], _ = probe_from(ctx.exec, inside, address, path)
         if not probed[address]:
             parts.append((FAILURE, f"{name}: task {task['ID'][:12]} at {address} is not ready", "`flashfit logs`; Swarm replaces it after its healthcheck retries"))
     return combine(parts, f"{name}: {sum(probed.values())} task(s) ready, probed from inside the overlay", probed=probed)
@@ -149,9 +149,9 @@ def proxy_service(ctx: DoctorContext) -> Finding:
     inside = local_task_container(client, name)
     if inside is None:
         return ok(f"proxy service {name}: {len(running)} task(s) running (none on this node to run `nginx -t` in)")
-    result = inside.exec_run(["nginx", "-t"])
+    result = ctx.exec(inside, ["nginx", "-t"])
     if result.exit_code != 0:
-        return failure(f"`nginx -t` fails in {name}: {result.output.decode(errors='replace').strip()[-200:]}", "`flashfit render` and redeploy")
+        return failure(f"`nginx -t` fails in {name}: {result.text().strip()[-200:]}", "`flashfit render` and redeploy")
     return ok(f"proxy service {name}: {len(running)} task(s) running, `nginx -t` passes")
 
 

@@ -200,6 +200,8 @@ def test_a_healthy_deployment_is_all_ok(stack: DoctorStack):
     assert results["upstream"].details["live_color"] == "blue"
     # nginx routes through replica slots; doctor names the container each slot links to
     assert f"slot-1 -> {stack.backend().name}" in results["upstream"].summary
+    # read from `nginx -T` in the proxy, whole (engine/execs.py), not from the file on disk
+    assert results["upstream"].details["source"] == "nginx -T" and "unread" not in results["upstream"].details
     assert results["ports"].details["ports"]["ports.http"]["state"] == "ours"
 
 

@@ -18,6 +18,7 @@ from flashfit_ops.doctor import nginxconf, promtext
 from flashfit_ops.doctor.checks import backup, containers, disk, engine, http, lock, nginx, ports, resources, stores, tls
 from flashfit_ops.doctor.context import DoctorContext, Settings
 from flashfit_ops.doctor.result import FAILURE, OK, WARNING
+from flashfit_ops.engine.execs import ExecOutput
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -163,10 +164,39 @@ HEALTHY = {"status": "healthy", "models": {"clip_loaded": True, "blip_loaded": T
            "vector_stores": {"clip_index_size": 3, "blip_index_size": 3, "fashion_index_size": 3}}
 
 
+class FakeExecApi:
+    """The engine's exec endpoints as engine.execs.run calls them (by container name), answering
+    from each fake container's exec_run: its output as the engine's multiplexed frames."""
+
+    def __init__(self, items):
+        self._items = items
+        self._runs = []
+
+    def exec_create(self, container, cmd, **options):
+        self._runs.append(next(c for c in self._items if c.name == container).exec_run(cmd))
+        return {"Id": str(len(self._runs) - 1)}
+
+    def _url(self, template, *args):
+        return template.format(*args)
+
+    def _post_json(self, url, data, **options):
+        output = self._runs[int(url.split("/")[2])].output
+        streams = zip((1, 2), output) if isinstance(output, tuple) else [(1, output)]
+        body = b"".join(struct.pack(">BxxxL", n, len(chunk)) + chunk for n, chunk in streams if chunk)
+        return type("Response", (), {"content": body})()
+
+    def _raise_for_status(self, response):
+        pass
+
+    def exec_inspect(self, exec_id):
+        return {"Running": False, "ExitCode": self._runs[int(exec_id)].exit_code}
+
+
 class FakeClient:
     def __init__(self, items):
         self.containers = self
         self._items = items
+        self.api = FakeExecApi(items)
 
     def list(self, all=False, filters=None, ignore_removed=False):  # noqa: A002
         return list(self._items)
@@ -408,14 +438,16 @@ def test_nginx_t_output():
 def test_nginx_config_check_runs_nginx_t_with_the_running_config_file():
     proxy = container("demo-proxy", role="proxy", path="nginx", args=["-c", "/etc/flashfit/nginx.conf", "-g", "daemon off;"])
     calls = []
+    said = b"nginx: configuration file /etc/flashfit/nginx.conf test is successful\n"
 
-    def exec_run(argv, demux=False):
-        calls.append(argv)
-        return FakeExec(0, b"nginx: configuration file /etc/flashfit/nginx.conf test is successful\n")
+    def exec_in(container, argv):
+        calls.append((container.name, argv))
+        return ExecOutput(0, said, b"", said)
 
-    proxy.exec_run = exec_run
-    assert nginx.nginx_config(ctx_with([proxy], {})).status == OK
-    assert calls == [["nginx", "-t", "-c", "/etc/flashfit/nginx.conf"]]
+    ctx = ctx_with([proxy], {})
+    ctx.exec = exec_in
+    assert nginx.nginx_config(ctx).status == OK
+    assert calls == [("demo-proxy", ["nginx", "-t", "-c", "/etc/flashfit/nginx.conf"])]
 
 
 # --- tls -------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from flashfit_ops.config.load import resolve
 from flashfit_ops.doctor.checks import swarm
 from flashfit_ops.doctor.context import DoctorContext
 from flashfit_ops.doctor.result import FAILURE, OK
+from flashfit_ops.engine.execs import ExecOutput
 
 
 def node(node_id: str, state: str = "ready") -> Any:
@@ -77,7 +78,14 @@ def service(name: str, tasks: list, ports=()) -> Obj:
 
 def ctx_for(client) -> DoctorContext:
     cfg = resolve({"project": "demo", "target": "swarm", "ports": {"http": 19080}}, environ={})
-    return DoctorContext(cfg, None, docker_factory=lambda: client)
+    ctx = DoctorContext(cfg, None, docker_factory=lambda: client)
+    ctx.exec = run_in  # type: ignore[method-assign]  # the fake task containers answer exec_run
+    return ctx
+
+
+def run_in(container: Any, argv: list[str]) -> ExecOutput:
+    done = container.exec_run(argv)
+    return ExecOutput(done.exit_code, done.output, done.output, b"")
 
 
 def healthy(node3: str = "ready", probe_codes=None) -> FakeSwarm:
