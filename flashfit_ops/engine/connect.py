@@ -10,7 +10,11 @@ from __future__ import annotations
 from flashfit_ops.engine.errors import unreachable
 from flashfit_ops.engine.protocol import EngineClient
 
-DEFAULT_TIMEOUT = 10.0
+# Per request. A busy engine (an image push or extraction on the same disk) can take well over
+# 10 s to create, stop or remove a container; failing then would abort a deploy half-way for no
+# fault. 60 s is the SDK's and Compose's own default. An engine that is down still fails at once
+# (connection refused, no socket).
+DEFAULT_TIMEOUT = 60.0
 
 
 def connect(timeout: float = DEFAULT_TIMEOUT) -> EngineClient:
