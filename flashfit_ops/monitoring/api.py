@@ -17,6 +17,8 @@ class MonitoringView:
     url: str
     up: bool
     error: str = ""
+    # Nothing listens on the port (Prometheus not running), as against slow or not ready yet.
+    refused: bool = False
     # {container: "up" | "down" | "unknown"} for the backend job's active targets.
     targets: dict[str, str] = field(default_factory=dict)
     target_errors: dict[str, str] = field(default_factory=dict)
@@ -45,6 +47,7 @@ def read_view(config: Config, *, timeout: float = 3.0, transport: Any = None) ->
             active = client.get("/api/v1/targets", params={"state": "active"}).json()["data"]["activeTargets"]
             alerts = client.get("/api/v1/alerts").json()["data"]["alerts"]
     except httpx.HTTPError as error:
+        view.refused = isinstance(error, httpx.ConnectError)
         view.error = f"{type(error).__name__} on {url}"
         return view
     except (ValueError, KeyError, TypeError):

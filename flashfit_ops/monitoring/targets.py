@@ -17,9 +17,14 @@ project network, so the address stays right for as long as the container lives.
 
 A replica becomes a target at the switch that gives it traffic (on_switch, called where the
 proxy records a completed switch) and stops being one once it is drained: the containers switched
-away from stay listed until the deploy's drains have finished, and a switch returns (so the old
-ones drain) only once Prometheus has scraped the new ones (settle, at the end of every
-executed plan), so the service's `up` has no gap across a switch."""
+away from stay listed until the deploy's drains have finished (settle, at the end of every
+executed plan), and a switch returns (so the old ones drain) only once Prometheus has scraped the
+new ones, so the service's `up` has no gap across a switch.
+
+Why a target's labels never change while it is listed (no slot label): Prometheus identifies a
+target by its label set, so a changed label is a new target whose first scrape comes up to a
+scrape interval after the old one's series went stale, a gap in that replica's `up` at every
+switch (seen as `sum(up == 1)` dipping below the replica count during a deploy)."""
 
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from typing import Callable
 
 from flashfit_ops.config.model import Config
 from flashfit_ops.fileio import atomic_write_text
+from flashfit_ops.monitoring import api
 from flashfit_ops.plan.common import BACKEND_PORT, state_dir
 
 MONITORING_DIR = "monitoring"
@@ -52,21 +58,15 @@ def _color(config: Config, name: str) -> str:
 
 
 def targets_document(config: Config, slots: tuple[str, ...] | list[str], draining: tuple[str, ...] | list[str] = ()) -> list[dict]:
-    """One file_sd group per container: those the slots point to (labelled with their slots), then
-    those just switched away from, still finishing their requests (slot "")."""
-    by_container: dict[str, list[str]] = {}
-    for slot, name in enumerate(slots, start=1):
-        if name:
-            by_container.setdefault(name, []).append(str(slot))
-    for name in draining:
-        if name:
-            by_container.setdefault(name, [])
+    """One file_sd group per container: those the slots point to, then those just switched away
+    from, still finishing their requests. The labels depend on the container alone (see above)."""
+    names = [name for name in (*slots, *draining) if name]
     return [
         {
             "targets": [f"{name}:{BACKEND_PORT}"],
-            "labels": {"project": config.project, "container": name, "color": _color(config, name), "slot": ",".join(found)},
+            "labels": {"project": config.project, "container": name, "color": _color(config, name)},
         }
-        for name, found in by_container.items()
+        for name in dict.fromkeys(names)
     ]
 
 
@@ -86,24 +86,45 @@ def on_switch(config: Config, slots: tuple[str, ...]) -> None:
     wait_scraped(config, slots)
 
 
-def wait_scraped(config: Config, slots: tuple[str, ...], sleep: Callable[[float], None] = time.sleep) -> bool:
-    """Hold the switch until Prometheus has scraped every new replica (its discovery applies a
-    changed file a few seconds later): only then may the old ones drain, so `up` of the service
-    has no gap. Bounded, and never fails a deploy: a Prometheus that is down or slow is the
-    doctor's business. True when every replica was seen up."""
-    from flashfit_ops import console
-    from flashfit_ops.monitoring.api import read_view
+# Prometheus batches discovery updates, and then scrape-pool reloads, for up to 5 s each; a new
+# target's first scrape starts within one interval and takes up to one more (timeout <= interval).
+APPLY_BATCHING = 10.0
 
-    deadline = time.monotonic() + max(15.0, 3 * config.monitoring.scrape_interval + 6.0)
-    wanted = {name for name in slots if name}
+
+def scrape_wait_limit(scrape_interval: float) -> float:
+    """How long a switch waits for the new replicas to be scraped: twice the worst case above,
+    for a loaded host. Only a Prometheus that fails to scrape them waits this long."""
+    return 2 * (APPLY_BATCHING + 2 * scrape_interval)
+
+
+def wait_scraped(
+    config: Config,
+    slots: tuple[str, ...],
+    *,
+    read: Callable[[], api.MonitoringView] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Hold the switch until Prometheus has scraped every new replica up (its discovery applies a
+    changed file seconds later): only then may the old ones drain, so `up` of the service has no
+    gap. Bounded, and never fails a deploy: a Prometheus that is not running (connection refused)
+    ends the wait at once; a slow answer or a replica not scraped yet is polled again until the
+    limit, then warned about (the doctor's business). True when every replica was seen up."""
+    from flashfit_ops import console
+
+    read = read or (lambda: api.read_view(config, timeout=2.0))
+    deadline = clock() + scrape_wait_limit(config.monitoring.scrape_interval)
+    wanted = sorted({name for name in slots if name})
     while True:
-        view = read_view(config, timeout=2.0)
-        if not view.up:
+        view = read()
+        if view.refused:
             return False
-        if all(view.targets.get(name) == "up" for name in wanted):
+        missing = [name for name in wanted if view.targets.get(name) != "up"] if view.up else wanted
+        if not missing:
             return True
-        if time.monotonic() >= deadline:
-            console.warn(f"Prometheus has not scraped {', '.join(sorted(n for n in wanted if view.targets.get(n) != 'up'))} yet")
+        if clock() >= deadline:
+            why = "" if view.up else f" ({view.error})"
+            console.warn(f"Prometheus has not scraped {', '.join(missing)} yet{why}: the old replicas drain anyway")
             return False
         sleep(0.25)
 

@@ -35,10 +35,90 @@ def containers_in_file(cfg) -> list[str]:
 def test_targets_document_names_each_live_container_on_the_project_network(tmp_path: Path) -> None:
     cfg = config(tmp_path)
     assert targets.targets_document(cfg, (B1, B2), draining=(G1,)) == [
-        {"targets": [f"{B1}:8080"], "labels": {"project": "shop", "container": B1, "color": "blue", "slot": "1"}},
-        {"targets": [f"{B2}:8080"], "labels": {"project": "shop", "container": B2, "color": "blue", "slot": "2"}},
-        {"targets": [f"{G1}:8080"], "labels": {"project": "shop", "container": G1, "color": "green", "slot": ""}},
+        {"targets": [f"{B1}:8080"], "labels": {"project": "shop", "container": B1, "color": "blue"}},
+        {"targets": [f"{B2}:8080"], "labels": {"project": "shop", "container": B2, "color": "blue"}},
+        {"targets": [f"{G1}:8080"], "labels": {"project": "shop", "container": G1, "color": "green"}},
     ]
+
+
+def groups_in_file(cfg) -> dict[str, dict]:
+    return {g["labels"]["container"]: g for g in json.loads(targets.targets_path(cfg).read_text())}
+
+
+def test_a_replica_keeps_its_target_labels_while_listed(tmp_path: Path) -> None:
+    """Prometheus names a target by its labels: a label changed at a switch (the slot a replica
+    had, then none while it drains) made a new target whose first scrape came after the old
+    one's series went stale, so `sum(up == 1)` dipped below the replica count mid-deploy."""
+    cfg = config(tmp_path)
+    proxy = tmp_path / ".flashfit" / "proxy"
+    proxy.mkdir(parents=True)
+    seen: dict[str, dict] = {}
+
+    def check() -> None:
+        for name, group in groups_in_file(cfg).items():
+            assert seen.setdefault(name, group) == group, name
+
+    targets.on_switch(cfg, (B1, B2))
+    check()
+    targets.on_switch(cfg, (G1, G2))  # blue-green: blue drains
+    check()
+    (proxy / "applied.json").write_text(json.dumps({"slots": [G1, G2]}))
+    targets.settle(cfg)
+    check()
+    # Rolling, and a replica count change: a live replica moves to another slot.
+    targets.on_switch(cfg, (B1, G2))
+    check()
+    targets.on_switch(cfg, (G2,))
+    check()
+    (proxy / "applied.json").write_text(json.dumps({"slots": [G2]}))
+    targets.settle(cfg)
+    check()
+    assert list(groups_in_file(cfg)) == [G2]
+
+
+def _view(up: bool = True, refused: bool = False, **health: str) -> MonitoringView:
+    view = MonitoringView(url="u", up=up, error="" if up else "ReadTimeout on u", targets=dict(health))
+    view.refused = refused
+    return view
+
+
+def test_a_switch_waits_until_prometheus_has_scraped_the_new_replicas(tmp_path: Path, monkeypatch) -> None:
+    from flashfit_ops.monitoring import api
+
+    cfg = config(tmp_path)
+    views = iter([_view(**{B1: "up"}), _view(**{B1: "up", G1: "unknown"}), _view(**{B1: "up", G1: "up", G2: "up"})])
+    monkeypatch.setattr(api, "read_view", lambda config, timeout=3.0: next(views))
+    sleeps: list[float] = []
+    assert targets.wait_scraped(cfg, (G1, G2, G1), sleep=sleeps.append)
+    assert sleeps == [0.25, 0.25]
+
+
+def test_a_slow_prometheus_answer_does_not_end_the_wait(tmp_path: Path, monkeypatch) -> None:
+    """On a loaded host one poll timed out, the wait ended at once and the old replicas drained
+    before the new ones were scraped."""
+    from flashfit_ops.monitoring import api
+
+    cfg = config(tmp_path)
+    views = iter([_view(up=False), _view(**{G1: "up"}), _view(up=False), _view(**{G1: "up", G2: "up"})])
+    monkeypatch.setattr(api, "read_view", lambda config, timeout=3.0: next(views))
+    assert targets.wait_scraped(cfg, (G1, G2), sleep=lambda s: None)
+
+
+def test_the_wait_ends_at_once_without_prometheus_and_at_its_limit_without_scrapes(tmp_path: Path, capsys) -> None:
+    cfg = config(tmp_path, monitoring={"enabled": True, "scrape_interval": "1s"})
+    sleeps: list[float] = []
+    assert not targets.wait_scraped(cfg, (G1,), read=lambda: _view(up=False, refused=True), sleep=sleeps.append)
+    assert sleeps == []  # nothing listens: no Prometheus to wait for
+    assert not targets.wait_scraped(cfg, (G1,))  # the real read: port 1 refuses
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    assert targets.scrape_wait_limit(1.0) == 24.0 and targets.scrape_wait_limit(15.0) == 80.0
+    assert not targets.wait_scraped(cfg, (G1, G2), read=lambda: _view(**{G1: "up", G2: "down"}), sleep=sleep, clock=lambda: now[0])
+    assert now[0] == 24.0
+    assert G2 in capsys.readouterr().err
 
 
 def test_a_switch_adds_the_new_replicas_and_settle_drops_the_drained_ones(tmp_path: Path) -> None:
@@ -132,6 +212,18 @@ def test_read_view_reports_backend_targets_and_firing_alerts(tmp_path: Path) -> 
     assert view.target_errors == {B2: "connection refused"}
     assert view.firing == [{"name": "HighErrorRate", "severity": "critical", "summary": "5xx", "since": "t"}]
     assert not read_view(cfg, transport=_prometheus([], [], ready=503)).up
+
+
+def test_read_view_tells_a_refused_connection_from_a_slow_answer(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    refused = read_view(cfg)  # port 1: nothing listens
+    assert not refused.up and refused.refused and refused.error.startswith("ConnectError")
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    timed_out = read_view(cfg, transport=httpx.MockTransport(slow))
+    assert not timed_out.up and not timed_out.refused and timed_out.error.startswith("ReadTimeout")
 
 
 def test_doctor_verdicts() -> None:
