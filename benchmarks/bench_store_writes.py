@@ -254,15 +254,13 @@ def measure(n: int, root: Path, adds: int, read_seconds: float) -> dict:
         writer.join()
         row["rank_p99_ms"], row["rank_p99_writing_ms"] = percentile_ms(quiet, 99), percentile_ms(busy, 99)
         row["rank_failures_writing"] = failures
-        from flashfit_server.compaction import compact
-
         store.refresh(force=True)
         done = threading.Event()
         timing: dict[str, float] = {}
 
         def compact_now() -> None:
             started = time.perf_counter()
-            compact(store, full=True)
+            store.compact(full=True)
             timing["s"] = time.perf_counter() - started
             done.set()
 

@@ -11,18 +11,21 @@ and an unreferenced merged file is debris that the next compaction deletes.
 Policy (size-tiered): a store is compacted once it has more than MAX_SEGMENTS segments, or when
 more than a fifth of its rows are tombstoned. The largest segment is left alone while it holds
 at least four times the rest, so a big base is rewritten only about every fourfold growth.
+
+This module is the policy and the file work; DataStore.compact (datastore.py) runs them under
+its locks and swaps the new state in.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
-from flashfit_server.atomic import fault_point, file_lock, try_file_lock, write_json_atomic
-from flashfit_contract.datafolder import SegmentEntry
-from flashfit_server.datastore import STORE_NAMES, DataState, DataStore
+from flashfit_contract.datafolder import Manifest, SegmentEntry
 from flashfit_server.graphs import GRAPH_SUFFIX
 from flashfit_server.segmented import SegmentedIndex
 from flashfit_server.segments import SEGMENTS_DIR, write_segment
@@ -49,11 +52,23 @@ def choose(index: SegmentedIndex, full: bool = False) -> list[int]:
     return list(range(len(sizes)))
 
 
-def needs_compaction(state: DataState) -> bool:
-    return any(choose(index) for index in state.stores.values())
+def report(plan: Mapping[str, list[int]]) -> None:
+    log.info("compacted %s", {name: len(p) for name, p in plan.items()})
 
 
-def _merge(store: DataStore, index: SegmentedIndex, positions: list[int]) -> SegmentEntry:
+def needs_compaction(stores: Mapping[str, SegmentedIndex]) -> bool:
+    return any(choose(index) for index in stores.values())
+
+
+def plan(stores: Mapping[str, SegmentedIndex], full: bool = False) -> dict[str, list[int]]:
+    """Per store, the positions of the segments to merge; stores left as they are are absent."""
+    chosen = {name: choose(index, full) for name, index in stores.items()}
+    return {name: positions for name, positions in chosen.items() if positions}
+
+
+def merge(folder: Path, index: SegmentedIndex, positions: list[int]) -> SegmentEntry:
+    """Write the live rows of the segments at `positions` as one new segment (no lock needed: a
+    new file that no manifest names yet)."""
     ids, vectors = [], []
     for pos in positions:
         segment, mask = index.segments[pos], index.masks[pos]
@@ -62,82 +77,46 @@ def _merge(store: DataStore, index: SegmentedIndex, positions: list[int]) -> Seg
     seq = max(index.segments[pos].seq for pos in positions)
     merged_ids = np.concatenate(ids)
     order = np.argsort(merged_ids, kind="stable")
-    entry = write_segment(store.folder, index.name, seq, merged_ids[order], np.concatenate(vectors)[order])
+    entry = write_segment(folder, index.name, seq, merged_ids[order], np.concatenate(vectors)[order])
     return SegmentEntry(**entry)
 
 
-def _needed_tombstones(state: DataState) -> dict[int, int]:
+def swapped(manifest: Manifest, merged: Mapping[str, SegmentEntry], replaced: Mapping[str, set[str]]) -> Manifest:
+    """`manifest` with each store's replaced segments swapped for its merged one."""
+    stores = dict(manifest.stores)
+    for name, entry in merged.items():
+        kept = tuple(e for e in stores[name] if e.file not in replaced[name])
+        stores[name] = (entry, *kept)
+    return replace(manifest, stores=stores)
+
+
+def still_live(manifest: Manifest, replaced: Mapping[str, set[str]]) -> bool:
+    """Every segment the merge replaces is still in `manifest`: else another compaction won."""
+    for name, files in replaced.items():
+        if not files <= {e.file for e in manifest.stores[name]}:
+            log.warning("compaction of %s raced with another; abandoned", name)
+            return False
+    return True
+
+
+def needed_tombstones(tombstones: dict[int, int], stores: Mapping[str, SegmentedIndex]) -> dict[int, int]:
     """Tombstones that still hide a row of some live segment; the others can go."""
-    tombstones = state.manifest.tombstones
     if not tombstones:
         return {}
     ids = np.fromiter(tombstones.keys(), np.int64, len(tombstones))
     seqs = np.fromiter(tombstones.values(), np.int64, len(tombstones))
     needed = np.zeros(len(ids), bool)
-    for index in state.stores.values():
+    for index in stores.values():
         for segment in index.segments:
             needed |= (segment.rows_of(ids) >= 0) & (segment.seq < seqs)
     return {int(i): int(s) for i, s, keep in zip(ids, seqs, needed, strict=True) if keep}
 
 
-def compact(store: DataStore, full: bool = False) -> bool:
-    """Merge what the policy (or `full`) asks for; True if a new manifest was published."""
-    with try_file_lock(store.folder / ".compact.lock") as locked:
-        if not locked:
-            return False
-        store.refresh()
-        base = store._state
-        if base is None:
-            return False
-        plan = {name: choose(base.stores[name], full) for name in STORE_NAMES}
-        plan = {name: positions for name, positions in plan.items() if positions}
-        if not plan:
-            return False
-        replaced: dict[str, set[str]] = {}
-        merged: dict[str, SegmentEntry] = {}
-        for name, positions in plan.items():
-            merged[name] = _merge(store, base.stores[name], positions)
-            replaced[name] = {base.stores[name].segments[p].file for p in positions}
-        fault_point("compaction-before-swap")
-
-        def swapped(manifest):  # noqa: ANN001, ANN202
-            stores = dict(manifest.stores)
-            for name, entry in merged.items():
-                kept = tuple(e for e in stores[name] if e.file not in replaced[name])
-                stores[name] = (entry, *kept)
-            return replace(manifest, stores=stores)
-
-        # Map the merged segments (and build HNSW graphs) before taking any lock.
-        prepared = store._build(swapped(base.manifest), previous=base)
-        with store._write_lock, file_lock(store.lock_path):
-            store.refresh()
-            current = store._state
-            assert current is not None
-            for name, files in replaced.items():
-                live = {e.file for e in current.manifest.stores[name]}
-                if not files <= live:
-                    log.warning("compaction of %s raced with another; abandoned", name)
-                    return False
-            candidate = replace(swapped(current.manifest), generation=current.generation + 1)
-            state = store._build(candidate, previous=prepared)
-            final = replace(candidate, tombstones=_needed_tombstones(state))
-            consistent = store.db.meta("committed_seq") == str(current.generation)
-            write_json_atomic(store.manifest_path, final.to_json())
-            if consistent:  # the catalogue still agrees: spare the next writer its orphan scan
-                store.db.set_meta("committed_seq", str(final.generation))
-            store._state = store._build(final, previous=state)
-            store._seen = store._signature()
-            _remove_unreferenced(store)
-        log.info("compacted %s", {name: len(p) for name, p in plan.items()})
-        return True
-
-
-def _remove_unreferenced(store: DataStore) -> None:
-    """Segment files no manifest names: replaced by a merge, or debris of a killed writer.
+def remove_unreferenced(folder: Path, manifest: Manifest) -> None:
+    """Segment files `manifest` does not name: replaced by a merge, or debris of a killed writer.
     Callers hold the writer lock and the compaction lock, so no file is being written."""
-    assert store._state is not None
-    live = {e.file.split("/", 1)[1] for e in store._state.manifest.entries()}
-    for path in (store.folder / SEGMENTS_DIR).iterdir():
+    live = {e.file.split("/", 1)[1] for e in manifest.entries()}
+    for path in (folder / SEGMENTS_DIR).iterdir():
         graph_of_dead = path.suffix == GRAPH_SUFFIX and f"{path.stem}.seg" not in live
         if (path.name not in live and path.suffix == ".seg") or path.name.endswith(".tmp") or graph_of_dead:
             path.unlink(missing_ok=True)

@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flashfit_server.atomic import fault_point, file_lock, fsync_dir, write_bytes_atomic, write_json_atomic
+from flashfit_server import compaction
+from flashfit_server.atomic import fault_point, file_lock, fsync_dir, try_file_lock, write_bytes_atomic, write_json_atomic
 from flashfit_server.catalog import CatalogDB, CatalogView, Item
 from flashfit_contract.datafolder import (
     CATALOG_NAME,
@@ -319,15 +320,13 @@ class DataStore:
                 del store
 
         def compact_loop() -> None:
-            from flashfit_server.compaction import compact, needs_compaction
-
             while not stop.wait(COMPACT_CHECK_INTERVAL):
                 store = this()
                 if store is None:
                     return
                 try:
-                    if store._state is not None and needs_compaction(store._state):
-                        compact(store)
+                    if store._state is not None and compaction.needs_compaction(store._state.stores):
+                        store.compact()
                 except Exception:  # noqa: BLE001 - the next round tries again; reads are unaffected
                     log.exception("compaction failed; the store stays as it was")
                 del store
@@ -372,6 +371,46 @@ class DataStore:
         if state is None:
             return {name: 0 for name in STORE_NAMES}
         return {name: len(store) for name, store in state.stores.items()}
+
+    # --- compaction (the policy and the merged files: compaction.py) ----------------------------
+
+    def compact(self, full: bool = False) -> bool:
+        """Merge what the policy (or `full`) asks for; True if a new manifest was published.
+        The merged segments are written and mapped with no lock held; only the swap takes the
+        writer lock, and is abandoned if another compaction replaced one of the segments."""
+        with try_file_lock(self.folder / ".compact.lock") as locked:
+            if not locked:
+                return False
+            self.refresh()
+            base = self._state
+            if base is None:
+                return False
+            plan = compaction.plan(base.stores, full)
+            if not plan:
+                return False
+            merged = {name: compaction.merge(self.folder, base.stores[name], positions) for name, positions in plan.items()}
+            replaced = {name: {base.stores[name].segments[p].file for p in positions} for name, positions in plan.items()}
+            fault_point("compaction-before-swap")
+            # Map the merged segments (and build HNSW graphs) before taking any lock.
+            prepared = self._build(compaction.swapped(base.manifest, merged, replaced), previous=base)
+            with self._write_lock, file_lock(self.lock_path):
+                self.refresh()
+                current = self._state
+                assert current is not None
+                if not compaction.still_live(current.manifest, replaced):
+                    return False
+                candidate = replace(compaction.swapped(current.manifest, merged, replaced), generation=current.generation + 1)
+                state = self._build(candidate, previous=prepared)
+                final = replace(candidate, tombstones=compaction.needed_tombstones(candidate.tombstones, state.stores))
+                consistent = self.db.meta("committed_seq") == str(current.generation)
+                write_json_atomic(self.manifest_path, final.to_json())
+                if consistent:  # the catalogue still agrees: spare the next writer its orphan scan
+                    self.db.set_meta("committed_seq", str(final.generation))
+                self._state = self._build(final, previous=state)
+                self._seen = self._signature()
+                compaction.remove_unreferenced(self.folder, final)
+            compaction.report(plan)
+            return True
 
     # --- writing -------------------------------------------------------------------------------
 

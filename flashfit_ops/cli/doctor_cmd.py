@@ -29,7 +29,7 @@ def doctor(
     proxy, TLS, lock, backups and stores. One line per check; exit 1 if any check fails."""
     from flashfit_ops import console
     from flashfit_ops.doctor import exit_code
-    from flashfit_ops.doctor.registry import all_checks, select
+    from flashfit_ops.doctor.selection import all_checks, select
 
     if list_checks:
         checks = all_checks()

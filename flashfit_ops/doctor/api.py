@@ -20,7 +20,7 @@ def run_doctor(
     """(results, wall seconds). Unknown check names and invalid configs raise UsageError/ConfigError."""
     from flashfit_ops.config import load_config
     from flashfit_ops.doctor.context import DoctorContext
-    from flashfit_ops.doctor.registry import select
+    from flashfit_ops.doctor.selection import select
     from flashfit_ops.doctor.runner import run_checks
 
     checks = select(names)

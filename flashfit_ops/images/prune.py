@@ -1,6 +1,6 @@
 """`flashfit images prune`: drop old backend image tags, keeping everything a deploy or a rollback
-may still need. Deciding is a pure function of what the engine and the history say (unit-tested);
-the engine part only gathers those facts and removes tags.
+may still need. Deciding is a pure function of what the engine and the history say (tags.py,
+unit-tested); this module only gathers those facts and removes tags.
 
 Kept, with the reason shown:
 - a tag whose image a container uses (running, or stopped and retained for a fast rollback), or
@@ -12,56 +12,14 @@ the engine (409) and reported, never forced."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from flashfit_ops.engine.protocol import EngineClient
 from flashfit_ops.images.bootstrap import split_reference
+from flashfit_ops.images.tags import ImageTag, PrunePlan, PruneResult, plan_prune
 
 if TYPE_CHECKING:
     from flashfit_ops.config.model import Config
-
-IN_USE = "used by a container or service"
-ROLLBACK = "rollback target"
-NEWEST = "newest build"
-
-
-@dataclass(frozen=True)
-class ImageTag:
-    version: str
-    image_id: str
-    created: str  # ISO 8601 from the engine; sorts chronologically
-
-
-@dataclass
-class PrunePlan:
-    keep: dict[str, str] = field(default_factory=dict)  # version -> why
-    remove: list[ImageTag] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "keep": [{"version": v, "reason": r} for v, r in self.keep.items()],
-            "remove": [{"version": t.version, "image_id": t.image_id[:19], "created": t.created} for t in self.remove],
-        }
-
-
-def plan_prune(tags: list[ImageTag], *, used_ids: set[str], used_versions: set[str], deployed: list[str], keep: int) -> PrunePlan:
-    """What to keep and what to remove. `deployed` is newest first; `keep` >= 1."""
-    reasons: dict[str, str] = {}
-    for tag in tags:
-        if tag.image_id in used_ids or tag.version in used_versions:
-            reasons.setdefault(tag.version, IN_USE)
-    present = {t.version for t in tags}
-    for version in [v for v in deployed if v in present][:keep]:
-        reasons.setdefault(version, ROLLBACK)
-    ordered = sorted(tags, key=lambda t: t.created, reverse=True)
-    for tag in ordered[:keep]:
-        reasons.setdefault(tag.version, NEWEST)
-    return PrunePlan(
-        keep={t.version: reasons[t.version] for t in ordered if t.version in reasons},
-        remove=[t for t in ordered if t.version not in reasons],
-    )
-
 
 # -- engine -----------------------------------------------------------------------------------
 def list_tags(client: EngineClient, repository: str) -> list[ImageTag]:
@@ -90,16 +48,6 @@ def usage(client: EngineClient, repository: str, project: str, swarm: bool) -> t
                 if repo == repository:
                     versions.add(version)
     return used_ids, versions
-
-
-@dataclass
-class PruneResult:
-    plan: PrunePlan
-    removed: list[str] = field(default_factory=list)
-    refused: dict[str, str] = field(default_factory=dict)  # version -> the engine's reason
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.plan.to_dict(), "removed": self.removed, "refused": self.refused}
 
 
 def remove_tags(client: EngineClient, repository: str, plan: PrunePlan) -> PruneResult:

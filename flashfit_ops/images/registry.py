@@ -21,7 +21,7 @@ import httpx
 from flashfit_ops.config.model import Config
 from flashfit_ops.engine.protocol import EngineClient
 from flashfit_ops.errors import OperationFailed, Unavailable, UsageError
-from flashfit_ops.images.prune import ImageTag, PruneResult, plan_prune
+from flashfit_ops.images.tags import ImageTag, PruneResult, plan_prune
 # The image's name belongs to the service's description (render names it too); re-exported here.
 from flashfit_ops.service_spec import image_repository  # noqa: F401
 from flashfit_ops.service_spec import registry_configured as is_configured

@@ -12,11 +12,11 @@ from flashfit_ops.plan.common import (
     base_steps,
     cutover,
     kept_for_rollback,
-    leftovers,
     other_color,
     retention_cleanup,
 )
 from flashfit_ops.plan.observed import Observed
+from flashfit_ops.plan.repair import leftovers
 from flashfit_ops.plan.steps import RemoveContainer, StartContainer, Step
 
 

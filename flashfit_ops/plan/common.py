@@ -1,5 +1,6 @@
-"""What every strategy shares: labels, names, container specs, and the leftovers policy
-(what a crashed or interrupted deploy may have left, and what to do about it). Pure functions."""
+"""What every strategy shares: labels, names, container specs, the proxy and the cutover, and
+which stopped versions are kept for rollback. Pure functions. What a crashed or interrupted deploy
+left, and what to do about it, is repair.py (`leftovers`), which builds on this module."""
 
 from __future__ import annotations
 
@@ -330,15 +331,6 @@ def cutover(config: Config, proxy: ProxyState, new: tuple[str, ...], old: tuple[
     if monitor is not None:
         steps.append(monitor)
     return steps
-
-
-def leftovers(config: Config, observed: Observed) -> tuple[list[Step], Observed]:
-    """Steps that repair what an interrupted deploy (or a killed container) left, service first,
-    and the state as it will be after them: see flashfit_ops.plan.repair."""
-    from flashfit_ops.plan.repair import plan_repair
-
-    repair = plan_repair(config, observed, restart_stopped=False)
-    return list(repair.steps), repair.view
 
 
 def retained_generations(observed: Observed) -> list[list[ContainerState]]:

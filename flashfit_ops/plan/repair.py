@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from flashfit_ops.config.model import Config
 from flashfit_ops.plan import spare
+from flashfit_ops.plan.common import proxy_spec
 from flashfit_ops.plan.observed import ContainerState, Observed, ProxyState
 from flashfit_ops.plan.steps import (
     CleanProxyFiles,
@@ -108,8 +109,6 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
         steps += [RestartContainer(name) for name in restart]
         steps.append(WaitReady(names=restart, deadline=config.deploy.deadline))
     if live and not proxy.running:
-        from flashfit_ops.plan.common import proxy_spec
-
         findings.append(f"the proxy {proxy.name} is {proxy.state}")
         steps.append(EnsureProxy(spec=proxy_spec(config), slots=live))
     elif live and (restart or live != proxy.applied or proxy.config != proxy.applied or _standby_elsewhere(proxy, live, warm)):
@@ -167,3 +166,11 @@ def plan_repair(config: Config, observed: Observed, *, restart_stopped: bool = T
         ),
     )
     return Repair(tuple(steps), view, tuple(findings))
+
+
+def leftovers(config: Config, observed: Observed) -> tuple[list[Step], Observed]:
+    """What a deploy or rollback runs first: the steps that repair what an interrupted deploy (or
+    a killed container) left, service first, and the state as it will be after them. Nothing
+    stopped is started again (a deploy replaces it)."""
+    repair = plan_repair(config, observed, restart_stopped=False)
+    return list(repair.steps), repair.view

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from flashfit_ops.config.model import Config
 from flashfit_ops.plan import spare
-from flashfit_ops.plan.common import Target, base_steps, cutover, kept_for_rollback, leftovers, retained_generations, retention_cleanup
+from flashfit_ops.plan.common import Target, base_steps, cutover, kept_for_rollback, retained_generations, retention_cleanup
 from flashfit_ops.plan.observed import Observed
+from flashfit_ops.plan.repair import leftovers
 from flashfit_ops.plan.steps import RemoveContainer, RestartContainer, Step
 
 

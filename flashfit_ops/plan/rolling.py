@@ -15,13 +15,13 @@ from flashfit_ops.plan.common import (
     backend_spec,
     base_steps,
     kept_for_rollback,
-    leftovers,
     retention_cleanup,
     slot_layout,
     traffic_step,
     warm_window,
 )
 from flashfit_ops.plan.observed import Observed
+from flashfit_ops.plan.repair import leftovers
 from flashfit_ops.plan.steps import Drain, Monitor, ReleaseStandby, RemoveContainer, StartContainer, Step, WaitReady
 
 

@@ -11,6 +11,8 @@ functions too), so a forbidden import fails here before it ships.
       cli               never the Docker SDK or boto3 itself (it calls the library)
       engine            the only package that imports the Docker SDK (connect, protocol, errors)
       subpackages       no import cycles between them
+    every file            no import cycle between files of the three packages (an import inside a
+                          function counts: it still ties the two files together)
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import ast
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,13 +40,13 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(source: str, module: str, is_package: bool) -> set[str]:
-    """Every module `source` imports, at any depth of the file; relative imports resolved, and
-    `from package import name` counted as package.name too (name may be a submodule)."""
-    found: set[str] = set()
+def import_statements(source: str, module: str, is_package: bool) -> Iterator[tuple[str, list[str]]]:
+    """(module named, names taken from it) for each import at any depth of the file, relative
+    imports resolved; a plain `import a.b` takes no names."""
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
+            for alias in node.names:
+                yield alias.name, []
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = module.split(".")
@@ -52,18 +54,84 @@ def imports_of(source: str, module: str, is_package: bool) -> set[str]:
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
-            found.add(target)
-            found.update(f"{target}.{alias.name}" for alias in node.names)
+            yield target, [alias.name for alias in node.names]
+
+
+def imports_of(source: str, module: str, is_package: bool) -> set[str]:
+    """Every module `source` imports, at any depth of the file; relative imports resolved, and
+    `from package import name` counted as package.name too (name may be a submodule)."""
+    found: set[str] = set()
+    for target, names in import_statements(source, module, is_package):
+        found.add(target)
+        found.update(f"{target}.{name}" for name in names)
     return found
 
 
+def file_imports(source: str, module: str, is_package: bool, modules: set[str]) -> set[str]:
+    """The files of `modules` that `source` imports: `from package import name` ties it to the
+    file package/name.py when there is one, else to package/__init__.py (which defines name)."""
+    found: set[str] = set()
+    for target, names in import_statements(source, module, is_package):
+        submodules = {f"{target}.{name}" for name in names} & modules
+        found |= submodules
+        if target in modules and (not names or len(submodules) < len(names)):
+            found.add(target)
+    found.discard(module)
+    return found
+
+
+def source_files() -> dict[str, Path]:
+    return {module_name(path): path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py"))}
+
+
 def source_imports() -> dict[str, set[str]]:
-    graph: dict[str, set[str]] = {}
-    for package in PACKAGES:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            name = module_name(path)
-            graph[name] = imports_of(path.read_text(encoding="utf-8"), name, path.name == "__init__.py")
-    return graph
+    return {
+        name: imports_of(path.read_text(encoding="utf-8"), name, path.name == "__init__.py")
+        for name, path in source_files().items()
+    }
+
+
+def file_graph() -> dict[str, set[str]]:
+    files = source_files()
+    modules = set(files)
+    return {
+        name: file_imports(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", modules)
+        for name, path in files.items()
+    }
+
+
+def file_cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """The groups of files that import each other in a loop (strongly connected components of two
+    or more files, Tarjan's algorithm), each sorted, smallest first member first."""
+    edges = {node: sorted(set(targets) & set(graph)) for node, targets in graph.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in edges[node]:
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group: list[str] = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+                on_stack.discard(group[-1])
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for node in sorted(edges):
+        if node not in index:
+            visit(node)
+    return sorted(groups)
 
 
 def within(name: str, prefix: str) -> bool:
@@ -148,6 +216,45 @@ def test_no_import_cycles_between_flashfit_ops_subpackages() -> None:
     # Each known exception still exists: one that is gone must leave the list.
     for module, unit in sorted(KNOWN_CYCLE_EDGES):
         assert any(within(t, unit) for t in graph[module]), f"{module} no longer imports {unit}: drop it from KNOWN_CYCLE_EDGES"
+
+
+def test_no_import_cycles_between_files() -> None:
+    """flashfit_ops, flashfit_server and flashfit_contract, file by file: an import inside a
+    function counts too (it only hides a loop until the function runs). Break a loop by moving
+    what both files need into a lower module, not by importing later."""
+    assert file_cycles(file_graph()) == []
+
+
+def test_the_file_cycle_check_finds_the_loops_it_must() -> None:
+    """The checker itself, on loops this tree once had (each written as its files wrote it)."""
+    modules = {
+        "flashfit_ops.images.prune", "flashfit_ops.images.registry", "flashfit_ops.images",
+        "flashfit_ops.plan", "flashfit_ops.plan.common", "flashfit_ops.plan.repair", "flashfit_ops.plan.spare",
+        "flashfit_ops.plan.blue_green", "flashfit_ops.doctor.registry", "flashfit_ops.doctor.checks",
+        "flashfit_ops.doctor.checks.gpu", "flashfit_server.datastore", "flashfit_server.compaction",
+    }
+    sources = {
+        "flashfit_ops.images.prune": ("def remote():\n    from flashfit_ops.images.registry import prune_remote\n", False),
+        "flashfit_ops.images.registry": ("from flashfit_ops.images.prune import ImageTag\n", False),
+        "flashfit_ops.plan.common": ("def leftovers():\n    from flashfit_ops.plan.repair import plan_repair\n", False),
+        "flashfit_ops.plan.repair": ("from flashfit_ops.plan import spare\n", False),
+        "flashfit_ops.plan.spare": ("from flashfit_ops.plan.common import Target\n", False),
+        "flashfit_ops.doctor.registry": ("def all_checks():\n    from flashfit_ops.doctor.checks import ORDER\n", False),
+        "flashfit_ops.doctor.checks": ("from flashfit_ops.doctor.checks import gpu\nORDER = []\n", True),
+        "flashfit_ops.doctor.checks.gpu": ("from ..registry import check\n", False),
+        "flashfit_server.datastore": ("def loop():\n    from flashfit_server.compaction import compact\n", False),
+        "flashfit_server.compaction": ("from flashfit_server.datastore import DataStore\n", False),
+        # Not a loop: `from flashfit_ops.plan import spare` names plan/spare.py, not plan/__init__.py.
+        "flashfit_ops.plan": ("from flashfit_ops.plan import blue_green\n", True),
+        "flashfit_ops.plan.blue_green": ("from flashfit_ops.plan.repair import plan_repair\n", False),
+    }
+    graph = {name: file_imports(source, name, is_package, modules) for name, (source, is_package) in sources.items()}
+    assert file_cycles(graph) == [
+        ["flashfit_ops.doctor.checks", "flashfit_ops.doctor.checks.gpu", "flashfit_ops.doctor.registry"],
+        ["flashfit_ops.images.prune", "flashfit_ops.images.registry"],
+        ["flashfit_ops.plan.common", "flashfit_ops.plan.repair", "flashfit_ops.plan.spare"],
+        ["flashfit_server.compaction", "flashfit_server.datastore"],
+    ]
 
 
 def test_the_rules_catch_forbidden_imports() -> None:

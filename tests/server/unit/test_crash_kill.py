@@ -70,7 +70,6 @@ COMPACTING_WRITER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from flashfit_server.compaction import compact
     from flashfit_server.datastore import DataStore, NewItem
     from flashfit_server.storebench import random_unit_vectors
 
@@ -87,7 +86,7 @@ COMPACTING_WRITER = textwrap.dedent(
             if item.id % 3 == 0:
                 print("deleting", item.id - 1, flush=True)
                 store.delete_item(item.id - 1)
-        compact(store, full=True)
+        store.compact(full=True)
         print("compacted", flush=True)
     """
 )

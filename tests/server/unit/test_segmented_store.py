@@ -77,7 +77,7 @@ def test_compaction_merges_segments_drops_tombstones_and_keeps_every_answer(tmp_
     query = new_item(5).vectors["clip"]
     expected = top(store, "clip", query, 10)
     old_files = set(files(tmp_path))
-    assert compaction.compact(store, full=True)
+    assert store.compact(full=True)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert {name: len(manifest["stores"][name]) for name in STORE_NAMES} == {"clip": 1, "blip": 1, "fashion": 1}
     assert manifest["tombstones"] == []
@@ -108,7 +108,7 @@ def test_a_crash_during_compaction_loses_nothing(tmp_path: Path, point: str) -> 
     atomic.set_fault_hook(lambda step: (_ for _ in ()).throw(KeyboardInterrupt()) if step.startswith(point) else None)
     try:
         with pytest.raises(KeyboardInterrupt):
-            compaction.compact(store, full=True)
+            store.compact(full=True)
     finally:
         atomic.set_fault_hook(None)
     validate_data_folder(tmp_path)
@@ -116,7 +116,7 @@ def test_a_crash_during_compaction_loses_nothing(tmp_path: Path, point: str) -> 
     with fresh.read() as state:
         assert sorted(state.catalog.items) == [1, 2, 3, 5, 6]
         assert all(len(state.stores[n]) == 5 for n in STORE_NAMES)
-    assert compaction.compact(fresh, full=True)  # and the debris of the crash is cleaned up
+    assert fresh.compact(full=True)  # and the debris of the crash is cleaned up
     validate_data_folder(tmp_path)
     assert len(list((tmp_path / "segments").iterdir())) == 3
 
@@ -129,7 +129,7 @@ def test_hnsw_serves_new_vectors_from_flat_side_segments_until_compaction(tmp_pa
     with store.read() as state:
         assert len(state.stores["clip"].graphs()) == 1
     assert top(store, "clip", new_item(1000).vectors["clip"], 1) == [late.id]
-    compaction.compact(store, full=True)
+    store.compact(full=True)
     with store.read() as state:
         assert len(state.stores["clip"].segments) == 1
     assert top(store, "clip", new_item(1000).vectors["clip"], 1) == [late.id]
@@ -355,7 +355,7 @@ def test_an_hnsw_graph_is_built_once_stored_beside_its_segment_and_mapped_by_eve
     assert all(_mapped(name) for name in _graph_files(tmp_path))
     query = new_item(7).vectors["clip"]
     assert top(reader, "clip", query, 3) == top(writer, "clip", query, 3) and top(reader, "clip", query, 1) == [8]
-    compaction.compact(writer, full=True)  # a new merged segment: its graph replaces the old one
+    writer.compact(full=True)  # a new merged segment: its graph replaces the old one
     names = _graph_files(tmp_path)
     with writer.read() as state:
         live = {e.file.split("/")[1][: -len(".seg")] for e in state.manifest.entries()}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from flashfit_ops.doctor.checks import gpu
 from flashfit_ops.doctor.context import DoctorContext, Settings
-from flashfit_ops.doctor.registry import all_checks
+from flashfit_ops.doctor.selection import all_checks
 from flashfit_ops.doctor.result import FAILURE, OK, WARNING
 from tests.unit.ops.test_doctor_checks import NOW, FakeClient, FakeExec, _transport, config, container
 

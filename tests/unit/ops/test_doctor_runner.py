@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from flashfit_ops.doctor.registry import Check, all_checks, select
+from flashfit_ops.doctor.registry import Check
+from flashfit_ops.doctor.selection import all_checks, select
 from flashfit_ops.doctor.report import lines, summary_line
 from flashfit_ops.doctor.result import FAILURE, OK, WARNING, CheckResult, Finding, combine, exit_code, failure, ok, warning
 from flashfit_ops.doctor.runner import run_checks

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flashfit_ops.images.prune import IN_USE, NEWEST, ROLLBACK, ImageTag, plan_prune
+from flashfit_ops.images.tags import IN_USE, NEWEST, ROLLBACK, ImageTag, plan_prune
 
 
 def tags(*versions: str) -> list[ImageTag]:

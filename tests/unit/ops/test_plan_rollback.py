@@ -52,7 +52,7 @@ def test_after_a_rollback_the_newer_version_is_retained_not_a_leftover(tmp_path:
     kept for rolling forward again, because it is recorded as having served."""
     import dataclasses
 
-    from flashfit_ops.plan.common import leftovers
+    from flashfit_ops.plan.repair import leftovers
 
     config = make_config(tmp_path)
     v1 = backend("blue", 1, deploy_id=OLDER, version="v1")

@@ -12,7 +12,7 @@ import pytest
 from flashfit_ops.config.load import resolve
 from flashfit_ops.errors import ConfigError, UsageError
 from flashfit_ops.images import registry
-from flashfit_ops.images.prune import ImageTag
+from flashfit_ops.images.tags import ImageTag
 
 DIGEST = {v: "sha256:" + c * 64 for v, c in {"v0": "0", "v1": "1", "v2": "2", "v3": "3", "v3b": "3"}.items()}
 
