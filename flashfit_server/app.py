@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     datastore = DataStore(
         settings.vector_store_dir,
-        kind=settings.vector_index,  # type: ignore[arg-type]
+        kind=settings.vector_index,
         default_weights=initial_weights(*settings.fusion_weights),
         refresh_interval=settings.refresh_interval,
     )

@@ -268,7 +268,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                 print(f"error: {slot}: {state.error}", file=sys.stderr)
         return EXIT_CONFIG
     configure_faiss(os.cpu_count() or 1)
-    store = DataStore(settings.vector_store_dir, settings.vector_index, initial_weights(*settings.fusion_weights))  # type: ignore[arg-type]
+    store = DataStore(settings.vector_store_dir, settings.vector_index, initial_weights(*settings.fusion_weights))
     store.open(registry.dims())
     from flashfit_server.replica import replica_for
     from flashfit_server.sharedlog import SyncError

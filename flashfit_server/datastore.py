@@ -422,7 +422,7 @@ class DataStore:
             self.refresh()
             if self.problem:
                 raise StoreError(f"the data folder on disk is not valid, refusing to write: {self.problem}")
-            yield self._state  # type: ignore[misc]
+            yield self._state
 
     def _orphan_tombstones(self, state: DataState, seq: int) -> dict[int, int]:
         """Vectors whose catalogue row never got committed (a writer killed mid-add, or mid-delete

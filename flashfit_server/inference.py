@@ -86,13 +86,13 @@ class InferenceQueue:
         self._held = keep
         while len(batch) < self.max_batch:
             try:
-                job = self._jobs.get_nowait()
+                queued = self._jobs.get_nowait()
             except queue.Empty:
                 break
-            if job is None:
+            if queued is None:
                 self._jobs.put(None)
                 break
-            (batch if job.key == first.key else self._held).append(job)
+            (batch if queued.key == first.key else self._held).append(queued)
         return batch
 
     def _run(self) -> None:

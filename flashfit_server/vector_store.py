@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import faiss
 import numpy as np
@@ -29,6 +29,7 @@ from flashfit_server.atomic import (
 )
 
 IndexKind = Literal["flat", "hnsw"]
+Inner = TypeVar("Inner", bound=faiss.Index)
 FORMAT_VERSION = 1
 HNSW_M = 32
 
@@ -63,9 +64,11 @@ class SearchHits:
 
 
 def _new_index(dim: int, kind: IndexKind) -> faiss.IndexIDMap2:
+    inner: faiss.Index
     if kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        inner.hnsw.efConstruction = 80
+        graph = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        graph.hnsw.efConstruction = 80
+        inner = graph
     else:
         inner = faiss.IndexFlatIP(dim)
     return faiss.IndexIDMap2(inner)
@@ -78,7 +81,10 @@ class VectorStore:
         self.name = name
         self.dim = dim
         self.kind: IndexKind = kind
-        self.index = index if index is not None else _new_index(dim, kind)
+        index = index if index is not None else _new_index(dim, kind)
+        if not isinstance(index, faiss.IndexIDMap2):  # faiss hands loaded indexes back as their own class
+            raise StoreError(f"store {name!r}: the index file holds class {type(index).__name__}, not an id-mapped index")
+        self.index = index
         self._ids = set(faiss.vector_to_array(self.index.id_map).tolist())
         self.ef_search = 64
 
@@ -133,7 +139,7 @@ class VectorStore:
             empty = SearchHits(np.zeros(0, np.int64), np.zeros(0, np.float32))
             return [empty for _ in range(len(queries))]
         if self.kind == "hnsw":
-            faiss.downcast_index(self.index.index).hnsw.efSearch = max(self.ef_search, k)
+            self._inner(faiss.IndexHNSW).hnsw.efSearch = max(self.ef_search, k)
         if self.kind == "flat" and len(queries) < FEW_QUERIES and len(self) * self.dim >= TORCH_SCAN_FLOATS:
             scores, ids = self._flat_search_torch(queries, k)
         else:
@@ -144,19 +150,26 @@ class VectorStore:
             hits.append(SearchHits(row_ids[found], row_scores[found]))
         return hits
 
+    def _inner(self, kind: type[Inner]) -> Inner:
+        """The index behind the id map, as the class its kind makes (a file of another kind is refused)."""
+        inner = faiss.downcast_index(self.index.index)
+        if not isinstance(inner, kind):
+            raise StoreError(f"store {self.name!r} is recorded as {self.kind} but its index is of class {type(inner).__name__}")
+        return inner
+
     def _flat_search_torch(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact inner-product top-k over the flat index's own storage (views, no copies), best
         first, equal scores in storage order. Callers hold the store steady (DataStore.read)."""
         import torch
 
-        flat = faiss.downcast_index(self.index.index)
+        flat = self._inner(faiss.IndexFlat)
         count = int(flat.ntotal)
         vectors = torch.from_numpy(faiss.rev_swig_ptr(flat.get_xb(), count * self.dim).reshape(count, self.dim))
         ids = faiss.rev_swig_ptr(self.index.id_map.data(), count)
         with torch.inference_mode():
-            scores = torch.from_numpy(queries) @ vectors.T
-            top = torch.topk(scores, k, dim=1).indices.numpy()
-            scores = scores.numpy()
+            products = torch.from_numpy(queries) @ vectors.T
+            top = torch.topk(products, k, dim=1).indices.numpy()
+            scores = products.numpy()
         top.sort(axis=1)  # storage order, then a stable sort by score keeps it among equals
         top_scores = np.take_along_axis(scores, top, axis=1)
         order = np.argsort(-top_scores, axis=1, kind="stable")
@@ -169,10 +182,10 @@ class VectorStore:
         """Write the index file, then commit the json that names it; returns the json payload."""
         folder.mkdir(parents=True, exist_ok=True)
         data = faiss.serialize_index(self.index)
-        sha = sha256_bytes(memoryview(data))
+        sha = sha256_bytes(data.data)  # the array's buffer, no copy
         # Content in the name: rewriting the same generation can never alter a committed file.
         index_file = f"{self.name}-{generation:010d}-{sha[:16]}.index"
-        write_bytes_atomic(folder / index_file, memoryview(data))
+        write_bytes_atomic(folder / index_file, data.data)
         fault_point(f"between-index-and-json:{self.name}")
         meta = {
             "format": FORMAT_VERSION,

@@ -127,7 +127,8 @@ def _write_clip(dest: Path, size: Size, seed: int, projection_dim: int) -> None:
     vocab, merges = clip_vocab()
     (dest / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (dest / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])
+    # transformers annotates merges as list[str], but the tokenizers BPE it builds takes (a, b) pairs.
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges])  # type: ignore[misc]
     side = 224 if size == "full" else 32
     images = CLIPImageProcessor(size={"shortest_edge": side}, crop_size={"height": side, "width": side})
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(dest)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -9,7 +11,7 @@ from flashfit_server.auth import require_auth
 from flashfit_server.schemas import ErrorBody, FeedbackRequest, RecommendRequest, RecommendResponse
 
 router = APIRouter(prefix="/api/fusion", tags=["fusion"])
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)}
 
 
 @router.post("/recommend", response_model=RecommendResponse, responses=ERRORS)

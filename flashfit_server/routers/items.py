@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Path, Query, Request, UploadFile
 from fastapi.responses import FileResponse
@@ -17,7 +17,7 @@ from flashfit_server.service import ItemFields
 router = APIRouter(prefix="/api/items", tags=["items"])
 
 ItemId = Annotated[int, Path(ge=1, le=MAX_ITEM_ID), PLAIN_DIGITS]
-ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)}
+ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorBody} for status in (400, 401, 404, 413, 415, 422, 503)}
 MAX_TAGS = 32
 
 

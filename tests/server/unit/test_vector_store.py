@@ -79,6 +79,37 @@ def test_a_tampered_index_file_is_refused(tmp_path: Path) -> None:
         VectorStore.load(tmp_path, "clip", 16)
 
 
+def _replace_index(folder: Path, index: object, **meta_changes: object) -> None:
+    """Write `index` as the committed file, with a size and sha256 that match it (not tampered)."""
+    import faiss
+
+    meta_path = folder / "clip.json"
+    meta = json.loads(meta_path.read_text())
+    data = faiss.serialize_index(index).tobytes()
+    (folder / meta["index_file"]).write_bytes(data)
+    meta.update(size=len(data), sha256=atomic.sha256_bytes(data), **meta_changes)
+    meta_path.write_text(json.dumps(meta))
+
+
+def test_an_index_file_without_an_id_map_is_refused(tmp_path: Path) -> None:
+    import faiss
+
+    _filled("flat")[0].save(tmp_path, 1)
+    _replace_index(tmp_path, faiss.IndexFlatIP(16))
+    with pytest.raises(StoreError, match="not an id-mapped index"):
+        VectorStore.load(tmp_path, "clip", 16)
+
+
+def test_an_index_of_another_kind_than_recorded_is_refused(tmp_path: Path) -> None:
+    """A flat index recorded as hnsw: searching names the mismatch instead of an AttributeError."""
+    store, _, vectors = _filled("flat")
+    store.save(tmp_path, 1)
+    _replace_index(tmp_path, store.index, kind="hnsw")
+    loaded = VectorStore.load(tmp_path, "clip", 16, "hnsw")
+    with pytest.raises(StoreError, match="recorded as hnsw but its index is of class IndexFlatIP"):
+        loaded.search(vectors[0], 3)
+
+
 def test_a_dimension_change_is_refused(tmp_path: Path) -> None:
     _filled("flat")[0].save(tmp_path, 1)
     with pytest.raises(StoreError, match="re-ingest"):
