@@ -27,6 +27,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -45,10 +46,13 @@ from flashfit_server.sharedlog import (
     BlobRef,
     ItemRecord,
     LogUnreachable,
+    Part,
+    PartRef,
     Record,
     SharedLog,
     SyncError,
     SyncTarget,
+    parse_part,
 )
 
 log = logging.getLogger(__name__)
@@ -57,6 +61,8 @@ SYNC_SEQ_KEY = "sync_seq"
 SYNC_LOG_KEY = "sync_log"
 APPLY_BATCH_ITEMS = 2_000  # consecutive adds applied as one local commit while catching up
 DOWNLOAD_THREADS = 8
+
+BlobFetch = Callable[[str, BlobRef], bytes]  # (kind, ref) -> verified bytes
 
 
 def decode_segment(data: bytes, ids: list[int], dim: int, name: str) -> np.ndarray:
@@ -133,7 +139,8 @@ class Replica:
             if count:
                 raise SyncError(
                     f"the data folder holds {count} items that are not in the shared log {self.shared.url}: "
-                    "start this node from an empty data folder (see README, multi-node)")
+                    "seed an empty log with it (`flashfit-server catalog publish`) or start this node from an "
+                    "empty data folder (see README, multi-node)")
             db.set_meta(SYNC_LOG_KEY, self.shared.url)
 
     def _set_problem(self, exc: BaseException | None, context: str = "") -> None:
@@ -184,10 +191,44 @@ class Replica:
             batch = []
             if record.op == "add":
                 batch.append(record)
+            elif record.op == "import":
+                self._apply_import(record)
             else:
                 self._apply_delete(record)
         self._apply_adds(batch)
         return len(records)
+
+    def _fetch_parts(self, refs: Sequence[PartRef], dims: Mapping[str, int], where: str) -> list[Part]:
+        """The parts an import record or a checkpoint names, each checked, ids unique across them."""
+        def fetch(ref: PartRef) -> Part:
+            return parse_part(self.shared.get_blob("parts", ref.blob), ref)
+
+        with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
+            parts = list(pool.map(fetch, refs))
+        seen: set[int] = set()
+        for part in parts:
+            if dict(part.dims) != dict(dims):
+                raise SyncError(f"{part.where} holds other dims than {where}")
+            if seen.intersection(part.ids):
+                raise SyncError(f"{where}: item {min(seen.intersection(part.ids))} is in two parts")
+            seen.update(part.ids)
+        return parts
+
+    def _apply_parts(self, parts: list[Part], fetch: BlobFetch | None = None) -> None:
+        """Parts as local commits of about APPLY_BATCH_ITEMS items; a part already here is skipped."""
+        batch: list[Part] = []
+        for part in parts:
+            batch.append(part)
+            if sum(len(p.items) for p in batch) >= APPLY_BATCH_ITEMS:
+                self._add_bodies(batch, fetch)
+                batch = []
+        self._add_bodies(batch, fetch)
+
+    def _apply_import(self, record: Record) -> None:
+        """Record 1 holding a whole published catalogue: its parts, then its next_id, then sync_seq."""
+        self._apply_parts(self._fetch_parts(record.parts, record.dims, record.where))
+        self.store.db.set_meta("next_id", str(max(record.next_id, self.store.db.next_id())))
+        self.store.db.set_meta(SYNC_SEQ_KEY, str(record.seq))
 
     def _apply_delete(self, record: Record) -> None:
         with contextlib.suppress(NotFound):
@@ -197,31 +238,35 @@ class Replica:
     def _apply_adds(self, records: list[Record]) -> None:
         if not records:
             return
-        todo: list[Record] = []
-        for record in records:
-            present = self.store.db.present(record.ids, MAX_ID)
-            if len(present) == len(record.ids):
-                continue  # applied before a kill that came ahead of sync_seq
-            if present:
-                raise SyncError(f"log record {record.seq}: items {sorted(present)[:5]} exist here already")
-            todo.append(record)
-        news, ids = self._download(todo)
-        if news:
-            self.store.add_items(news, assigned=ids)
+        self._add_bodies(records)
         self.store.db.set_meta(SYNC_SEQ_KEY, str(records[-1].seq))
 
-    def _download(self, records: list[Record]) -> tuple[list[NewItem], list[int]]:
+    def _add_bodies(self, bodies: Sequence[Record | Part], fetch: BlobFetch | None = None) -> None:
+        """Add records' (or parts') items as one local commit, skipping those already applied."""
+        todo: list[Record | Part] = []
+        for body in bodies:
+            present = self.store.db.present(body.ids, MAX_ID)
+            if len(present) == len(body.ids):
+                continue  # applied before a kill that came ahead of sync_seq
+            if present:
+                raise SyncError(f"{body.where}: items {sorted(present)[:5]} exist here already")
+            todo.append(body)
+        news, ids = self._download(todo, fetch or self.shared.get_blob)
+        if news:
+            self.store.add_items(news, assigned=ids)
+
+    def _download(self, records: Sequence[Record | Part], fetch: BlobFetch) -> tuple[list[NewItem], list[int]]:
         dims = self._dims()
         for record in records:
             for name in STORE_NAMES:
                 if record.dims[name] != dims[name]:
-                    raise SyncError(f"log record {record.seq} holds {record.dims[name]}-d {name} vectors, the models "
+                    raise SyncError(f"{record.where} holds {record.dims[name]}-d {name} vectors, the models "
                                     f"here make {dims[name]}-d ones: this node runs other checkpoints")
         jobs: list[tuple[str, BlobRef]] = [("segments", r.segments[n]) for r in records for n in STORE_NAMES]
         jobs += [("images", item.image) for r in records for item in r.items]
         unique = list(dict.fromkeys(jobs))  # the same image (or segment) is fetched once
         with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
-            fetched = dict(zip(unique, pool.map(lambda job: self.shared.get_blob(*job), unique), strict=True))
+            fetched = dict(zip(unique, pool.map(lambda job: fetch(*job), unique), strict=True))
         blobs = [fetched[job] for job in jobs]
         segments, images = iter(blobs[:3 * len(records)]), iter(blobs[3 * len(records):])
         news: list[NewItem] = []
