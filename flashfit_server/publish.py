@@ -27,29 +27,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numpy as np
-
-from flashfit_contract.datafolder import STORE_NAMES
 from flashfit_server.atomic import file_lock
 from flashfit_server.catalog import Item
-from flashfit_server.datastore import DataState, DataStore
+from flashfit_server.checkpoints import PART_ITEMS, put_once, upload_part
+from flashfit_server.datastore import DataStore
 from flashfit_server.replica import SYNC_LOG_KEY, SYNC_SEQ_KEY
-from flashfit_server.segments import encode
-from flashfit_server.sharedlog import (
-    _EXTENSION,
-    BlobRef,
-    Checkpoint,
-    ItemRecord,
-    Part,
-    PartRef,
-    Record,
-    SharedLog,
-    SyncError,
-)
+from flashfit_server.sharedlog import _EXTENSION, Checkpoint, ItemRecord, PartRef, Record, SharedLog, SyncError
 
 log = logging.getLogger(__name__)
 
-PART_ITEMS = 2_000
 UPLOAD_THREADS = 8
 
 
@@ -68,26 +54,6 @@ class Published:
     already: bool = False  # the folder already followed this log: nothing was done
 
 
-def upload_part(shared: SharedLog, state: DataState, records: list[ItemRecord]) -> PartRef:
-    """One part: a segment per store with these items' vectors (from the local folder), then the
-    part JSON naming the items and segments. Blobs already in the bucket are not sent again."""
-    ids = np.asarray([r.id for r in records], np.int64)
-    segments: dict[str, BlobRef] = {}
-    for name in STORE_NAMES:
-        segments[name] = _put(shared, "segments", encode(ids, state.stores[name].vectors(ids)))
-    dims = dict(state.manifest.dims)
-    part = Part(dims, tuple(records), segments)
-    ref = _put(shared, "parts", part.encode())
-    return PartRef(ref.sha256, ref.size, len(records))
-
-
-def _put(shared: SharedLog, kind: str, data: bytes) -> BlobRef:
-    from flashfit_server.sharedlog import sha256_hex
-
-    ref = BlobRef(sha256_hex(data), len(data))
-    return ref if shared.has_blob(kind, ref) else shared.put_blob(kind, data)
-
-
 def _item_record(store: DataStore, item: Item, shared: SharedLog) -> ItemRecord:
     extension = item.image_file.rpartition(".")[2]
     if "." not in item.image_file or not _EXTENSION.match(extension):
@@ -97,7 +63,7 @@ def _item_record(store: DataStore, item: Item, shared: SharedLog) -> ItemRecord:
     except (OSError, ValueError) as exc:  # DataFolderError is a ValueError
         raise FolderProblem(f"item {item.id}: cannot read its image: {exc}") from None
     return ItemRecord(id=item.id, name=item.name, caption=item.caption, created_at=item.created_at,
-                      image=_put(shared, "images", data), image_extension=extension, category=item.category,
+                      image=put_once(shared, "images", data), image_extension=extension, category=item.category,
                       color=item.color, tags=tuple(item.tags), user_id=item.user_id)
 
 
@@ -131,7 +97,7 @@ def publish(store: DataStore, shared: SharedLog, progress: Callable[[str], None]
             items = state.catalog.fetch(chunk)
             with ThreadPoolExecutor(UPLOAD_THREADS) as pool:
                 records = list(pool.map(lambda i: _item_record(store, items[i], shared), chunk))
-            refs.append(upload_part(shared, state, records))
+            refs.append(upload_part(shared, state, records)[0])
             progress(f"uploaded {min(len(ids), len(refs) * PART_ITEMS)}/{len(ids)} items")
         writer = f"{socket.gethostname()}/{os.getpid()}/publish"
         next_id = db.next_id()

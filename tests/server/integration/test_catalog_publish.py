@@ -20,7 +20,7 @@ from flashfit_server.sharedlog import LogUnreachable, Record, SharedLog, SyncErr
 from tests.integration.ops.test_backup_helpers import CREDENTIALS, free_port
 from tests.server.conftest import image_bytes
 from tests.server.integration.conftest import start_server
-from tests.server.integration.sync_helpers import DIMS, new_bucket, new_item, replica, server_env
+from tests.server.integration.sync_helpers import DIMS, new_bucket, new_item, replica, same_catalogue, server_env
 
 pytestmark = pytest.mark.integration
 
@@ -52,20 +52,6 @@ def run_publish(folder: Path, url: str, endpoint: str | None) -> subprocess.Comp
     if endpoint:
         command += ["--endpoint", endpoint]
     return subprocess.run(command, env={**os.environ, **CREDENTIALS}, capture_output=True, text=True, timeout=120)
-
-
-def same_catalogue(a: DataStore, b: DataStore) -> None:
-    ids = a.db.all_ids()
-    assert b.db.all_ids() == ids
-    left, right = a.db.fetch(ids, 2**62), b.db.fetch(ids, 2**62)
-    for item_id in ids:
-        x, y = left[item_id], right[item_id]
-        assert (x.name, x.caption, x.tags, x.category, x.created_at) == (y.name, y.caption, y.tags, y.category, y.created_at)
-        assert a.image_path(x).read_bytes() == b.image_path(y).read_bytes()
-    with a.read() as sa, b.read() as sb:
-        for name in DIMS:
-            order = sorted(ids)
-            assert np.array_equal(sa.stores[name].vectors(order), sb.stores[name].vectors(order))
 
 
 def test_an_existing_folder_is_published_and_every_new_node_serves_it_with_the_same_ids(
