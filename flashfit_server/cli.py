@@ -367,6 +367,9 @@ def cmd_catalog_publish(args: argparse.Namespace) -> int:
         store.close()
     if done.already:
         print(f"{folder} already follows {shared.url} ({done.items} items): nothing to do")
+    elif done.resumed:
+        print(f"log record 1 of {shared.url} is this folder's own import ({done.items} items): the folder now "
+              "follows the log")
     else:
         print(f"published {done.items} items of {folder} as log record 1 of {shared.url} ({done.parts} parts); "
               "start every node with CATALOG_SYNC_URL set to it")

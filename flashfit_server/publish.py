@@ -7,7 +7,8 @@ would pick one by timing. The command is run once, by a person, on the folder th
 
 Order (each step safe to rerun after a crash; blobs are content-addressed, and one already in the
 bucket at its size is not uploaded again):
-  1. refuse unless the log is empty (or this folder already follows this very log: nothing to do);
+  1. refuse unless the log is empty (or this folder already follows this very log: nothing to do;
+     or record 1 is this folder's own import, written by a publish that died before step 4);
   2. upload every item's image, then parts of PART_ITEMS items (one segment per store + a JSON
      part naming the items with their ids, so references to them stay valid);
   3. under the folder's write lock (no local commit can slip in), check the folder did not change,
@@ -32,7 +33,16 @@ from flashfit_server.catalog import Item
 from flashfit_server.checkpoints import PART_ITEMS, put_once, upload_part
 from flashfit_server.datastore import DataStore
 from flashfit_server.replica import SYNC_LOG_KEY, SYNC_SEQ_KEY
-from flashfit_server.sharedlog import _EXTENSION, Checkpoint, ItemRecord, PartRef, Record, SharedLog, SyncError
+from flashfit_server.sharedlog import (
+    _EXTENSION,
+    Checkpoint,
+    ItemRecord,
+    LogUnreachable,
+    PartRef,
+    Record,
+    SharedLog,
+    SyncError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +62,7 @@ class Published:
     items: int
     parts: int
     already: bool = False  # the folder already followed this log: nothing was done
+    resumed: bool = False  # record 1 was this folder's import already (a publish died before marking)
 
 
 def _item_record(store: DataStore, item: Item, shared: SharedLog) -> ItemRecord:
@@ -84,9 +95,18 @@ def publish(store: DataStore, shared: SharedLog, progress: Callable[[str], None]
             return Published(db.count(), 0, already=True)
         raise PublishRefused(f"the data folder follows {shared.url}, yet that log is empty (a wiped bucket?): "
                              "publish a copy of the folder that never followed a log")
+    not_empty = PublishRefused(f"the log {shared.url} is not empty (head: log record {head}): only an empty log "
+                               "can be seeded; start this node from an empty data folder to follow it instead")
+    ours: Record | None = None  # record 1 is this folder's own import when a publish died before marking
     if head:
-        raise PublishRefused(f"the log {shared.url} is not empty (head: log record {head}): only an empty log "
-                             "can be seeded; start this node from an empty data folder to follow it instead")
+        try:
+            ours = shared.get_record(1)
+        except SyncError as exc:
+            if isinstance(exc, LogUnreachable):
+                raise
+            raise not_empty from None
+        if ours.op != "import":
+            raise not_empty
     with store.read() as state:
         ids = sorted(state.catalog.present(db.all_ids()))
         if not ids:
@@ -102,6 +122,8 @@ def publish(store: DataStore, shared: SharedLog, progress: Callable[[str], None]
         writer = f"{socket.gethostname()}/{os.getpid()}/publish"
         next_id = db.next_id()
         record = Record(1, "import", writer, dims=dict(state.manifest.dims), parts=tuple(refs), next_id=next_id)
+        if ours is not None and (ours.parts, ours.next_id, dict(ours.dims)) != (record.parts, next_id, record.dims):
+            raise not_empty  # an import, but of another catalogue
         with file_lock(store.lock_path):  # no local commit between the check and the mark
             store.refresh()
             with store.read() as now:
@@ -109,12 +131,14 @@ def publish(store: DataStore, shared: SharedLog, progress: Callable[[str], None]
             if changed:
                 raise FolderProblem("the data folder changed while it was being published (is a server still "
                                     "writing to it?): stop it and run the command again")
-            if not shared.append(record):
+            if ours is None and not shared.append(record):
                 raise PublishRefused(f"another writer created log record 1 of {shared.url} while this folder was "
                                      "being published: nothing of this folder is in the log; start this node from "
                                      "an empty data folder to follow that log instead")
             db.set_meta(SYNC_LOG_KEY, shared.url)
             db.set_meta(SYNC_SEQ_KEY, "1")
-    if not shared.put_checkpoint(Checkpoint(1, writer, record.dims, record.parts, next_id)):
-        log.warning("checkpoint 1 of %s exists already; left as it is", shared.url)
-    return Published(len(ids), len(refs))
+    try:  # the folder is published by now: a checkpoint that fails to land only costs joiners time
+        shared.put_checkpoint(Checkpoint(1, writer, record.dims, record.parts, next_id))
+    except SyncError as exc:
+        log.warning("catalogue published, but checkpoint 1 was not written: %s", exc)
+    return Published(len(ids), len(refs), resumed=ours is not None)

@@ -331,6 +331,7 @@ class Replica:
                 if loading:
                     raise SyncError(f"this folder holds part of checkpoint {seq}, which is now refused ({exc}): "
                                     "start this node from an empty data folder") from None
+                shutil.rmtree(self.store.folder / STAGING_DIR, ignore_errors=True)
                 reason = f"checkpoint {seq} refused: {exc}"
                 log.warning("catalogue sync: %s; trying an older checkpoint or the whole log", reason)
                 self.checkpoints_refused.append(reason)

@@ -212,3 +212,31 @@ def test_bad_input_is_named_with_its_exit_code_and_no_traceback(
     done = run_publish(folder, url, endpoint)
     assert done.returncode == code, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+class _DiesAfterAppend(SharedLog):
+    """Record 1 lands in the bucket, then the connection drops before the folder is marked."""
+
+    def append(self, record: Record) -> bool:
+        super().append(record)
+        raise LogUnreachable("connection lost after the write (test)")
+
+
+def test_a_publish_that_died_after_creating_record_1_is_completed_by_a_rerun(
+        tmp_path: Path, moto_endpoint: str) -> None:
+    bucket = new_bucket(moto_endpoint)
+    source = single_node_folder(tmp_path / "source", 6)
+    target = SyncTarget(f"s3://{bucket}/shop", moto_endpoint, "us-east-1")
+    with pytest.raises(LogUnreachable):
+        publish(source, _DiesAfterAppend(target))
+    assert source.db.meta(SYNC_LOG_KEY) is None and shared_log(moto_endpoint, bucket).list_after(0) == [1]
+    source.close()
+    done = run_publish(tmp_path / "source", f"s3://{bucket}/shop", moto_endpoint)
+    assert done.returncode == 0 and "is this folder's own import" in done.stdout, done.stderr
+    origin = replica(tmp_path / "source", moto_endpoint, bucket)
+    origin.sync_once()
+    assert origin.applied_seq == 1 and origin.store.db.count() == 5
+    # Another folder is not mistaken for the one that was published.
+    single_node_folder(tmp_path / "other", 4).close()
+    other = run_publish(tmp_path / "other", f"s3://{bucket}/shop", moto_endpoint)
+    assert other.returncode == 4 and "is not empty (head: log record 1)" in other.stderr
