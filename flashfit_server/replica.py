@@ -40,7 +40,6 @@ from flashfit_server import checkpoints
 from flashfit_server.atomic import fault_point, try_file_lock, write_bytes_atomic
 from flashfit_server.catalog import Item
 from flashfit_contract.datafolder import MAX_ID
-from flashfit_server.checkpoints import Built
 from flashfit_server.datastore import STORE_NAMES, DataStore, NewItem, NotFound
 from flashfit_server.segments import HEADER, MAGIC, encode
 from flashfit_server.settings import Settings
@@ -101,7 +100,6 @@ class Replica:
         self.checkpoints_refused: list[str] = []  # why newer checkpoints were passed over
         self.checkpoint_written: int | None = None
         self._checkpoint_due = False
-        self._built: Built | None = None
         self.writer = f"{socket.gethostname()}/{os.getpid()}"
         self.caught_up = False  # the first catch-up (before readiness) has finished
         self.problem: str | None = None
@@ -131,7 +129,7 @@ class Replica:
             "log": self.shared.url, "applied_seq": applied, "log_head_seq": head,
             "behind_seconds": round(behind, 3), "caught_up": self.caught_up, "problem": self.problem,
             "races_lost": self.races_lost, "checkpoint_loaded": self.checkpoint_loaded,
-            "checkpoint_written": self.checkpoint_written,
+            "checkpoint_written": self.checkpoint_written, "checkpoints_refused": self.checkpoints_refused[-5:],
         }
 
     def readiness(self) -> str | None:
@@ -388,10 +386,12 @@ class Replica:
         seq = self.applied_seq
         if seq == 0:
             return None
-        built = checkpoints.build(self.shared, self.store, seq, self.writer, self._built)
+        # The previous checkpoint's parts are read back each time rather than kept: a writer's
+        # memory stays independent of the catalogue's size between checkpoints.
+        built = checkpoints.build(self.shared, self.store, seq, self.writer, previous=None)
         if not self.shared.put_checkpoint(built.checkpoint):
             return None
-        self._built, self.checkpoint_written = built, seq
+        self.checkpoint_written = seq
         log.info("catalogue sync: wrote checkpoint %s (%s items, %s parts)", seq, built.checkpoint.items,
                  len(built.parts))
         return built.checkpoint

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from flashfit_server import checkpoints
 from flashfit_server.replica import Replica
 from flashfit_server.sharedlog import Record, SharedLog, SyncTarget
 from tests.integration.ops.test_backup_helpers import s3_client
@@ -73,6 +74,25 @@ def test_a_writer_checkpoints_every_k_commits_and_a_joiner_replays_only_what_fol
     writer.apply_new()
     assert writer.store.db.get(new_id).name == "item 500"
     assert not (joiner.store.folder / ".checkpoint-staging").exists()
+
+
+def test_a_checkpoint_reuses_the_parts_no_delete_touched_and_repacks_the_rest(
+        tmp_path: Path, moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(checkpoints, "PART_ITEMS", 2)
+    bucket = new_bucket(moto_endpoint)
+    writer = _history(tmp_path, moto_endpoint, bucket)
+    writer.delete_item(3)  # commit 13
+    writer.add_items([new_item(11)])
+    writer.add_items([new_item(12)])  # commit 15: a checkpoint
+    shared = writer.shared
+    ten, fifteen = shared.get_checkpoint(10), shared.get_checkpoint(15)
+    parts_of_ten = dict(zip(ten.parts, checkpoints.fetch_parts(shared, ten.parts), strict=True))
+    touched = next(ref for ref, part in parts_of_ten.items() if 3 in part.ids)
+    assert touched not in fifteen.parts
+    assert set(ten.parts) - {touched} <= set(fifteen.parts)  # every untouched full part is reused
+    joiner, counting = _joiner(tmp_path, moto_endpoint, bucket, "joiner")
+    assert joiner.checkpoint_loaded == 15 and counting.read == []
+    same_catalogue(writer.store, joiner.store)
 
 
 def _damage(s3, bucket: str, how: str) -> str:  # noqa: ANN001

@@ -126,6 +126,8 @@ def test_a_token_inside_the_max_lifetime_passes() -> None:
         ({"CATALOG_SYNC_URL": "s3://bucket/x", "CATALOG_SYNC_ENDPOINT": "ftp://minio"}, "CATALOG_SYNC_ENDPOINT"),
         ({"CATALOG_SYNC_ENDPOINT": "http://minio:9000"}, "CATALOG_SYNC_URL is not"),
         ({"CATALOG_SYNC_URL": "s3://bucket/x", "CATALOG_SYNC_POLL_INTERVAL": "0"}, "CATALOG_SYNC_POLL_INTERVAL"),
+        ({"CATALOG_SYNC_CHECKPOINT_EVERY": "-1"}, "CATALOG_SYNC_CHECKPOINT_EVERY='-1' is not a valid int"),
+        ({"CATALOG_SYNC_CHECKPOINT_EVERY": "1e3"}, "CATALOG_SYNC_CHECKPOINT_EVERY"),
     ],
 )
 def test_catalog_sync_settings_are_checked_per_variable(env: dict[str, str], match: str) -> None:
@@ -138,3 +140,5 @@ def test_catalog_sync_settings_parse() -> None:
                                   "CATALOG_SYNC_POLL_INTERVAL": "0.25", "AWS_SECRET_ACCESS_KEY": "not-in-settings"})
     assert (settings.catalog_sync_url, settings.catalog_sync_poll_interval) == ("s3://shop/prod/", 0.25)
     assert "not-in-settings" not in repr(settings) and Settings.from_env({}).catalog_sync_url == ""
+    assert Settings.from_env({}).catalog_sync_checkpoint_every == 1000
+    assert Settings.from_env({"CATALOG_SYNC_CHECKPOINT_EVERY": "0"}).catalog_sync_checkpoint_every == 0
