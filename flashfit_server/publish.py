@@ -112,6 +112,8 @@ def publish(store: DataStore, shared: SharedLog, progress: Callable[[str], None]
         if not ids:
             raise FolderProblem(f"the data folder {store.folder} holds no items: nothing to publish "
                                 "(start the node with CATALOG_SYNC_URL set instead)")
+        if ours is not None and sum(p.items for p in ours.parts) != len(ids):
+            raise not_empty  # not this folder's import: refused before uploading anything
         refs: list[PartRef] = []
         for chunk in _chunks(ids, PART_ITEMS):
             items = state.catalog.fetch(chunk)
@@ -129,8 +131,8 @@ def publish(store: DataStore, shared: SharedLog, progress: Callable[[str], None]
             with store.read() as now:
                 changed = now.generation != state.generation or db.next_id() != next_id
             if changed:
-                raise FolderProblem("the data folder changed while it was being published (is a server still "
-                                    "writing to it?): stop it and run the command again")
+                raise SyncError("the data folder changed while it was being published (is a server still "
+                                "writing to it?): nothing was marked; stop it and run the command again")
             if ours is None and not shared.append(record):
                 raise PublishRefused(f"another writer created log record 1 of {shared.url} while this folder was "
                                      "being published: nothing of this folder is in the log; start this node from "

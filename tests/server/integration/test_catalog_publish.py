@@ -240,3 +240,27 @@ def test_a_publish_that_died_after_creating_record_1_is_completed_by_a_rerun(
     single_node_folder(tmp_path / "other", 4).close()
     other = run_publish(tmp_path / "other", f"s3://{bucket}/shop", moto_endpoint)
     assert other.returncode == 4 and "is not empty (head: log record 1)" in other.stderr
+
+
+class _FolderWrittenMeanwhile(SharedLog):
+    """While the parts upload, the folder's own server (still running) takes one more add."""
+
+    def __init__(self, target: SyncTarget, store: DataStore):
+        super().__init__(target)
+        self.store = store
+
+    def put_blob(self, kind: str, data: bytes):  # noqa: ANN201
+        if kind == "parts" and self.store.db.count() == 4:
+            self.store.add_items([new_item(77)])
+        return super().put_blob(kind, data)
+
+
+def test_a_folder_written_while_it_is_published_is_not_marked_and_the_log_stays_empty(
+        tmp_path: Path, moto_endpoint: str) -> None:
+    bucket = new_bucket(moto_endpoint)
+    source = single_node_folder(tmp_path / "source", 5, DIMS)
+    target = SyncTarget(f"s3://{bucket}/shop", moto_endpoint, "us-east-1")
+    with pytest.raises(SyncError, match="changed while it was being published"):
+        publish(source, _FolderWrittenMeanwhile(target, source))
+    assert source.db.meta(SYNC_LOG_KEY) is None and shared_log(moto_endpoint, bucket).list_after(0) == []
+    assert publish(source, shared_log(moto_endpoint, bucket)).items == 5  # run again, with the server stopped
