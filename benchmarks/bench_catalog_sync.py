@@ -14,6 +14,15 @@ an fsync each, which on a disk would take minutes at 100k and measure the disk, 
 
   .venv/bin/python benchmarks/bench_catalog_sync.py                       # 1k and 100k items
   .venv/bin/python benchmarks/bench_catalog_sync.py --sizes 1000 --root /tmp --rounds 5
+
+--joiner-commits 1000,10000 measures instead how long an EMPTY node takes to catch up with a log
+of that many commits (one item each, written straight to the log), without and with checkpoints,
+side by side in one run: a writer replays the log and writes the checkpoint at N, then --tail
+more commits follow (a checkpoint is never at the head), then one fresh replica replays the whole
+log and another loads the checkpoint and replays the tail. What is timed is Replica.catch_up(),
+which is what a server's /ready waits on (model loading, the same either way, is left out).
+
+  .venv/bin/python benchmarks/bench_catalog_sync.py --joiner-commits 1000,10000 --tail 100
 """
 
 from __future__ import annotations
@@ -99,13 +108,99 @@ def one_round(a: LiveServer, followers: list[LiveServer], seed: int) -> list[flo
     return [seen[i] for i in range(len(followers))]
 
 
+def write_commits(shared, first: int, count: int) -> None:  # noqa: ANN001 - a SharedLog
+    """`count` one-item commits straight to the log (seq = item id), 8 at a time: the history a
+    long-running catalogue leaves (its writers' replicas are not needed to measure a joiner)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flashfit_server.segments import encode
+    from flashfit_server.sharedlog import ItemRecord, Record
+
+    image = shared.put_blob("images", image_bytes(0))
+    rng = np.random.default_rng(first)
+    vectors = {n: rng.standard_normal((count, d)).astype(np.float32) for n, d in TINY_DIMS.items()}
+
+    def commit(row: int) -> None:
+        seq = first + row
+        segments = {n: shared.put_blob("segments", encode(np.array([seq], np.int64), vectors[n][row:row + 1]))
+                    for n in TINY_DIMS}
+        item = ItemRecord(id=seq, name=f"item {seq}", caption="", created_at="2026-01-01T00:00:00+00:00",
+                          image=image, image_extension="png")
+        if not shared.append(Record(seq, "add", "bench", dims=TINY_DIMS, items=(item,), segments=segments)):
+            raise SystemExit(f"log record {seq} exists already")
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(commit, range(count)))
+
+
+def joiner_main(args: argparse.Namespace) -> int:
+    from flashfit_server.datastore import DataStore
+    from flashfit_server.replica import Replica
+    from flashfit_server.sharedlog import SharedLog, SyncTarget
+
+    proc, endpoint = start_moto()
+    root = Path(tempfile.mkdtemp(dir=args.root))
+    folders = iter(range(1000))
+
+    def replica(bucket: str, **options: object) -> Replica:
+        store = DataStore(root / f"node-{next(folders)}", compact_in_background=False)
+        store.open(TINY_DIMS, background=False)
+        return Replica(store, SharedLog(SyncTarget(f"s3://{bucket}/shop", endpoint, "us-east-1")), **options)
+
+    def timed_catch_up(node: Replica) -> float:
+        started = time.perf_counter()
+        node.catch_up()
+        seconds = time.perf_counter() - started
+        node.store.close()
+        return seconds
+
+    try:
+        print(f"late joiner: one-item commits in moto's S3 server at {endpoint}, folders under {args.root}, "
+              f"{args.tail} commits after the checkpoint; {os.cpu_count()} cores, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        print(f"{'commits':>8} {'write log':>10} {'ckpt write':>10} {'ready, full replay':>19} "
+              f"{'ready, checkpoint':>18} {'ratio':>6} {'records read':>13}")
+        for commits in sorted(int(c) for c in args.joiner_commits.split(",")):
+            bucket = new_bucket(endpoint)
+            shared = SharedLog(SyncTarget(f"s3://{bucket}/shop", endpoint, "us-east-1"))
+            started = time.perf_counter()
+            write_commits(shared, 1, commits)
+            written = time.perf_counter() - started
+            writer = replica(bucket, load_checkpoints=False)
+            writer.catch_up()
+            started = time.perf_counter()
+            if writer.write_checkpoint() is None:
+                raise SystemExit("no checkpoint written")
+            checkpointed = time.perf_counter() - started
+            writer.store.close()
+            write_commits(shared, commits + 1, args.tail)
+            full = replica(bucket, load_checkpoints=False)
+            full_seconds = timed_catch_up(full)
+            joiner = replica(bucket)
+            joiner_seconds = timed_catch_up(joiner)
+            if (full.applied_seq, joiner.applied_seq, joiner.checkpoint_loaded) != (commits + args.tail,) * 2 + (commits,):
+                raise SystemExit(f"unexpected: {full.status()} {joiner.status()}")
+            print(f"{commits:>8} {written:>9.1f}s {checkpointed:>9.1f}s {full_seconds:>18.2f}s {joiner_seconds:>17.2f}s "
+                  f"{full_seconds / joiner_seconds:>5.1f}x {commits + args.tail:>6} vs {args.tail:<5} "
+                  f"(load average {os.getloadavg()[0]:.1f})", flush=True)
+    finally:
+        stop(proc)
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000,100000")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--root", default="/dev/shm")
     parser.add_argument("--poll-interval", default="0.5", help="CATALOG_SYNC_POLL_INTERVAL of the servers")
+    parser.add_argument("--joiner-commits", default="", help="e.g. 1000,10000: time a late joiner instead")
+    parser.add_argument("--tail", type=int, default=100, help="commits after the checkpoint (--joiner-commits)")
     args = parser.parse_args()
+    if args.joiner_commits:
+        os.environ.update(CREDENTIALS)
+        return joiner_main(args)
     sizes = sorted(int(s) for s in args.sizes.split(","))
     os.environ.update(CREDENTIALS)
 

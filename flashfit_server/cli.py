@@ -1,8 +1,9 @@
-"""`flashfit-server`: serve, probe, token, models make-tiny/pull, ingest, bench-store, clear-cache.
+"""`flashfit-server`: serve, probe, token, models make-tiny/pull, ingest, catalog publish, bench-store, clear-cache.
 
 Only the standard library is imported at parse time (so `--help` and `probe`, which the
 container HEALTHCHECK runs every few seconds, stay fast); each command imports what it needs.
-Exit codes: 0 ok, 1 failed (probe: not ready), 2 bad configuration or usage, 3 the app failed to start.
+Exit codes: 0 ok, 1 failed (probe: not ready), 2 bad configuration or usage, 3 the app failed to start,
+4 refused (catalog publish: the shared log is not this folder's to seed).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_START_FAILED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_START_FAILED, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 
 def _settings():  # noqa: ANN202
@@ -309,6 +310,72 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return EXIT_OK if added else EXIT_FAILED
 
 
+# --- catalog publish ------------------------------------------------------------------------------
+
+
+def cmd_catalog_publish(args: argparse.Namespace) -> int:
+    """Seed an empty shared log with an existing data folder (flashfit_server/publish.py)."""
+    from flashfit_contract.datafolder import DataFolderError, read_manifest
+    from flashfit_server.datastore import DataStore, StoreError
+    from flashfit_server.publish import FolderProblem, PublishRefused, publish
+    from flashfit_server.sharedlog import LogUnreachable, SharedLog, SyncError, SyncTarget, parse_sync_url
+
+    url = args.sync_url or os.environ.get("CATALOG_SYNC_URL", "")
+    folder = Path(args.data_dir or os.environ.get("VECTOR_STORE_DIR", "data"))
+    try:
+        parse_sync_url(url)
+    except ValueError as exc:
+        print(f"error: --sync-url: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    endpoint = args.endpoint or os.environ.get("CATALOG_SYNC_ENDPOINT") or None
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        print(f"error: --endpoint must be an http(s):// URL, got {endpoint!r:.80}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        manifest = read_manifest(folder) if folder.is_dir() else None
+        if manifest is None:
+            print(f"error: --data-dir: {folder} holds no data folder (no manifest.json; a folder of the previous "
+                  "format is migrated by starting `flashfit-server serve` on it once)", file=sys.stderr)
+            return EXIT_CONFIG
+        store = DataStore(folder, compact_in_background=False)
+        store.open(manifest.dims, background=False)
+    except (DataFolderError, StoreError, OSError) as exc:
+        print(f"error: --data-dir: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    shared = SharedLog(SyncTarget(url, endpoint, args.region or os.environ.get("CATALOG_SYNC_REGION") or None))
+    try:
+        shared.client  # noqa: B018 - made now, so a malformed endpoint is named here
+    except ValueError as exc:
+        store.close()
+        print(f"error: --endpoint: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        done = publish(store, shared, progress=lambda line: print(line, file=sys.stderr))
+    except PublishRefused as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except FolderProblem as exc:
+        print(f"error: --data-dir: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except LogUnreachable as exc:
+        print(f"error: {exc} (nothing was marked; run the command again once the bucket answers)", file=sys.stderr)
+        return EXIT_FAILED
+    except SyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        store.close()
+    if done.already:
+        print(f"{folder} already follows {shared.url} ({done.items} items): nothing to do")
+    elif done.resumed:
+        print(f"log record 1 of {shared.url} is this folder's own import ({done.items} items): the folder now "
+              "follows the log")
+    else:
+        print(f"published {done.items} items of {folder} as log record 1 of {shared.url} ({done.parts} parts); "
+              "start every node with CATALOG_SYNC_URL set to it")
+    return EXIT_OK
+
+
 # --- bench-store, clear-cache ----------------------------------------------------------------------
 
 
@@ -427,6 +494,16 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--tags", help="comma separated")
     ingest.add_argument("--batch-size", type=int, default=0, help="default: MAX_BATCH_SIZE")
     ingest.set_defaults(func=cmd_ingest)
+
+    catalog = commands.add_parser("catalog", help="the shared catalogue log (CATALOG_SYNC_URL)")
+    catalog_commands = catalog.add_subparsers(dest="catalog_command", required=True, metavar="ACTION")
+    publish = catalog_commands.add_parser(
+        "publish", help="seed an EMPTY shared log with an existing data folder (once, with its server stopped)")
+    publish.add_argument("--data-dir", help="the data folder (default: VECTOR_STORE_DIR)")
+    publish.add_argument("--sync-url", help="s3://bucket/prefix (default: CATALOG_SYNC_URL)")
+    publish.add_argument("--endpoint", help="S3-compatible endpoint URL (default: CATALOG_SYNC_ENDPOINT)")
+    publish.add_argument("--region", help="default: CATALOG_SYNC_REGION or us-east-1")
+    publish.set_defaults(func=cmd_catalog_publish)
 
     bench = commands.add_parser("bench-store", help="search latency p50/p95 and QPS of each store")
     bench.add_argument("--queries", type=int, default=200)

@@ -23,10 +23,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -34,7 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from flashfit_server.atomic import fault_point, try_file_lock
+from flashfit_server import checkpoints
+from flashfit_server.atomic import fault_point, try_file_lock, write_bytes_atomic
 from flashfit_server.catalog import Item
 from flashfit_contract.datafolder import MAX_ID
 from flashfit_server.datastore import STORE_NAMES, DataStore, NewItem, NotFound
@@ -43,20 +46,30 @@ from flashfit_server.settings import Settings
 from flashfit_server.sharedlog import (
     BlobMismatch,
     BlobRef,
+    Checkpoint,
     ItemRecord,
     LogUnreachable,
+    Part,
+    PartRef,
     Record,
     SharedLog,
     SyncError,
     SyncTarget,
+    parse_part,
+    sha256_hex,
 )
 
 log = logging.getLogger(__name__)
 
 SYNC_SEQ_KEY = "sync_seq"
 SYNC_LOG_KEY = "sync_log"
+CHECKPOINT_LOADING_KEY = "sync_checkpoint_loading"  # a checkpoint being applied (resumed after a kill)
+STAGING_DIR = ".checkpoint-staging"  # a checkpoint's blobs, all verified before any is applied
+DEFAULT_CHECKPOINT_EVERY = 1_000
 APPLY_BATCH_ITEMS = 2_000  # consecutive adds applied as one local commit while catching up
 DOWNLOAD_THREADS = 8
+
+BlobFetch = Callable[[str, BlobRef], bytes]  # (kind, ref) -> verified bytes
 
 
 def decode_segment(data: bytes, ids: list[int], dim: int, name: str) -> np.ndarray:
@@ -76,10 +89,17 @@ def decode_segment(data: bytes, ids: list[int], dim: int, name: str) -> np.ndarr
 
 
 class Replica:
-    def __init__(self, store: DataStore, shared: SharedLog, poll_interval: float = 0.5):
+    def __init__(self, store: DataStore, shared: SharedLog, poll_interval: float = 0.5,
+                 checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY, load_checkpoints: bool = True):
         self.store = store
         self.shared = shared
         self.poll_interval = poll_interval
+        self.checkpoint_every = checkpoint_every  # 0: this node writes none
+        self.load_checkpoints = load_checkpoints  # False: an empty folder replays the whole log
+        self.checkpoint_loaded: int | None = None  # the checkpoint this folder started from
+        self.checkpoints_refused: list[str] = []  # why newer checkpoints were passed over
+        self.checkpoint_written: int | None = None
+        self._checkpoint_due = False
         self.writer = f"{socket.gethostname()}/{os.getpid()}"
         self.caught_up = False  # the first catch-up (before readiness) has finished
         self.problem: str | None = None
@@ -108,7 +128,8 @@ class Replica:
         return {
             "log": self.shared.url, "applied_seq": applied, "log_head_seq": head,
             "behind_seconds": round(behind, 3), "caught_up": self.caught_up, "problem": self.problem,
-            "races_lost": self.races_lost,
+            "races_lost": self.races_lost, "checkpoint_loaded": self.checkpoint_loaded,
+            "checkpoint_written": self.checkpoint_written, "checkpoints_refused": self.checkpoints_refused[-5:],
         }
 
     def readiness(self) -> str | None:
@@ -133,7 +154,8 @@ class Replica:
             if count:
                 raise SyncError(
                     f"the data folder holds {count} items that are not in the shared log {self.shared.url}: "
-                    "start this node from an empty data folder (see README, multi-node)")
+                    "seed an empty log with it (`flashfit-server catalog publish`) or start this node from an "
+                    "empty data folder (see README, multi-node)")
             db.set_meta(SYNC_LOG_KEY, self.shared.url)
 
     def _set_problem(self, exc: BaseException | None, context: str = "") -> None:
@@ -158,6 +180,10 @@ class Replica:
         seqs = self.shared.list_after(applied)
         self._note_head(max(seqs, default=applied), applied)
         done = 0
+        if applied == 0 and seqs and self.load_checkpoints and (
+                self.store.db.count() == 0 or self.store.db.meta(CHECKPOINT_LOADING_KEY)):
+            done = self._start_from_checkpoint(seqs[-1])
+            seqs = [s for s in seqs if s > self.applied_seq]
         for start in range(0, len(seqs), 256):
             with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
                 records = list(pool.map(self.shared.get_record, seqs[start:start + 256]))
@@ -184,10 +210,44 @@ class Replica:
             batch = []
             if record.op == "add":
                 batch.append(record)
+            elif record.op == "import":
+                self._apply_import(record)
             else:
                 self._apply_delete(record)
         self._apply_adds(batch)
         return len(records)
+
+    def _fetch_parts(self, refs: Sequence[PartRef], dims: Mapping[str, int], where: str) -> list[Part]:
+        """The parts an import record or a checkpoint names, each checked, ids unique across them."""
+        def fetch(ref: PartRef) -> Part:
+            return parse_part(self.shared.get_blob("parts", ref.blob), ref)
+
+        with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
+            parts = list(pool.map(fetch, refs))
+        seen: set[int] = set()
+        for part in parts:
+            if dict(part.dims) != dict(dims):
+                raise SyncError(f"{part.where} holds other dims than {where}")
+            if seen.intersection(part.ids):
+                raise SyncError(f"{where}: item {min(seen.intersection(part.ids))} is in two parts")
+            seen.update(part.ids)
+        return parts
+
+    def _apply_parts(self, parts: list[Part], fetch: BlobFetch | None = None) -> None:
+        """Parts as local commits of about APPLY_BATCH_ITEMS items; a part already here is skipped."""
+        batch: list[Part] = []
+        for part in parts:
+            batch.append(part)
+            if sum(len(p.items) for p in batch) >= APPLY_BATCH_ITEMS:
+                self._add_bodies(batch, fetch)
+                batch = []
+        self._add_bodies(batch, fetch)
+
+    def _apply_import(self, record: Record) -> None:
+        """Record 1 holding a whole published catalogue: its parts, then its next_id, then sync_seq."""
+        self._apply_parts(self._fetch_parts(record.parts, record.dims, record.where))
+        self.store.db.set_meta("next_id", str(max(record.next_id, self.store.db.next_id())))
+        self.store.db.set_meta(SYNC_SEQ_KEY, str(record.seq))
 
     def _apply_delete(self, record: Record) -> None:
         with contextlib.suppress(NotFound):
@@ -197,31 +257,35 @@ class Replica:
     def _apply_adds(self, records: list[Record]) -> None:
         if not records:
             return
-        todo: list[Record] = []
-        for record in records:
-            present = self.store.db.present(record.ids, MAX_ID)
-            if len(present) == len(record.ids):
-                continue  # applied before a kill that came ahead of sync_seq
-            if present:
-                raise SyncError(f"log record {record.seq}: items {sorted(present)[:5]} exist here already")
-            todo.append(record)
-        news, ids = self._download(todo)
-        if news:
-            self.store.add_items(news, assigned=ids)
+        self._add_bodies(records)
         self.store.db.set_meta(SYNC_SEQ_KEY, str(records[-1].seq))
 
-    def _download(self, records: list[Record]) -> tuple[list[NewItem], list[int]]:
+    def _add_bodies(self, bodies: Sequence[Record | Part], fetch: BlobFetch | None = None) -> None:
+        """Add records' (or parts') items as one local commit, skipping those already applied."""
+        todo: list[Record | Part] = []
+        for body in bodies:
+            present = self.store.db.present(body.ids, MAX_ID)
+            if len(present) == len(body.ids):
+                continue  # applied before a kill that came ahead of sync_seq
+            if present:
+                raise SyncError(f"{body.where}: items {sorted(present)[:5]} exist here already")
+            todo.append(body)
+        news, ids = self._download(todo, fetch or self.shared.get_blob)
+        if news:
+            self.store.add_items(news, assigned=ids)
+
+    def _download(self, records: Sequence[Record | Part], fetch: BlobFetch) -> tuple[list[NewItem], list[int]]:
         dims = self._dims()
         for record in records:
             for name in STORE_NAMES:
                 if record.dims[name] != dims[name]:
-                    raise SyncError(f"log record {record.seq} holds {record.dims[name]}-d {name} vectors, the models "
+                    raise SyncError(f"{record.where} holds {record.dims[name]}-d {name} vectors, the models "
                                     f"here make {dims[name]}-d ones: this node runs other checkpoints")
         jobs: list[tuple[str, BlobRef]] = [("segments", r.segments[n]) for r in records for n in STORE_NAMES]
         jobs += [("images", item.image) for r in records for item in r.items]
         unique = list(dict.fromkeys(jobs))  # the same image (or segment) is fetched once
         with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
-            fetched = dict(zip(unique, pool.map(lambda job: self.shared.get_blob(*job), unique), strict=True))
+            fetched = dict(zip(unique, pool.map(lambda job: fetch(*job), unique), strict=True))
         blobs = [fetched[job] for job in jobs]
         segments, images = iter(blobs[:3 * len(records)]), iter(blobs[3 * len(records):])
         news: list[NewItem] = []
@@ -242,6 +306,109 @@ class Replica:
     def _dims(self) -> dict[str, int]:
         with self.store.read() as state:
             return dict(state.manifest.dims)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def _start_from_checkpoint(self, head: int) -> int:
+        """An empty folder loads the newest checkpoint that passes every check (the commits it
+        stands for: 0 if none does, and the whole log is replayed). A refused one is named in
+        `checkpoints_refused` and the log, and the next older one is tried."""
+        loading = self.store.db.meta(CHECKPOINT_LOADING_KEY)
+        candidates = sorted(self.shared.list_checkpoints(), reverse=True)
+        if loading:  # a kill interrupted it: its parts already here are skipped
+            candidates = [int(loading)]
+        for seq in candidates:
+            try:
+                if seq > head:
+                    raise SyncError(f"checkpoint {seq} is ahead of the log (head: log record {head})")
+                checkpoint = self.shared.get_checkpoint(seq)
+                self._apply_checkpoint(checkpoint)
+            except LogUnreachable:
+                raise
+            except SyncError as exc:
+                if loading:
+                    raise SyncError(f"this folder holds part of checkpoint {seq}, which is now refused ({exc}): "
+                                    "start this node from an empty data folder") from None
+                shutil.rmtree(self.store.folder / STAGING_DIR, ignore_errors=True)
+                reason = f"checkpoint {seq} refused: {exc}"
+                log.warning("catalogue sync: %s; trying an older checkpoint or the whole log", reason)
+                self.checkpoints_refused.append(reason)
+                continue
+            self.checkpoint_loaded = seq
+            return seq
+        return 0
+
+    def _apply_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Every part and blob is fetched and verified (blobs into a staging folder) before the
+        first item is applied, so a refused checkpoint leaves the folder empty for the fallback."""
+        where = f"checkpoint {checkpoint.seq}"
+        dims = self._dims()
+        if dict(checkpoint.dims) != dims:
+            raise SyncError(f"{where} holds {dict(checkpoint.dims)} vectors, the models here make {dims}")
+        parts = self._fetch_parts(checkpoint.parts, checkpoint.dims, where)
+        top = max((max(p.ids) for p in parts), default=0)
+        if top >= checkpoint.next_id:
+            raise SyncError(f"{where}: item {top} is not below its next_id {checkpoint.next_id}")
+        staging = self.store.folder / STAGING_DIR
+        staging.mkdir(exist_ok=True)
+        jobs = list(dict.fromkeys([("segments", p.segments[n]) for p in parts for n in STORE_NAMES]
+                                  + [("images", i.image) for p in parts for i in p.items]))
+
+        def stage(job: tuple[str, BlobRef]) -> None:
+            path = staging / f"{job[0]}-{job[1].sha256}"
+            if not (path.exists() and path.stat().st_size == job[1].size):
+                write_bytes_atomic(path, self.shared.get_blob(*job), sync_dir=False, sync=False)
+
+        with ThreadPoolExecutor(DOWNLOAD_THREADS) as pool:
+            list(pool.map(stage, jobs))
+
+        def staged(kind: str, ref: BlobRef) -> bytes:
+            data = (staging / f"{kind}-{ref.sha256}").read_bytes()
+            if len(data) != ref.size or sha256_hex(data) != ref.sha256:
+                raise BlobMismatch(f"staged {kind}/{ref.sha256} changed on disk")
+            return data
+
+        self.store.db.set_meta(CHECKPOINT_LOADING_KEY, str(checkpoint.seq))
+        self._apply_parts(parts, staged)
+        self.store.db.set_meta("next_id", str(max(checkpoint.next_id, self.store.db.next_id())))
+        self.store.db.set_meta(SYNC_SEQ_KEY, str(checkpoint.seq))
+        self.store.db.set_meta(CHECKPOINT_LOADING_KEY, "")
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def write_checkpoint(self) -> Checkpoint | None:
+        """Write the checkpoint at this folder's seq (None: one is there already, or nothing to do)."""
+        with self._lock():
+            return self._write_checkpoint_locked()
+
+    def _write_checkpoint_locked(self) -> Checkpoint | None:
+        self._checkpoint_due = False
+        self.apply_new()
+        seq = self.applied_seq
+        if seq == 0:
+            return None
+        # The previous checkpoint's parts are read back each time rather than kept: a writer's
+        # memory stays independent of the catalogue's size between checkpoints.
+        built = checkpoints.build(self.shared, self.store, seq, self.writer, previous=None)
+        if not self.shared.put_checkpoint(built.checkpoint):
+            return None
+        self.checkpoint_written = seq
+        log.info("catalogue sync: wrote checkpoint %s (%s items, %s parts)", seq, built.checkpoint.items,
+                 len(built.parts))
+        return built.checkpoint
+
+    def _note_commit(self, seq: int) -> None:
+        """The node whose commit reaches a multiple of checkpoint_every writes the checkpoint: the
+        follower thread does it (no client waits on it); without one (ingest), the writer does."""
+        if self.checkpoint_every and seq % self.checkpoint_every == 0:
+            self._checkpoint_due = True
+            if self._thread is None:
+                self._checkpoint_quietly()
+
+    def _checkpoint_quietly(self) -> None:
+        try:
+            self._write_checkpoint_locked()
+        except Exception as exc:  # noqa: BLE001 - a checkpoint is an optimisation: the commit stands
+            log.warning("catalogue sync: no checkpoint written: %s", exc)
 
     # --- writing through the log ------------------------------------------------------------
 
@@ -280,6 +447,7 @@ class Replica:
                 self.races_lost += 1  # another node took this seq: read it and go again
             stored = self.store.add_items(news, assigned=ids)
             self.store.db.set_meta(SYNC_SEQ_KEY, str(seq))
+            self._note_commit(seq)
             return stored
 
     def delete_item(self, item_id: int) -> Item:
@@ -295,6 +463,7 @@ class Replica:
                 self.races_lost += 1
             deleted = self.store.delete_item(item_id)
             self.store.db.set_meta(SYNC_SEQ_KEY, str(seq))
+            self._note_commit(seq)
             return deleted
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -329,6 +498,8 @@ class Replica:
                 with self._lock(blocking=False) as locked:
                     if locked:
                         self.apply_new()
+                        if self._checkpoint_due:
+                            self._checkpoint_quietly()
                     else:  # another worker of this node is applying: just note the head
                         applied = self.applied_seq
                         self._note_head(max(self.shared.list_after(applied), default=applied), applied)
@@ -346,4 +517,5 @@ def replica_for(settings: Settings, store: DataStore) -> Replica | None:
         return None
     target = SyncTarget(settings.catalog_sync_url, settings.catalog_sync_endpoint or None,
                         settings.catalog_sync_region or None, settings.catalog_sync_credentials)
-    return Replica(store, SharedLog(target), settings.catalog_sync_poll_interval)
+    return Replica(store, SharedLog(target), settings.catalog_sync_poll_interval,
+                   checkpoint_every=settings.catalog_sync_checkpoint_every)

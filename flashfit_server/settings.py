@@ -12,7 +12,8 @@ DECODE_CONCURRENCY (image decodes at once per worker), MAX_JSON_BYTES (the large
 JWT_MAX_LIFETIME (seconds; a token expiring later than that from now is refused).
 CATALOG_SYNC_URL (s3://bucket/prefix: follow the shared catalogue log there, see replica.py),
 CATALOG_SYNC_ENDPOINT (an S3-compatible endpoint URL), CATALOG_SYNC_REGION,
-CATALOG_SYNC_POLL_INTERVAL (seconds between looks at the log); credentials come from the standard
+CATALOG_SYNC_POLL_INTERVAL (seconds between looks at the log), CATALOG_SYNC_CHECKPOINT_EVERY (write a
+checkpoint of the whole catalogue every that many commits, 0: never); credentials come from the standard
 AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...), read by boto3, never by these settings.
 """
 
@@ -98,6 +99,7 @@ class Settings:
     # The bucket's credentials when they come as files (AWS_ACCESS_KEY_ID_FILE, ...: Swarm
     # secrets); empty: boto3's own chain (environment, instance role).
     catalog_sync_credentials: tuple[str, str, str] = ("", "", "")
+    catalog_sync_checkpoint_every: int = 1_000
 
     @property
     def is_production(self) -> bool:
@@ -220,6 +222,8 @@ class Settings:
             catalog_sync_poll_interval=float(
                 number("CATALOG_SYNC_POLL_INTERVAL", defaults.catalog_sync_poll_interval, float, 0.05)),
             catalog_sync_credentials=credentials,  # type: ignore[arg-type]
+            catalog_sync_checkpoint_every=int(
+                number("CATALOG_SYNC_CHECKPOINT_EVERY", defaults.catalog_sync_checkpoint_every, int, 0)),
         )
 
     def __repr__(self) -> str:  # never let a secret reach a log line or a traceback

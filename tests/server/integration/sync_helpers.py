@@ -7,6 +7,7 @@ import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,17 +31,33 @@ def server_env(endpoint: str, bucket: str) -> dict[str, str]:
             "CATALOG_SYNC_POLL_INTERVAL": "0.2"}
 
 
-def replica(folder: Path, endpoint: str, bucket: str, conditional: bool = True) -> Replica:
+def replica(folder: Path, endpoint: str, bucket: str, conditional: bool = True, shared: SharedLog | None = None,
+            **options: Any) -> Replica:
     store = DataStore(folder, compact_in_background=False)
     store.open(DIMS, background=False)
-    shared = SharedLog(SyncTarget(f"s3://{bucket}/shop", endpoint, "us-east-1"), conditional=conditional)
-    return Replica(store, shared, poll_interval=0.05)
+    shared = shared or SharedLog(SyncTarget(f"s3://{bucket}/shop", endpoint, "us-east-1"), conditional=conditional)
+    return Replica(store, shared, poll_interval=0.05, **options)
 
 
 def new_item(seed: int) -> NewItem:
     rng = np.random.default_rng(seed)
     vectors = {name: rng.standard_normal(dim).astype(np.float32) for name, dim in DIMS.items()}
     return NewItem(f"image-{seed}".encode(), "png", vectors, name=f"item {seed}", caption=f"caption {seed}")
+
+
+def same_catalogue(a: DataStore, b: DataStore) -> None:
+    """The same items (metadata, image bytes, vectors) under the same ids in both folders."""
+    ids = a.db.all_ids()
+    assert b.db.all_ids() == ids
+    left, right = a.db.fetch(ids, 2**62), b.db.fetch(ids, 2**62)
+    for item_id in ids:
+        x, y = left[item_id], right[item_id]
+        assert (x.name, x.caption, x.tags, x.category, x.created_at) == (y.name, y.caption, y.tags, y.category, y.created_at)
+        assert a.image_path(x).read_bytes() == b.image_path(y).read_bytes()
+    with a.read() as sa, b.read() as sb:
+        for name in DIMS:
+            order = sorted(ids)
+            assert np.array_equal(sa.stores[name].vectors(order), sb.stores[name].vectors(order))
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 90.0) -> None:

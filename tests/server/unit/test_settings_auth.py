@@ -126,6 +126,8 @@ def test_a_token_inside_the_max_lifetime_passes() -> None:
         ({"CATALOG_SYNC_URL": "s3://bucket/x", "CATALOG_SYNC_ENDPOINT": "ftp://minio"}, "CATALOG_SYNC_ENDPOINT"),
         ({"CATALOG_SYNC_ENDPOINT": "http://minio:9000"}, "CATALOG_SYNC_URL is not"),
         ({"CATALOG_SYNC_URL": "s3://bucket/x", "CATALOG_SYNC_POLL_INTERVAL": "0"}, "CATALOG_SYNC_POLL_INTERVAL"),
+        ({"CATALOG_SYNC_CHECKPOINT_EVERY": "-1"}, "CATALOG_SYNC_CHECKPOINT_EVERY='-1' is not a valid int"),
+        ({"CATALOG_SYNC_CHECKPOINT_EVERY": "1e3"}, "CATALOG_SYNC_CHECKPOINT_EVERY"),
     ],
 )
 def test_catalog_sync_settings_are_checked_per_variable(env: dict[str, str], match: str) -> None:
@@ -167,3 +169,5 @@ def test_catalogue_credentials_come_from_secret_files_and_reach_the_s3_client(tm
 def test_half_a_credential_pair_or_an_unreadable_file_is_named(env: dict) -> None:
     with pytest.raises(SettingsError, match="AWS_"):
         Settings.from_env(env)
+    assert Settings.from_env({}).catalog_sync_checkpoint_every == 1000
+    assert Settings.from_env({"CATALOG_SYNC_CHECKPOINT_EVERY": "0"}).catalog_sync_checkpoint_every == 0

@@ -12,9 +12,14 @@ from flashfit_server.replica import decode_segment
 from flashfit_server.sharedlog import (
     SEGMENT_HEADER,
     BlobRef,
+    Checkpoint,
     ItemRecord,
+    Part,
+    PartRef,
     Record,
     SyncError,
+    parse_checkpoint,
+    parse_part,
     parse_record,
     parse_sync_url,
 )
@@ -81,3 +86,79 @@ def test_a_segment_must_hold_exactly_the_ids_of_its_record() -> None:
 def test_sync_urls(url: str) -> None:
     bucket, prefix = parse_sync_url(url)
     assert bucket and not prefix.endswith("/")
+
+
+# --- import records, parts and checkpoints: the same hostile input -----------------------------
+
+PARTS = (PartRef("cd" * 32, 500, 2), PartRef("ef" * 32, 400, 1))
+
+
+def _import(**change: object) -> dict:
+    body = Record(1, "import", "publish", dims=DIMS, parts=PARTS, next_id=9).to_json()
+    body.update(change)
+    return body
+
+
+def _checkpoint(**change: object) -> dict:
+    body = json.loads(Checkpoint(40, "node-1/7", DIMS, PARTS, next_id=9).encode())
+    body.update(change)
+    return body
+
+
+def test_good_imports_parts_and_checkpoints_round_trip() -> None:
+    record = parse_record(json.dumps(_import()).encode(), 1)
+    assert record.op == "import" and record.parts == PARTS and record.next_id == 9 and record.ids == []
+    checkpoint = parse_checkpoint(json.dumps(_checkpoint()).encode(), 40)
+    assert checkpoint.parts == PARTS and checkpoint.items == 3 and checkpoint.dims == DIMS
+    body = _record()
+    part = Part(DIMS, parse_record(json.dumps(body).encode(), 3).items,
+                {n: BlobRef(SHA, SEGMENT_HEADER + 8 + 4 * d) for n, d in DIMS.items()})
+    assert parse_part(part.encode(), PartRef(SHA, 1, 1)).ids == [7]
+
+
+@pytest.mark.parametrize(
+    ("change", "seq", "message"),
+    [
+        ({}, 2, "log record 2 says it is seq 1"),
+        ({"seq": 2}, 2, r"log record 2: an import may only be log record 1"),
+        ({"items": 4}, 1, "its parts hold 3 items, it says 4"),
+        ({"parts": [PARTS[0].to_json(), PARTS[0].to_json()], "items": 4}, 1, "names a part twice"),
+        ({"parts": [{"sha256": "cd" * 32, "size": 1 << 30, "items": 1}], "items": 1}, 1, r"parts\[0\]\.size is larger"),
+        ({"parts": [{"sha256": "cd" * 32, "size": 10, "items": 0}], "items": 0}, 1, r"parts\[0\]\.items must be"),
+        ({"parts": "all"}, 1, r"\.parts must be a list"),
+        ({"next_id": 0}, 1, r"\.next_id must be an integer"),
+        ({"dims": {"clip": 4}}, 1, r"\.dims must name exactly"),
+    ],
+)
+def test_a_bad_import_field_is_named(change: dict, seq: int, message: str) -> None:
+    with pytest.raises(SyncError, match=message):
+        parse_record(json.dumps(_import(**change)).encode(), seq)
+
+
+@pytest.mark.parametrize(
+    ("change", "seq", "message"),
+    [
+        ({}, 41, "checkpoint 41 says it is seq 40"),
+        ({"format": "flashfit-log/1"}, 40, "checkpoint 40: format must be 'flashfit-checkpoint/1'"),
+        ({"items": 2}, 40, "checkpoint 40: its parts hold 3 items, it says 2"),
+        ({"parts": [{"sha256": "../x", "size": 1, "items": 1}], "items": 1}, 40, r"checkpoint 40\.parts\[0\] must be"),
+        ({"writer": 7}, 40, r"checkpoint 40\.writer must be text"),
+        ({"dims": {**DIMS, "clip": 0}}, 40, r"checkpoint 40\.dims\.clip must be an integer"),
+    ],
+)
+def test_a_bad_checkpoint_field_is_named(change: dict, seq: int, message: str) -> None:
+    with pytest.raises(SyncError, match=message):
+        parse_checkpoint(json.dumps(_checkpoint(**change)).encode(), seq)
+    with pytest.raises(SyncError, match="is not valid JSON"):
+        parse_checkpoint(b"\xff", seq)
+
+
+def test_a_part_is_checked_like_an_add_record_and_against_its_reference() -> None:
+    body = {k: v for k, v in _record().items() if k in ("dims", "items", "segments")}
+    good = json.dumps({"format": "flashfit-part/1", **body}).encode()
+    with pytest.raises(SyncError, match=f"parts/{'cd' * 32} holds 1 items, its reference says 2"):
+        parse_part(good, PARTS[0])
+    with pytest.raises(SyncError, match=r"format must be 'flashfit-part/1'"):
+        parse_part(json.dumps({"format": "flashfit-log/1", **body}).encode(), PARTS[1])
+    with pytest.raises(SyncError, match=r"segments\.clip\.size does not fit"):
+        parse_part(json.dumps({"format": "flashfit-part/1", **body, "segments": {n: {"sha256": SHA, "size": 1} for n in DIMS}}).encode(), PARTS[1])
