@@ -341,11 +341,14 @@ class CatalogConfig(Strict):
     endpoint_url: HttpUrl | None = None  # MinIO or another S3-compatible store
     region: Identifier | None = None
     poll_interval: float = Field(0.5, ge=0.05, le=60)  # seconds between a replica's looks at the log
+    # A checkpoint of the whole catalogue every that many commits, for nodes that join late (0: none).
+    checkpoint_every: int = Field(1000, ge=0, le=10_000_000)
 
     def server_env(self) -> dict[str, str]:
         if self.sync_url is None:
             return {}
-        env = {"CATALOG_SYNC_URL": self.sync_url, "CATALOG_SYNC_POLL_INTERVAL": f"{self.poll_interval:g}"}
+        env = {"CATALOG_SYNC_URL": self.sync_url, "CATALOG_SYNC_POLL_INTERVAL": f"{self.poll_interval:g}",
+               "CATALOG_SYNC_CHECKPOINT_EVERY": str(self.checkpoint_every)}
         if self.endpoint_url:
             env["CATALOG_SYNC_ENDPOINT"] = self.endpoint_url
         if self.region:

@@ -23,7 +23,7 @@ def _backend_env(text: str) -> dict[str, str]:
 
 def test_the_catalog_section_reaches_the_backend_env_of_compose_and_stack_files() -> None:
     config = resolve({"catalog": {"sync_url": URL, "endpoint_url": "http://minio:9000", "region": "eu-west-1",
-                                  "poll_interval": 0.25}}, environ={"AWS_SECRET_ACCESS_KEY": "never-rendered"})
+                                  "poll_interval": 0.25, "checkpoint_every": 50}}, environ={"AWS_SECRET_ACCESS_KEY": "never-rendered"})
     files = render_all(config)
     for name in ("docker-compose.prod.yml", "docker-compose.blue.yml", "docker-stack.yml"):
         env = _backend_env(files[name].text)
@@ -31,6 +31,7 @@ def test_the_catalog_section_reaches_the_backend_env_of_compose_and_stack_files(
         assert env["CATALOG_SYNC_ENDPOINT"] == "http://minio:9000"
         assert env["CATALOG_SYNC_REGION"] == "eu-west-1"
         assert env["CATALOG_SYNC_POLL_INTERVAL"] == "0.25"
+        assert env["CATALOG_SYNC_CHECKPOINT_EVERY"] == "50"
         assert "never-rendered" not in files[name].text
 
 
