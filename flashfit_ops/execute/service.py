@@ -517,11 +517,7 @@ def repair(config: Config, *, dry_run: bool = False, lock_wait: float | None = N
         keeper = keeper_preview(config, observed, "repair", list(planned.steps)) if planned.steps else []
         return {"result": "planned", "dry_run": True, "kind": "repair", **planned.to_dict(), "keeper": keeper}
     with deploy_lock(config, lock_wait, "repair"):
-        result = repair_locked(config, backend)
-        if result is None:  # a plan settles the scrape targets when it ends; without one, here
-            with contextlib.suppress(OSError):
-                scrape_targets.settle(config)  # (after a failover the keeper could not record there)
-        return result or {"result": "nothing to repair", "kind": "repair", "plan": [], "findings": []}
+        return repair_locked(config, backend) or {"result": "nothing to repair", "kind": "repair", "plan": [], "findings": []}
 
 
 def repair_locked(config: Config, backend: Engine, *, spares: bool = True) -> dict[str, Any] | None:
