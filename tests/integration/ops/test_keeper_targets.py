@@ -78,6 +78,9 @@ def test_prometheus_scrapes_the_spare_after_the_keeper_fails_over(project) -> No
 
     docker_client().containers.get(live).kill()
     follows(project, spare, live)
+    status = project.flashfit("status", "--json")
+    assert status.code == 0, status.stderr
+    assert status.json()["monitoring"]["missing"] == []  # every live replica is an `up` target
 
     # One more of the kind: the spare that took over is stopped by hand (the keeper acts on the
     # stop's SIGTERM); the first one, started again as the spare meanwhile, takes over.
