@@ -15,8 +15,9 @@ Failover (deploy.spare_replicas): a spare is a ready container the standby slots
 slot does. When a container some slot links to is going away, those slots are relinked to a
 spare (atomic rename, as the executor does) and the standby slots that linked to the spare are
 relinked to the dead one, which is then started again and becomes the next spare: roles swap, no
-model is loaded while nothing serves. applied.json follows, so `flashfit status` reads the truth, and so does Prometheus's scrape targets
-file when monitoring is on (written after the relinks; a failed write is retried, never blocks).
+model is loaded while nothing serves. applied.json follows, so `flashfit status` reads the truth,
+and so does Prometheus's scrape targets file when monitoring is on (written after the relinks; a
+failed write is retried, never blocks).
 Without a spare, the dead container is started again the moment it has exited.
 
 It never fights flashfit: while the deploy lock is held (a deploy, rollback, restore, stop,
@@ -25,8 +26,9 @@ restarted; `flashfit stop` and `down` stop or remove the keeper first.
 
 Standard library only (it runs in the live backend's image, as root to reach the engine's socket,
 which is mounted read-write; the project's state folder is mounted read-only, its sockets and
-proxy folders read-write for the relinks, and the scrape targets folder when monitoring is on). Not imported by flashfit itself: the executor mounts
-this file into the container.
+proxy folders read-write for the relinks, and the scrape targets folder when monitoring is on).
+Not imported by flashfit itself: the executor mounts this file into the container, and
+monitoring/filesd.py beside it (the one maker of the targets document).
 """
 
 from __future__ import annotations
