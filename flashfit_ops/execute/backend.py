@@ -7,12 +7,12 @@ The image, swarm, monitoring and doctor modules take the EngineClient itself."""
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 from flashfit_ops.engine.errors import ENGINE_HINT, engine_errors
 from flashfit_ops.engine.protocol import Container, ContainerInfo, Engine, EngineClient
 from flashfit_ops.plan.common import LABEL_PROJECT, PROXY_CONFIG_DIR, PROXY_CONFIG_FILE, SOCKET_DIR, EngineGpus
-from flashfit_ops.plan.keeper import KEEPER_PROXY_DIR, KEEPER_SOCKETS
+from flashfit_ops.plan.keeper import KEEPER_PROXY_DIR, KEEPER_SOCKETS, KEEPER_TARGETS_DIR, TARGETS_FILE
 from flashfit_ops.plan.steps import ContainerSpec, EnsureKeeper, GpuRequest, ProxySpec
 from flashfit_ops.service_spec import Healthcheck, Logging
 
@@ -219,12 +219,14 @@ class DockerBackend(Engine):
         )
 
     @_engine_errors
-    def run_keeper(self, step: EnsureKeeper, script: str) -> None:
-        """The keeper container (flashfit_ops.plan.steps.EnsureKeeper): root, to reach the engine."""
+    def run_keeper(self, step: EnsureKeeper, script: str, modules: Mapping[str, str] | None = None) -> None:
+        """The keeper container (flashfit_ops.plan.steps.EnsureKeeper): root, to reach the engine.
+        `modules`: {name: file} the script imports, mounted beside it as `/<name>.py`."""
         from flashfit_ops.engine.sdk import Mount
 
         mounts = [
             Mount("/flashfit-keeper.py", script, type="bind", read_only=True),
+            *(Mount(f"/{name}.py", path, type="bind", read_only=True) for name, path in (modules or {}).items()),
             Mount("/flashfit", step.state_dir, type="bind", read_only=True),
             # Writable: a failover relinks slots and records them (flashfit_ops/plan/spare.py).
             Mount(KEEPER_SOCKETS, f"{step.state_dir}/sockets", type="bind"),
@@ -236,6 +238,9 @@ class DockerBackend(Engine):
             "KEEPER_PROXY": step.proxy,
             "KEEPER_READY_PATH": step.ready_path,
         }
+        if step.targets_dir:  # monitoring on: a failover rewrites Prometheus's scrape targets
+            mounts.append(Mount(KEEPER_TARGETS_DIR, step.targets_dir, type="bind"))
+            environment["KEEPER_TARGETS"] = f"{KEEPER_TARGETS_DIR}/{TARGETS_FILE}"
         container = self.client.containers.create(
             step.image,
             name=step.name,

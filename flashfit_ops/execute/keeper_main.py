@@ -15,7 +15,9 @@ Failover (deploy.spare_replicas): a spare is a ready container the standby slots
 slot does. When a container some slot links to is going away, those slots are relinked to a
 spare (atomic rename, as the executor does) and the standby slots that linked to the spare are
 relinked to the dead one, which is then started again and becomes the next spare: roles swap, no
-model is loaded while nothing serves. applied.json follows, so `flashfit status` reads the truth.
+model is loaded while nothing serves. applied.json follows, so `flashfit status` reads the truth,
+and so does Prometheus's scrape targets file when monitoring is on (written after the relinks; a
+failed write is retried, never blocks).
 Without a spare, the dead container is started again the moment it has exited.
 
 It never fights flashfit: while the deploy lock is held (a deploy, rollback, restore, stop,
@@ -24,8 +26,9 @@ restarted; `flashfit stop` and `down` stop or remove the keeper first.
 
 Standard library only (it runs in the live backend's image, as root to reach the engine's socket,
 which is mounted read-write; the project's state folder is mounted read-only, its sockets and
-proxy folders read-write for the relinks). Not imported by flashfit itself: the executor mounts
-this file into the container.
+proxy folders read-write for the relinks, and the scrape targets folder when monitoring is on).
+Not imported by flashfit itself: the executor mounts this file into the container, and
+monitoring/filesd.py beside it (the one maker of the targets document).
 """
 
 from __future__ import annotations
@@ -44,12 +47,19 @@ import time
 import urllib.parse
 from datetime import datetime, timezone
 
+if __package__:  # imported as part of flashfit (its tests)
+    from flashfit_ops.monitoring import filesd
+else:  # the keeper's container: flashfit_ops/monitoring/filesd.py is mounted beside this script
+    import flashfit_filesd as filesd  # type: ignore[import-not-found, no-redef]
+
 ENGINE = os.environ.get("KEEPER_ENGINE_SOCKET", "/var/run/docker.sock")
 STATE = os.environ.get("KEEPER_STATE_DIR", "/flashfit")
 PROJECT = os.environ.get("KEEPER_PROJECT", "")
 PROXY = os.environ.get("KEEPER_PROXY", "")
 INTERVAL = float(os.environ.get("KEEPER_INTERVAL", "0.5"))
 READY_PATH = os.environ.get("KEEPER_READY_PATH", "/ready")
+# Prometheus's scrape targets file (writable here); empty when monitoring is off.
+TARGETS = os.environ.get("KEEPER_TARGETS", "")
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -178,6 +188,30 @@ def record(primary: dict[str, str], standby: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
+_targets_error = ""
+
+
+def sync_targets() -> None:
+    """Prometheus scrapes exactly the containers the slots link to: after a failover the spare,
+    no longer the dead one (whose `down` would page about a replica already replaced). Checked on
+    every pass and written only when it differs, so a write that failed (printed once) is retried;
+    called after the relinks, never before, so it can never hold a failover up."""
+    global _targets_error
+    if not TARGETS:
+        return
+    primary, _ = links()
+    if not primary:  # no slot read (the folder is going away): leave the file alone
+        return
+    try:
+        if filesd.write(TARGETS, PROJECT, [name for _, name in sorted(primary.items(), key=_slot_order)]):
+            print(f"keeper: scrape targets now {', '.join(dict.fromkeys(primary.values()))}", flush=True)
+        _targets_error = ""
+    except OSError as error:
+        if str(error) != _targets_error:
+            print(f"keeper: could not write the scrape targets ({error}); retrying", file=sys.stderr, flush=True)
+        _targets_error = str(error)
+
+
 def fsync_folder(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -269,6 +303,8 @@ def heal(going: set[str]) -> None:
         spare = fail_over(name, current)
         if spare is not None:
             print(f"keeper: {name} is going away: its slots now link to the spare {spare}", flush=True)
+    if not lock_held():  # (a command that started meanwhile owns the file)
+        sync_targets()  # after the relinks: traffic first, monitoring second
     wanted = routed() | {PROXY}
     # Backends first, then the proxy.
     for name in sorted((n for n in wanted if current.get(n) in ("exited", "created")), key=lambda n: n == PROXY):

@@ -1,6 +1,8 @@
 """The scrape targets file: exactly the backend containers the proxy's replica slots point to,
 rewritten atomically at every completed switch (Prometheus's file_sd sees the rename through the
-bind-mounted folder and applies it without a reload).
+bind-mounted folder and applies it without a reload), and by the keeper once it has failed a dead
+backend's slots over to a spare (the spare is scraped, the dead one no longer is); both write
+through filesd.py, so the two writers make the same document.
 
 Why file-based discovery and not Docker's: the slots, not the engine, say which containers take
 traffic. A blue-green deploy keeps the old color's containers (running until drained, then
@@ -34,9 +36,8 @@ from pathlib import Path
 from typing import Callable
 
 from flashfit_ops.config.model import Config
-from flashfit_ops.fileio import atomic_write_text
-from flashfit_ops.monitoring import api
-from flashfit_ops.plan.common import BACKEND_PORT, state_dir
+from flashfit_ops.monitoring import api, filesd
+from flashfit_ops.plan.common import state_dir
 
 MONITORING_DIR = "monitoring"
 # Inside the Prometheus container, where .flashfit/monitoring/prometheus is mounted.
@@ -52,29 +53,18 @@ def targets_path(config: Config) -> Path:
     return monitoring_dir(config) / "prometheus" / TARGETS_RELATIVE
 
 
-def _color(config: Config, name: str) -> str:
-    prefix = f"{config.project}-backend-"
-    return name[len(prefix):].split("-", 1)[0] if name.startswith(prefix) else ""
-
-
 def targets_document(config: Config, slots: tuple[str, ...] | list[str], draining: tuple[str, ...] | list[str] = ()) -> list[dict]:
     """One file_sd group per container: those the slots point to, then those just switched away
-    from, still finishing their requests. The labels depend on the container alone (see above)."""
-    names = [name for name in (*slots, *draining) if name]
-    return [
-        {
-            "targets": [f"{name}:{BACKEND_PORT}"],
-            "labels": {"project": config.project, "container": name, "color": _color(config, name)},
-        }
-        for name in dict.fromkeys(names)
-    ]
+    from, still finishing their requests. The labels depend on the container alone (see above);
+    the keeper makes its document with the same function (filesd)."""
+    return filesd.document(config.project, (*slots, *draining))
 
 
 def write_targets(config: Config, slots: tuple[str, ...] | list[str], draining: tuple[str, ...] | list[str] = ()) -> None:
     """A no-op unless monitoring is enabled."""
     if not config.monitoring.enabled:
         return
-    atomic_write_text(targets_path(config), json.dumps(targets_document(config, slots, draining), indent=2) + "\n")
+    filesd.write(targets_path(config), config.project, (*slots, *draining))
 
 
 def on_switch(config: Config, slots: tuple[str, ...]) -> None:

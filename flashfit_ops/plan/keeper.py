@@ -10,6 +10,10 @@ from flashfit_ops.plan.steps import EnsureKeeper
 # Where the keeper sees the sockets and proxy folders, writable (the rest of .flashfit is read-only).
 KEEPER_SOCKETS = "/flashfit/sockets"
 KEEPER_PROXY_DIR = "/flashfit/proxy"
+# With monitoring on, the folder of Prometheus's scrape targets file, writable: a failover rewrites it.
+SCRAPE_TARGETS_DIR = "monitoring/prometheus/targets"  # under the state folder (monitoring/targets.py)
+KEEPER_TARGETS_DIR = f"/flashfit/{SCRAPE_TARGETS_DIR}"
+TARGETS_FILE = "backend.json"
 
 
 def keeper_name(project: str) -> str:
@@ -39,5 +43,6 @@ def keeper_step(config: Config, image: str | None, docker_host: str | None) -> l
             engine_socket=socket,
             labels=dict(sorted(project_labels(config, ROLE_KEEPER).items())),
             ready_path=config.healthcheck.readiness_path,
+            targets_dir=str(state_dir(config) / SCRAPE_TARGETS_DIR) if config.monitoring.enabled else "",
         )
     ]

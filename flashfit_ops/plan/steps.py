@@ -326,6 +326,8 @@ class EnsureKeeper(Step):
     engine_socket: str
     labels: dict[str, str] = field(default_factory=dict)
     ready_path: str = "/ready"  # what a spare must answer 200 on before slots are relinked to it
+    # Monitoring on: the folder of Prometheus's scrape targets file, which a failover rewrites ("" when off).
+    targets_dir: str = ""
 
     def describe(self) -> str:
         return (

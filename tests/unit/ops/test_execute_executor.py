@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import AbstractSet, Any, Iterator, NoReturn
+from typing import AbstractSet, Any, Iterator, Mapping, NoReturn
 
 import pytest
 
@@ -110,7 +110,7 @@ class FakeBackend(Engine):
     def remove_volume(self, name: str) -> None:
         self._not_here("remove_volume")
 
-    def run_keeper(self, step: EnsureKeeper, script: str) -> None:
+    def run_keeper(self, step: EnsureKeeper, script: str, modules: Mapping[str, str] | None = None) -> None:
         self._not_here("run_keeper")
 
     def run_proxy(self, spec: ProxySpec) -> ContainerInfo:

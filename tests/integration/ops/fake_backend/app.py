@@ -3,8 +3,8 @@
 Env: FLASHFIT_SOCKET (also serve on this Unix socket, as the real server does), BOOT_DELAY (seconds before /ready turns 200), NEVER_READY=1 (/ready stays 503),
 DIE_AFTER (seconds after becoming ready, the process exits with code 3), FAILED (a cause: /ready
 answers 503 {"status": "failed"} with it, as the real server does when a model cannot load), APP_VERSION.
-Endpoints: /health (200 while the process runs), /ready, and anything else -> 200 JSON with the
-version. HTTP/1.1 keep-alive, threaded; SIGTERM stops it cleanly (it runs as PID 1)."""
+Endpoints: /health (200 while the process runs), /ready, /metrics (one gauge, the text format),
+and anything else -> 200 JSON with the version. HTTP/1.1 keep-alive, threaded; SIGTERM stops it cleanly (it runs as PID 1)."""
 
 import json
 import os
@@ -45,6 +45,13 @@ class Handler(BaseHTTPRequestHandler):
             self._send(503, {"status": "failed", "checks": {"errors": {"clip": FAILED}}, "version": VERSION})
         elif self.path == "/ready":
             self._send(200 if ready() else 503, {"ready": ready(), "version": VERSION})
+        elif self.path == "/metrics":  # scrapable by Prometheus (the text format), as the real one is
+            data = f'flashfit_fake_info{{version="{VERSION}"}} 1\n'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         else:
             self._send(200, {"version": VERSION, "path": self.path})
 
