@@ -96,7 +96,7 @@ def main() -> int:
 
     ensure_flashfit_images()
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="bench-catalog-nodes-") as tmp, running(nodes=3) as cluster, \
+    with tempfile.TemporaryDirectory(prefix="bench-catalog-nodes-") as tmp, running(nodes=3, in_memory=True) as cluster, \
             moto_on_gateway(cluster) as endpoint, \
             catalog_stack(cluster, Path(tmp), endpoint, replicas=3, poll_interval=args.poll_interval) as project:  # fmt: skip
         set_up_s = time.monotonic() - started

@@ -4,7 +4,9 @@ node, one shared log in moto's S3 server, the bucket's credentials as Swarm secr
 keep-alive clients load the proxy (no retries) the whole time.
 
 This cluster is the module's own, not the session's: the real image makes its nodes heavy
-(about 1.4 GB each), and a separate file can run on another worker beside test_multinode.py."""
+(about 1.4 GB each), so their engines keep it in memory (`in_memory`: set-up 136 s instead of
+297 s, teardown 2 s instead of 78 s here), and a separate file can run on another worker beside
+test_multinode.py."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ RECOMMEND = {"text": "red summer dress", "limit": 5}
 @pytest.fixture(scope="module")
 def cluster() -> Any:
     ensure_flashfit_images()
-    with running(nodes=REPLICAS) as cluster:
+    with running(nodes=REPLICAS, in_memory=True) as cluster:
         yield cluster
 
 
