@@ -371,6 +371,7 @@ def rollback(
         if not backend.image_exists(image_ref(config, version)):
             known = ", ".join(v["version"] for v in options["versions"]) or "none"
             raise UsageError(f"version {version} is not retained here (retained: {known})", hint="`flashfit rollback` lists them")
+        require_models(backend, config, version)  # new containers of it mount no models when baked
         return plan_deploy(strategy, config, observed, Target(version, new_deploy_id(), replicas))
 
     if dry_run:

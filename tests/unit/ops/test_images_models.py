@@ -218,3 +218,29 @@ def test_a_baked_deploy_refuses_an_image_without_models(tmp_path: Path) -> None:
     service.require_models(LabelledImages(None), config, "v1")  # type: ignore[arg-type]  # missing: built baked next
     mounted = resolve({}, environ={})
     service.require_models(LabelledImages({LABEL_MODELS: "mounted"}), mounted, "v1")  # type: ignore[arg-type]
+
+
+def test_a_baked_rollback_to_an_image_without_models_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollback that creates containers (the version is not retained) is a deploy of that
+    image: with nothing mounting the models, one built without them is refused the same way."""
+    from tests.unit.ops.test_execute_executor import FakeBackend, FakeClock
+
+    class OldImages(FakeBackend):
+        def list_containers(self, project: str) -> list:
+            return []
+
+        def network_exists(self, name: str) -> bool:
+            return False
+
+        def image_exists(self, reference: str) -> bool:
+            return True
+
+        def image_tags(self, repository: str) -> list[str]:
+            return ["v0"]
+
+        def image_labels(self, reference: str) -> dict[str, str] | None:
+            return {LABEL_MODELS: "mounted"}
+
+    monkeypatch.setattr(service, "_engine", lambda: (None, OldImages(FakeClock())))
+    with pytest.raises(UsageError, match="flashfit/backend:v0 has no models inside"):
+        service.rollback(baked_config(tmp_path), "v0", dry_run=True)
