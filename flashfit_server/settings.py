@@ -50,10 +50,14 @@ def _csv(value: str) -> list[str]:
 def _secret(env: Mapping[str, str], name: str) -> str:
     """NAME, or the content of the file NAME_FILE names (Docker/Swarm secrets are mounted as
     files under /run/secrets, so they never sit in the environment)."""
-    value = env.get(name, "")
+    return env.get(name, "") or _secret_file(env, name)
+
+
+def _secret_file(env: Mapping[str, str], name: str) -> str:
+    """The content of the file NAME_FILE names ("" when NAME_FILE is not set)."""
     path = env.get(f"{name}_FILE", "").strip()
-    if value or not path:
-        return value
+    if not path:
+        return ""
     try:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
@@ -183,7 +187,8 @@ class Settings:
         if region and not re.fullmatch(r"[a-z0-9-]{2,32}", region):
             raise SettingsError(f"CATALOG_SYNC_REGION={region!r:.40} is not a region name")
         # Only the *_FILE forms: plain AWS_* variables are boto3's own to read.
-        credentials = tuple(_secret({f"{n}_FILE": env.get(f"{n}_FILE", "")}, n) for n in SYNC_CREDENTIALS)
+        key_id, secret, token = (_secret_file(env, name) for name in SYNC_CREDENTIALS)
+        credentials = (key_id, secret, token)
         if any(credentials) and not all(credentials[:2]):
             raise SettingsError("AWS_ACCESS_KEY_ID_FILE and AWS_SECRET_ACCESS_KEY_FILE must be set together")
         return cls(
@@ -221,7 +226,7 @@ class Settings:
             catalog_sync_region=region,
             catalog_sync_poll_interval=float(
                 number("CATALOG_SYNC_POLL_INTERVAL", defaults.catalog_sync_poll_interval, float, 0.05)),
-            catalog_sync_credentials=credentials,  # type: ignore[arg-type]
+            catalog_sync_credentials=credentials,
             catalog_sync_checkpoint_every=int(
                 number("CATALOG_SYNC_CHECKPOINT_EVERY", defaults.catalog_sync_checkpoint_every, int, 0)),
         )
