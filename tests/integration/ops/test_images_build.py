@@ -241,6 +241,22 @@ def test_code_only_change_rebuilds_on_the_cached_dependency_layer(
     assert client.images.get(second["image"]).labels[b.LABEL_VERSION] == second["version"]
 
 
+def ready_answer(container) -> httpx.Response | None:
+    """The server's 200 on /ready through the container's published 8080, or None while it is not
+    there yet (a server that exited fails at once, with its log)."""
+    container.reload()
+    if container.status == "exited":
+        raise AssertionError(f"server exited: {container.logs()[-2000:].decode(errors='replace')}")
+    binding = (container.attrs["NetworkSettings"]["Ports"] or {}).get("8080/tcp")
+    if not binding:
+        return None
+    try:
+        response = httpx.get(f"http://127.0.0.1:{binding[0]['HostPort']}/ready", timeout=2)
+    except httpx.HTTPError:
+        return None
+    return response if response.status_code == 200 else None
+
+
 def test_built_image_serves_ready_with_tiny_models(client, made: Resources, first_build: b.BuildResult, tmp_path: Path) -> None:
     server = Path(sys.executable).parent / "flashfit-server"
     models = tmp_path / "models"
@@ -259,20 +275,7 @@ def test_built_image_serves_ready_with_tiny_models(client, made: Resources, firs
         )
     )
 
-    def ready():
-        container.reload()
-        if container.status == "exited":
-            raise AssertionError(f"server exited: {container.logs()[-2000:].decode(errors='replace')}")
-        binding = (container.attrs["NetworkSettings"]["Ports"] or {}).get("8080/tcp")
-        if not binding:
-            return None
-        try:
-            response = httpx.get(f"http://127.0.0.1:{binding[0]['HostPort']}/ready", timeout=2)
-        except httpx.HTTPError:
-            return None
-        return response if response.status_code == 200 else None
-
-    response = wait_on_condition(ready, timeout=90, interval=0.5)
+    response = wait_on_condition(lambda: ready_answer(container), timeout=90, interval=0.5)
     assert response.json()["status"] == "ready"
     # The image's HEALTHCHECK (flashfit-server probe) agrees.
     wait_on_condition(lambda: (container.reload(), container.attrs["State"]["Health"]["Status"] == "healthy")[1], 30)

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -33,7 +32,7 @@ from flashfit_ops.images import bootstrap as boot
 from flashfit_ops.images import build as b
 from flashfit_ops.labels import LABEL_MODELS, LABEL_MODELS_DIGEST
 from tests.conftest import REPO_ROOT
-from tests.integration.ops.test_images_build import JWT, Resources, copy_sources, git, wait_on_condition
+from tests.integration.ops.test_images_build import JWT, Resources, copy_sources, ready_answer, wait_on_condition
 
 pytestmark = pytest.mark.integration
 
@@ -127,20 +126,7 @@ def test_the_baked_image_serves_ready_with_nothing_mounted(client, made: Resourc
     container = made.container(client.containers.run(
         first.image, detach=True, environment={"JWT_SECRET_KEY": JWT}, ports={"8080/tcp": ("127.0.0.1", None)}))
 
-    def ready():
-        container.reload()
-        if container.status == "exited":
-            raise AssertionError(f"server exited: {container.logs()[-2000:].decode(errors='replace')}")
-        binding = (container.attrs["NetworkSettings"]["Ports"] or {}).get("8080/tcp")
-        if not binding:
-            return None
-        try:
-            response = httpx.get(f"http://127.0.0.1:{binding[0]['HostPort']}/ready", timeout=2)
-        except httpx.HTTPError:
-            return None
-        return response if response.status_code == 200 else None
-
-    assert wait_on_condition(ready, timeout=120, interval=0.5).json()["status"] == "ready"
+    assert wait_on_condition(lambda: ready_answer(container), timeout=120, interval=0.5).json()["status"] == "ready"
     assert [m["Destination"] for m in container.attrs["Mounts"]] == []
 
 
