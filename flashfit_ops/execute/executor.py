@@ -301,6 +301,7 @@ class Executor:
             time.sleep(0.1)
             lines = server_lines(self.backend.logs(name, tail=LOG_SCAN), LOG_LINES)
         return lines
+
     def _gate_or_raise(self, names: tuple[str, ...], deadline: float, label: str) -> None:
         results = self._gate(names, deadline, label)
         now = self.clock()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -39,6 +40,8 @@ _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 _NEXT = re.compile(r"<([^>]+)>;\s*rel=\"?next\"?")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 PUSH_TIMEOUT = 3600
+LOGIN_ATTEMPTS = 4
+LOGIN_BACKOFF = 0.5  # seconds before the 2nd try; doubled for each next one
 
 
 @dataclass(frozen=True)
@@ -188,8 +191,25 @@ def login(client: EngineClient, config: Config, environ: Mapping[str, str] | Non
     if creds is None:
         return None
     auth = {"username": creds.username, "password": creds.password}
-    client.login(registry=config.registry.server, reauth=True, **auth)
-    return auth
+    server = config.registry.server
+    from flashfit_ops.engine.errors import APIError, engine_errors, explanation
+
+    with engine_errors(f"login to the registry {server} failed"):
+        for attempt in range(1, LOGIN_ATTEMPTS + 1):
+            try:
+                client.login(registry=server, reauth=True, **auth)
+                return auth
+            except APIError as error:
+                # The engine answers 500 when it could not reach the registry (a dropped
+                # connection, "EOF"): worth another try. Refused credentials are not.
+                if attempt == LOGIN_ATTEMPTS or not _transient_login_failure(error.status_code, explanation(error)):
+                    raise
+            time.sleep(LOGIN_BACKOFF * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _transient_login_failure(status: int | None, message: str) -> bool:
+    return status is not None and status >= 500 and "unauthorized" not in message.lower()
 
 
 def push(client: EngineClient, config: Config, version: str, environ: Mapping[str, str] | None = None) -> str:

@@ -66,6 +66,57 @@ def test_probe_as_a_process_imports_nothing_heavy(status_server: tuple[str, list
     assert out.strip().splitlines()[-1] == "0 []", out
 
 
+def test_the_executables_probe_takes_the_socket_only_path(status_server: tuple[str, list[int]]) -> None:
+    """Docker runs the probe every second in every replica: the executable's path for it imports
+    neither argparse nor urllib, and answers as the CLI's probe does."""
+    url, status = status_server
+    code = (
+        "import sys; from flashfit_server import entry\n"
+        f"sys.argv = ['flashfit-server', 'probe', '--url', {url!r}, '--timeout', '2']\n"
+        "code = entry.main()\n"
+        "print(code, [m for m in ('argparse', 'urllib.request', 'logging', 'flashfit_server.cli') if m in sys.modules])"
+    )
+    for answer, expected in ((200, "0 []"), (503, "1 []")):
+        status[0] = answer
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        assert done.stdout.strip().splitlines()[-1] == expected, done.stdout
+        assert done.stdout.startswith(f"probe {url}: {answer}")
+
+
+def test_fast_probe_exit_codes_and_what_it_leaves_to_the_cli(status_server: tuple[str, list[int]], capsys) -> None:
+    from flashfit_server.probe import fast_probe
+
+    url, status = status_server
+    assert fast_probe(["--url", url]) == 0
+    assert fast_probe([f"--url={url}", "--timeout=1"]) == 0
+    status[0] = 503
+    assert fast_probe(["--url", url]) == 1
+    assert fast_probe(["--url", "http://127.0.0.1:9/ready", "--timeout", "0.5"]) == 1
+    assert "Connection refused" in capsys.readouterr().err
+    for argv in (["--body"], ["--help"], ["--url", "https://127.0.0.1/ready"], ["--url", "http://[::1]:8080/"],
+                 ["--url"], ["--timeout", "soon"], ["--timeout", "0"], ["--url", "http://host:port/"]):  # fmt: skip
+        assert fast_probe(argv) is None, argv
+
+
+def test_fast_probe_refuses_an_answer_that_is_not_http() -> None:
+    import socket
+
+    from flashfit_server.probe import status_of
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        connection, _ = listener.accept()
+        connection.recv(1024)
+        connection.sendall(b"SSH-2.0-OpenSSH\r\n")
+        connection.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    with pytest.raises(ValueError, match="not an HTTP answer"):
+        status_of("127.0.0.1", listener.getsockname()[1], "/ready", timeout=2)
+    listener.close()
+
+
 def test_token_is_signed_with_the_configured_secret(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     secret = "s" * 40
     monkeypatch.setenv("JWT_SECRET_KEY", secret)

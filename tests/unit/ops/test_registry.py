@@ -129,3 +129,57 @@ def test_remote_prune_where_deletes_are_off(fake, tmp_path: Path) -> None:
     fake.deletes = True
     dry = registry.prune_remote(config(tmp_path), keep=1, dry_run=True, used_versions=set(), deployed=[])
     assert dry.removed == [] and fake.deleted == [] and [t.version for t in dry.plan.remove] == ["v3b", "v2", "v1", "v0"]
+
+
+class LoginEngine:
+    """The engine's /auth as the SDK raises it: `answers` are the status codes of successive calls."""
+
+    def __init__(self, *answers: int):
+        self.answers = list(answers)
+        self.calls = 0
+
+    def login(self, **_auth) -> dict:
+        import docker.errors
+        import requests
+
+        self.calls += 1
+        status = self.answers.pop(0)
+        if status == 200:
+            return {"Status": "Login Succeeded"}
+        response = requests.Response()
+        response.status_code = status
+        words = 'Get "http://127.0.0.1:5000/v2/": EOF' if status >= 500 else "unauthorized: incorrect username or password"
+        raise docker.errors.APIError("auth failed", response=response, explanation=words)
+
+
+@pytest.fixture
+def login_config(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(registry.time, "sleep", lambda _s: None)
+    (tmp_path / ".env").write_text("REGISTRY_USERNAME=ci\nREGISTRY_PASSWORD=s3cret-pw\n")
+    return config(tmp_path, server="127.0.0.1:5000")
+
+
+def test_login_tries_again_when_the_engine_could_not_reach_the_registry(login_config) -> None:
+    engine = LoginEngine(500, 500, 200)
+    assert registry.login(engine, login_config, {}) == {"username": "ci", "password": "s3cret-pw"}
+    assert engine.calls == 3
+
+
+def test_login_that_keeps_failing_is_a_clear_error_without_the_password(login_config) -> None:
+    from flashfit_ops.errors import OperationFailed
+
+    engine = LoginEngine(*[500] * registry.LOGIN_ATTEMPTS)
+    with pytest.raises(OperationFailed) as info:
+        registry.login(engine, login_config, {})
+    assert engine.calls == registry.LOGIN_ATTEMPTS
+    assert "login to the registry 127.0.0.1:5000 failed" in str(info.value) and "EOF" in str(info.value)
+    assert "s3cret-pw" not in str(info.value)
+
+
+def test_refused_credentials_are_not_tried_again(login_config) -> None:
+    from flashfit_ops.errors import OperationFailed
+
+    engine = LoginEngine(401, 200)
+    with pytest.raises(OperationFailed, match="incorrect username or password"):
+        registry.login(engine, login_config, {})
+    assert engine.calls == 1

@@ -310,7 +310,7 @@ def up(nodes: int = 3, *, shared_root: Path | None = None, extra_ports: int = 0,
                 publish += ["-p", f"127.0.0.1:{port}:{port}"]
             docker("run", "-d", "--name", node.name, "--hostname", node.name, "--label", label,
                    "--network", network, "--ip", node.ip, *NODE_SECURITY, *publish,
-                   "-e", f"REGISTRY_LOOPBACK_PORT={registry_port}",
+                   "-e", f"REGISTRY_LOOPBACK_PORT={registry_port}", "-e", f"REGISTRY_ADDRESS={hosts[1]}:5000",
                    "-v", f"{shared}:{shared}", *storage, node_ref)  # fmt: skip
             cluster.nodes.append(node)
         cluster.docker_host = f"tcp://127.0.0.1:{_published(cluster.manager.name, 2375)}"

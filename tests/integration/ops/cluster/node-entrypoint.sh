@@ -18,8 +18,10 @@ mount -t tmpfs tmpfs /tmp
 rm -f /var/run/docker.pid /var/run/docker/containerd/containerd.pid
 # The host pushes to the registry at 127.0.0.1:PORT; the same name must work here, so image
 # references (digests included) are identical on the host and on every node.
+# The registry's address, not its name: socat resolves a name for every connection, and an
+# embedded-DNS answer lost on a loaded host closed the connection at once ("EOF" in CI).
 if [ -n "${REGISTRY_LOOPBACK_PORT:-}" ]; then
-    socat "TCP-LISTEN:${REGISTRY_LOOPBACK_PORT},bind=127.0.0.1,fork,reuseaddr" TCP:registry:5000 &
+    socat "TCP-LISTEN:${REGISTRY_LOOPBACK_PORT},bind=127.0.0.1,fork,reuseaddr" "TCP:${REGISTRY_ADDRESS:-registry:5000}" &
 fi
 exec dockerd --host unix:///var/run/docker.sock --host tcp://0.0.0.0:2375 --tls=false \
     --storage-driver overlay2 "$@"

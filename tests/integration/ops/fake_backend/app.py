@@ -64,6 +64,12 @@ class UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer)
 
 
 def main() -> None:
+    # The cause goes to the log before any socket answers: a probe that reached the server (a
+    # starved one included) implies the line a gate failure shows is already there.
+    if NEVER_READY:
+        print("fake backend: will never be ready (NEVER_READY=1)", flush=True)
+    if FAILED:
+        print(f"ERROR fake backend: model slot clip failed to load: {FAILED}", flush=True)
     server = ThreadingHTTPServer(("0.0.0.0", 8080), Handler)
     server.daemon_threads = True
     servers = [server]
@@ -91,10 +97,6 @@ def main() -> None:
             os._exit(3)
 
         threading.Thread(target=die, daemon=True).start()
-    if NEVER_READY:
-        print("fake backend: will never be ready (NEVER_READY=1)", flush=True)
-    if FAILED:
-        print(f"ERROR fake backend: model slot clip failed to load: {FAILED}", flush=True)
     server.serve_forever()
     if path and os.path.exists(path):
         os.unlink(path)

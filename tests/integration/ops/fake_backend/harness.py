@@ -8,6 +8,7 @@ seconds after becoming ready)."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import secrets
@@ -303,6 +304,9 @@ class Load:
         self.non_2xx = 0
         self.errors: list[str] = []
         self.versions: dict[str, int] = {}
+        self.statuses: collections.Counter[int] = collections.Counter()  # of the non-2xx answers
+        self.failed_at: list[float] = []  # seconds after the start, of each failure
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
@@ -316,12 +320,15 @@ class Load:
                 except httpx.HTTPError as error:
                     with self._lock:
                         self.errors.append(repr(error))
+                        self.failed_at.append(time.monotonic() - self._started)
                     continue
                 with self._lock:
                     if 200 <= response.status_code < 300:
                         self.ok += 1
                     else:
                         self.non_2xx += 1
+                        self.statuses[response.status_code] += 1
+                        self.failed_at.append(time.monotonic() - self._started)
 
     def __enter__(self) -> "Load":
         for worker in self._workers:
@@ -337,3 +344,8 @@ class Load:
     @property
     def total(self) -> int:
         return self.ok + self.non_2xx + len(self.errors)
+
+    def summary(self) -> str:
+        """For an assertion's message: what failed, how, and over which seconds of the run."""
+        span = f", failures {self.failed_at[0]:.1f}s..{self.failed_at[-1]:.1f}s into {time.monotonic() - self._started:.1f}s" if self.failed_at else ""
+        return f"{self.ok} ok, non-2xx {dict(self.statuses)}, errors {self.errors[:3]} ({len(self.errors)}){span}"
