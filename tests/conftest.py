@@ -32,9 +32,9 @@ def example_config(tmp_path: Path) -> Path:
 # (pytest-xdist --dist loadfile --no-loadscope-reorder), and a long file picked up last would
 # leave the other workers idle at the end. Every other file keeps its collection order.
 LONGEST_FIRST = (
-    "tests/integration/ops/test_swarm.py",
     "tests/integration/ops/cluster/test_catalog_nodes.py",
     "tests/integration/ops/cluster/test_multinode.py",
+    "tests/integration/ops/test_swarm.py",
     "tests/integration/ops/test_deploy_faults.py",
     "tests/integration/ops/test_self_healing.py",
     "tests/integration/ops/test_monitoring.py",
@@ -54,3 +54,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
 
     items.sort(key=rank)  # stable: tests inside a file keep their order
+
+
+CLUSTER_TESTS = "tests/integration/ops/cluster/"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """`--dist loadfile`, with every file under tests/integration/ops/cluster/ on one worker: they
+    share the session's 3-node cluster (its conftest), which is then brought up once, not once
+    per worker that drew one of them (two clusters at once starved a 2-core CI host)."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ClusterTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return CLUSTER_TESTS if scope.startswith(CLUSTER_TESTS) else scope
+
+    return ClusterTogether(config, log)

@@ -22,7 +22,9 @@ from tests.integration.ops.cluster.catalog_stack import (
 from tests.integration.ops.cluster.cluster import Cluster, ready_nodes, running
 from tests.integration.ops.fake_backend.harness import Load, ensure_flashfit_images, wait_on_condition
 
-pytestmark = pytest.mark.integration
+# The first test also pays for the module's stack: a 1.4 GB image built, pushed, and pulled by three
+# nodes. Idle here that is under 3 minutes; a CI host running other files beside it took 10.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
 REPLICAS = 3
 RECOMMEND = {"text": "red summer dress", "limit": 5}
 
