@@ -36,7 +36,7 @@ def test_blue_green_deploy_rollback_status_history(project) -> None:
     with Load(project.url + "/health", threads=4) as load:  # keep-alive clients
         second = project.flashfit("deploy", "--version", "v2", "--json")
     assert second.code == 0, second.stderr
-    assert load.errors == [] and load.non_2xx == 0 and load.ok > 0
+    load.assert_no_failed_request()
     assert second.json()["live_color"] == "green"
     assert second.json()["execution"]["reloads"] == 0  # the switch renamed a slot link; nginx kept running
     slot = project.root / ".flashfit" / "sockets" / "slot-1.sock"
@@ -54,7 +54,7 @@ def test_blue_green_deploy_rollback_status_history(project) -> None:
     with Load(project.url + "/health", threads=4) as load:  # keep-alive clients
         back = project.flashfit("rollback", "v1", "--json")
     assert back.code == 0, back.stderr
-    assert load.errors == [] and load.non_2xx == 0
+    load.assert_no_failed_request()
     assert project.served_version() == "v1"
     assert [c.status for c in project.backends(version="v1")] == ["running"]
     assert [c.status for c in project.backends(version="v2")] == ["exited"]

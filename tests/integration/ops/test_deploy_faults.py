@@ -57,7 +57,7 @@ def test_never_ready_version_is_rolled_back_and_old_keeps_serving(project) -> No
     assert result.code == 1
     assert "did not become ready" in result.stderr
     assert "last log lines of" in result.stderr and "will never be ready" in result.stderr
-    assert load.errors == [] and load.non_2xx == 0 and load.ok > 0
+    load.assert_no_failed_request()
     assert load.total == load.ok  # the broken version never received a request
     assert project.served_version() == "v1"
     assert [c.labels["io.flashfit.version"] for c in project.backends()] == ["v1"]

@@ -49,7 +49,7 @@ def test_single_replaces_the_container_without_failed_requests(single) -> None:
     with Load(single.url + "/health") as load:  # keep-alive clients
         second = single.flashfit("deploy", "--version", "v2", "--json")
     assert second.code == 0, second.stderr
-    assert load.errors == [] and load.non_2xx == 0 and load.ok > 0
+    load.assert_no_failed_request()
     assert single.served_version() == "v2"
     remaining = single.backends()
     assert [c.labels["io.flashfit.version"] for c in remaining] == ["v2"]  # the old one is removed
@@ -71,7 +71,7 @@ def test_rolling_three_replicas_one_at_a_time(rolling) -> None:
     with Load(rolling.url + "/health") as load:  # keep-alive clients
         second = rolling.flashfit("deploy", "--version", "v2", "--json")
     assert second.code == 0, second.stderr
-    assert load.errors == [] and load.non_2xx == 0 and load.ok > 0
+    load.assert_no_failed_request()
     result = second.json()
     switches = [s for s in result["plan"] if s["kind"] == "switch_upstreams"]
     assert len(switches) == 3

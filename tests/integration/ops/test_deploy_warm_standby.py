@@ -55,7 +55,7 @@ def under_load(project, *args: str):
 
 def assert_no_failed_request(*loads: Load) -> None:
     for load in loads:
-        assert load.errors == [] and load.non_2xx == 0 and load.ok > 0, (load.url, load.errors[:5], load.non_2xx)
+        load.assert_no_failed_request()
 
 
 def test_crash_inside_the_monitor_window_goes_back_to_the_warm_old_version(project) -> None:

@@ -124,7 +124,7 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
     with Load(project.url + "/health", threads=4, keep_alive=True) as load:
         second = project.flashfit("deploy", "--version", "v2", "--json")
     assert second.code == 0, second.stderr
-    assert load.errors == [] and load.non_2xx == 0 and load.ok > 0, load.summary()
+    load.assert_no_failed_request()
     assert task_images(swarm, backend) == [f"{project.repo}:v2"] * REPLICAS
 
     status = project.flashfit("status", "--json")
@@ -139,7 +139,7 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
     assert broken.code == 1, broken.stdout + broken.stderr
     assert "rolled" in (broken.stdout + broken.stderr)
     assert task_images(swarm, backend) == [f"{project.repo}:v2"] * REPLICAS
-    assert load.errors == [] and load.non_2xx == 0, load.summary()
+    load.assert_no_failed_request()
 
     # Swarm's automatic rollback left the failed spec as the previous one: `flashfit rollback`
     # offers the earlier good versions instead, and goes back to v1 with a rolling update.
@@ -152,7 +152,7 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
     assert back.code == 0, back.stderr
     assert back.json()["how"] == "rolling update"
     assert task_images(swarm, backend) == [f"{project.repo}:v1"] * REPLICAS
-    assert load.errors == [] and load.non_2xx == 0, load.summary()
+    load.assert_no_failed_request()
 
     # After a normal update the previous spec is the version before: Swarm's own rollback.
     assert project.flashfit("deploy", "--version", "v2").code == 0
@@ -163,7 +163,7 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
     assert back.code == 0, back.stderr
     assert back.json()["how"] == "swarm rollback"
     assert task_images(swarm, backend) == [f"{project.repo}:v1"] * REPLICAS
-    assert load.errors == [] and load.non_2xx == 0, load.summary()
+    load.assert_no_failed_request()
 
     history = project.flashfit("history", "--json").json()["history"]
     assert [(h["kind"], h["version"], h["result"]) for h in history] == [

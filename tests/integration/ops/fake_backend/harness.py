@@ -345,6 +345,10 @@ class Load:
     def total(self) -> int:
         return self.ok + self.non_2xx + len(self.errors)
 
+    def assert_no_failed_request(self) -> None:
+        """Every request answered 2xx (Load waits for a first answer, so there was one)."""
+        assert self.errors == [] and self.non_2xx == 0 and self.ok > 0, f"{self.url}: {self.summary()}"
+
     def summary(self) -> str:
         """For an assertion's message: what failed, how, and over which seconds of the run."""
         span = f", failures {self.failed_at[0]:.1f}s..{self.failed_at[-1]:.1f}s into {time.monotonic() - self._started:.1f}s" if self.failed_at else ""
