@@ -61,9 +61,9 @@ CLUSTER_TESTS = "tests/integration/ops/cluster/"
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
-    """`--dist loadfile`, with every file under tests/integration/ops/cluster/ on one worker: they
-    share the session's 3-node cluster (its conftest), which is then brought up once, not once
-    per worker that drew one of them (two clusters at once starved a 2-core CI host)."""
+    """`--dist loadfile`, with every file under tests/integration/ops/cluster/ on one worker, one
+    after the other: each brings up a 3-node cluster (the session's, or test_catalog_nodes.py's
+    in-memory one), and two clusters at once starved a 2-core CI host."""
     if config.getoption("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling

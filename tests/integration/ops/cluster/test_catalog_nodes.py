@@ -5,8 +5,9 @@ keep-alive clients load the proxy (no retries) the whole time.
 
 This cluster is the module's own, not the session's: the real image makes its nodes heavy
 (about 1.4 GB each), so their engines keep it in memory (`in_memory`: set-up 136 s instead of
-297 s, teardown 2 s instead of 78 s here), and a separate file can run on another worker beside
-test_multinode.py."""
+297 s, teardown 2 s instead of 78 s here). `make test` runs this file on the same worker as
+test_multinode.py (tests/conftest.py), so the two clusters never run side by side: two at once
+starved a 2-core CI host past this module's set-up timeout."""
 
 from __future__ import annotations
 
