@@ -107,6 +107,19 @@ def task_images(client, service_name: str) -> list[str]:
     )
 
 
+def no_failed_request(load: Load, client, project) -> None:
+    """load.assert_no_failed_request(), with what nginx logged as errors when it fails: the
+    statuses say that requests failed, nginx's error log says why (resolution, refused, timeout)."""
+    try:
+        load.assert_no_failed_request()
+    except AssertionError as failure:
+        said = []
+        for container in client.containers.list(all=True, filters={"label": f"com.docker.swarm.service.name={project.name}_nginx"}):
+            log = container.logs(stdout=False, stderr=True, tail=400).decode(errors="replace")
+            said += [line for line in log.splitlines() if "[error]" in line or "[crit]" in line][-15:]
+        raise AssertionError(f"{failure}\nnginx's last errors:\n" + "\n".join(said)) from None
+
+
 def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
     first = project.flashfit("deploy", "--version", "v1", "--json")
     assert first.code == 0, first.stderr
@@ -124,7 +137,7 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
     with Load(project.url + "/health", threads=4, keep_alive=True) as load:
         second = project.flashfit("deploy", "--version", "v2", "--json")
     assert second.code == 0, second.stderr
-    load.assert_no_failed_request()
+    no_failed_request(load, swarm, project)
     assert task_images(swarm, backend) == [f"{project.repo}:v2"] * REPLICAS
 
     status = project.flashfit("status", "--json")
@@ -139,7 +152,7 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
     assert broken.code == 1, broken.stdout + broken.stderr
     assert "rolled" in (broken.stdout + broken.stderr)
     assert task_images(swarm, backend) == [f"{project.repo}:v2"] * REPLICAS
-    load.assert_no_failed_request()
+    no_failed_request(load, swarm, project)
 
     # Swarm's automatic rollback left the failed spec as the previous one: `flashfit rollback`
     # offers the earlier good versions instead, and goes back to v1 with a rolling update.
@@ -152,7 +165,7 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
     assert back.code == 0, back.stderr
     assert back.json()["how"] == "rolling update"
     assert task_images(swarm, backend) == [f"{project.repo}:v1"] * REPLICAS
-    load.assert_no_failed_request()
+    no_failed_request(load, swarm, project)
 
     # After a normal update the previous spec is the version before: Swarm's own rollback.
     assert project.flashfit("deploy", "--version", "v2").code == 0
@@ -163,7 +176,7 @@ def test_swarm_rolling_update_rollback_and_status(project, swarm) -> None:
     assert back.code == 0, back.stderr
     assert back.json()["how"] == "swarm rollback"
     assert task_images(swarm, backend) == [f"{project.repo}:v1"] * REPLICAS
-    load.assert_no_failed_request()
+    no_failed_request(load, swarm, project)
 
     history = project.flashfit("history", "--json").json()["history"]
     assert [(h["kind"], h["version"], h["result"]) for h in history] == [
