@@ -43,9 +43,11 @@ def probe_from(run: Callable[[Any, list[str]], ExecOutput], inside: Any, address
                body: bool = False) -> tuple[bool, str]:  # fmt: skip
     """GET http://address:8080/path from inside the container `inside` (the image's own
     `flashfit-server probe`, run by `run`: DoctorContext.exec): (answered 200, the body when
-    asked for and read whole)."""
+    asked for and read whole). The exit code says whether it answered 200: output cut in
+    transit (ExecOutput.problem) only costs the body, never the verdict."""
     command = ["flashfit-server", "probe", *(["--body"] if body else []), "--url", f"http://{address}:{BACKEND_PORT}{path}"]
     result = run(inside, command)
+    answered = result.exit_code == 0
     lines = result.text().split("\n", 1)
-    answered = result.exit_code == 0 and result.problem is None
-    return answered, lines[1] if body and answered and len(lines) == 2 else ""
+    whole = body and answered and result.problem is None and len(lines) == 2
+    return answered, lines[1] if whole else ""

@@ -49,6 +49,14 @@ def _from_health(text: str) -> Any:
     return body.get(fields.CATALOG_SYNC) if isinstance(body, dict) else "/health did not answer an object"
 
 
+def task_status(answered: bool, body: str) -> Any:
+    """A swarm task's catalogue status from its /health as probe_from read it: an exec output cut
+    in transit loses the body, not the answer, and says so instead of "not JSON"."""
+    if not answered:
+        return "/health does not answer"
+    return _from_health(body) if body else "/health answered, but its body did not arrive whole (run doctor again)"
+
+
 def _local(ctx: DoctorContext) -> dict[str, Any]:
     from flashfit_ops.doctor.checks.http import backend_url
 
@@ -81,7 +89,7 @@ def _swarm(ctx: DoctorContext) -> dict[str, Any]:
         if address is None:
             continue
         answered, body = probe_from(ctx.exec, inside, address, ctx.config.healthcheck.liveness_path, body=True)
-        statuses[f"task {task['ID'][:12]} ({address})"] = _from_health(body) if answered else "/health does not answer"
+        statuses[f"task {task['ID'][:12]} ({address})"] = task_status(answered, body)
     return statuses
 
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from flashfit_ops.config import resolve
-from flashfit_ops.doctor.checks.catalog import judge
+from flashfit_ops.doctor.checks.catalog import judge, task_status
 from flashfit_ops.doctor.result import FAILURE, OK
 from flashfit_ops.errors import ConfigError
 from flashfit_ops.render import render_all
@@ -71,3 +71,11 @@ def test_a_refused_record_a_missing_sync_and_another_log_are_failures() -> None:
     assert missing.status == FAILURE and "does not follow" in missing.summary
     other = judge({"a": _status(1, 1, log="s3://other/x")}, URL)
     assert other.status == FAILURE and "s3://other/x" in other.summary
+
+
+def test_a_task_whose_health_body_was_cut_in_transit_is_named_as_such() -> None:
+    assert task_status(False, "") == "/health does not answer"
+    assert "did not arrive whole" in task_status(True, "")
+    assert task_status(True, '{"catalog_sync": {"applied_seq": 3}}') == {"applied_seq": 3}
+    assert task_status(True, "<html>") == "/health did not answer JSON"
+    assert judge({"a": task_status(True, "")}, URL).status == FAILURE

@@ -162,3 +162,19 @@ def test_the_deploy_probes_the_proxy_on_the_manager(tmp_path) -> None:
                               digests=materials.digests, proxy_host="manager.example.com")
     probe = next(s for s in steps if isinstance(s, ProbeThroughProxy))
     assert probe.url == "http://manager.example.com:8088/ready"
+
+
+def test_a_probe_whose_output_was_cut_still_counts_its_exit_code() -> None:
+    """A cut exec output loses the body, not the answer: the probe's exit code is the verdict."""
+    from flashfit_ops.doctor.swarm_tasks import probe_from
+
+    def said(exit_code: int, problem: str | None):
+        out = b"probe http://10.0.1.5:8080/health: 200\n{\"status\": \"healthy\"}"
+        return lambda _inside, _argv: ExecOutput(exit_code, out, out, b"", problem)
+
+    cut = "the output stream was cut short (3 of a 40-byte frame)"
+    assert probe_from(said(0, None), None, "10.0.1.5", "/ready") == (True, "")
+    assert probe_from(said(0, cut), None, "10.0.1.5", "/ready") == (True, "")
+    assert probe_from(said(0, None), None, "10.0.1.5", "/health", body=True) == (True, '{"status": "healthy"}')
+    assert probe_from(said(0, cut), None, "10.0.1.5", "/health", body=True) == (True, "")  # answered, body not whole
+    assert probe_from(said(1, None), None, "10.0.1.5", "/ready") == (False, "")
