@@ -16,6 +16,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from flashfit_server.probe import DEFAULT_TIMEOUT as DEFAULT_PROBE_TIMEOUT
+from flashfit_server.probe import DEFAULT_URL as DEFAULT_PROBE_URL
+
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_START_FAILED, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 
@@ -465,8 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     probe = commands.add_parser("probe", help="exit 0 if URL answers 200 (container HEALTHCHECK)")
-    probe.add_argument("--url", default="http://127.0.0.1:8080/ready")
-    probe.add_argument("--timeout", type=float, default=3.0)
+    probe.add_argument("--url", default=DEFAULT_PROBE_URL)
+    probe.add_argument("--timeout", type=float, default=DEFAULT_PROBE_TIMEOUT)
     probe.add_argument("--body", action="store_true", help="print the answer's body (at most 64 kB) after the status")
     probe.set_defaults(func=cmd_probe)
 
